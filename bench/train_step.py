@@ -1,0 +1,74 @@
+"""Toy training and sampling speed on this machine, as JSON.
+
+    python bench/train_step.py [--steps 20] [--batch 32]
+Times flow-matching steps of the toy teacher (forward + backward + AdamW + EMA, data included) and
+one Euler sampling step, and derives the wall time of the shipped teacher's recipe. CPU timings on a
+shared machine are noisy: run it alone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from workbench.config import load_config
+from workbench.data import build_dataset, collate
+from workbench.methods import build_method
+from workbench.models import PRESETS, build_backbone
+from workbench.sampling import euler
+from workbench.train.ema import EMA
+from workbench.train.loop import step_generator
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default="experiments/toy/teacher.yaml")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=32)
+    args = ap.parse_args()
+    cfg = load_config(args.config, [f"train.batch_size={args.batch}"])
+    torch.manual_seed(0)
+    net, cond = build_backbone(cfg.model)
+    method = build_method(cfg, net, cond)
+    ema = EMA(net, cfg.train.ema_decay)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.train.lr)
+    ds = build_dataset(cfg.data, "train")
+
+    def train_step(step: int) -> None:
+        batch = collate([ds[i] for i in range(step * args.batch, (step + 1) * args.batch)])
+        loss = method.losses(batch, step, step_generator(0, step)).losses["model"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ema.update(net)
+
+    train_step(0)  # warm-up
+    t0 = time.perf_counter()
+    for s in range(1, args.steps + 1):
+        train_step(s)
+    sec_step = (time.perf_counter() - t0) / args.steps
+
+    batch = collate([ds[i] for i in range(args.batch)])
+    x0, c = cond.prepare(batch["video"], batch["caption"])
+    with torch.no_grad():
+        euler(net, torch.randn_like(x0), c, 1)
+        t0 = time.perf_counter()
+        euler(net, torch.randn_like(x0), c, 10)
+        sec_euler = (time.perf_counter() - t0) / 10
+    tokens = 1
+    for n, p in zip(x0.shape[2:], PRESETS[cfg.model.preset]["patch_size"]):
+        tokens *= n // p
+    print(json.dumps({
+        "config": args.config, "threads": torch.get_num_threads(), "batch": args.batch, "tokens_per_clip": tokens,
+        "params_M": round(sum(p.numel() for p in net.parameters()) / 1e6, 3),
+        "train_sec_per_step": round(sec_step, 4), "train_clips_per_sec": round(args.batch / sec_step, 1),
+        "recipe_steps": cfg.train.steps, "recipe_minutes": round(cfg.train.steps * sec_step / 60, 1),
+        "euler_step_sec_per_clip": round(sec_euler / args.batch, 5),
+        "ratio_train_step_to_euler_step": round(sec_step / sec_euler, 2),
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()

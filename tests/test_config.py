@@ -1,0 +1,55 @@
+import subprocess
+import sys
+
+import pytest
+
+from workbench.config import Config, ConfigError, load_config
+
+
+def test_defaults_and_overrides():
+    cfg = load_config(None, ["train.lr=1e-4", "data.toy.size=16", "train.sample_steps=[1,2]"])
+    assert isinstance(cfg, Config)
+    assert cfg.train.lr == 1e-4 and cfg.data.toy.size == 16 and cfg.train.sample_steps == (1, 2)
+
+
+def test_every_shipped_config_loads(root):
+    for path in sorted((root / "experiments").rglob("*.yaml")):
+        load_config(path)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lrr=1", "train.lrr: unknown key"),
+    ("train.lr=abc", "train.lr: expected float"),
+    ("train.steps=1.5", "train.steps: expected int"),
+    ("data.toy.objects=[1]", "data.toy.objects: expected 2 items"),
+    ("model=3", "model: expected a mapping"),
+])
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_unknown_key_in_file_names_file_and_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  stepz: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(bad)
+    assert str(bad) in str(e.value) and "train.stepz" in str(e.value)
+
+
+def test_cli_reports_bad_config_in_one_line(tmp_path, root):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trian: {}\n")
+    r = subprocess.run([sys.executable, "-m", "workbench", "train", str(bad), "--out", str(tmp_path / "run")],
+                       capture_output=True, text=True, cwd=root)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "trian: unknown key" in r.stderr and str(bad) in r.stderr
+
+
+def test_cli_reports_missing_weights(tmp_path, root):
+    r = subprocess.run([sys.executable, "-m", "workbench", "train", "experiments/micro/teacher.yaml",
+                        "--out", str(tmp_path / "run"), "--set", "model.transformer_path=/nonexistent/wan"],
+                       capture_output=True, text=True, cwd=root)
+    assert r.returncode == 2
+    assert "model.transformer_path" in r.stderr and "/nonexistent/wan" in r.stderr
+    assert r.stderr.strip().count("\n") == 0

@@ -1,0 +1,103 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from safetensors.torch import load_file
+
+from workbench.config import load_config
+from workbench.methods.flow_matching import FlowMatching
+from workbench.train import NonFiniteLossError, train
+from workbench.train.checkpoint import complete_checkpoints
+
+MICRO = "experiments/micro/teacher.yaml"
+
+
+def _cli(root, *args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "workbench", *args], cwd=root, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _final_tensors(run):
+    last = complete_checkpoints(run / "checkpoints")[-1]
+    return last.name, {f.name: load_file(f) for f in sorted(last.glob("*.safetensors"))}
+
+
+def test_sigkill_then_resume_is_bitwise_equal(tmp_path, root):
+    sets = ["--set", "train.steps=24", "--set", "train.ckpt_every=4", "--set", "train.keep_ckpts=10"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert _cli(root, "train", MICRO, "--out", str(full), *sets).wait() == 0
+
+    proc = _cli(root, "train", MICRO, "--out", str(cut), *sets)
+    deadline = time.time() + 120
+    while not (cut / "checkpoints" / "step-000008").is_dir():
+        assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (cut / "checkpoints" / "step-000024").exists(), "the kill came too late to test anything"
+
+    assert _cli(root, "train", MICRO, "--out", str(cut), "--resume", *sets).wait() == 0
+    name_a, a = _final_tensors(full)
+    name_b, b = _final_tensors(cut)
+    assert name_a == name_b == "step-000024"
+    for f in a:  # model, EMA, optimizer moments, RNG: bitwise
+        assert a[f].keys() == b[f].keys()
+        for k in a[f]:
+            assert a[f][k].equal(b[f][k]), f"{f}:{k} differs after resume"
+    rows = lambda run: [(r["step"], r["loss"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]  # noqa: E731
+    assert rows(full) == rows(cut)
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    cfg = load_config(MICRO, ["train.steps=12", "train.ckpt_every=4"])
+    real = FlowMatching.losses
+
+    def poisoned(self, batch, step, generator):
+        out = real(self, batch, step, generator)
+        if step == 6:
+            out.losses["model"] = out.losses["model"] * float("nan")
+        return out
+
+    monkeypatch.setattr(FlowMatching, "losses", poisoned)
+    with pytest.raises(NonFiniteLossError, match="step 6"):
+        train(cfg, tmp_path / "run", progress=False)
+    ckpts = complete_checkpoints(tmp_path / "run" / "checkpoints")
+    assert [c.name for c in ckpts] == ["step-000004"]
+    assert not list((tmp_path / "run" / "checkpoints").glob(".tmp-*"))
+    load_file(ckpts[0] / "model.safetensors")
+
+
+def test_refuses_to_overwrite_a_run(tmp_path):
+    cfg = load_config(MICRO, ["train.steps=4", "train.ckpt_every=4"])
+    train(cfg, tmp_path / "run", progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(cfg, tmp_path / "run", progress=False)
+
+
+def test_incomplete_checkpoint_is_ignored(tmp_path):
+    cfg = load_config(MICRO, ["train.steps=4", "train.ckpt_every=4"])
+    run = train(cfg, tmp_path / "run", progress=False)
+    (run / "checkpoints" / ".tmp-step-000008").mkdir()
+    (run / "checkpoints" / "step-000009").mkdir()  # no state.json: never completed
+    assert [c.name for c in complete_checkpoints(run / "checkpoints")] == ["step-000004"]
+
+
+def test_batch_sampler_shards_the_global_batch_and_resumes_by_step():
+    from workbench.train.loop import StepBatchSampler
+    whole = list(StepBatchSampler(10, 4, seed=3, start_step=0, end_step=6))
+    r0 = list(StepBatchSampler(10, 2, 3, 0, 6, rank=0, world=2))
+    r1 = list(StepBatchSampler(10, 2, 3, 0, 6, rank=1, world=2))
+    assert [a + b for a, b in zip(r0, r1)] == whole
+    assert list(StepBatchSampler(10, 4, 3, start_step=4, end_step=6)) == whole[4:]
+    assert sorted(whole[0] + whole[1] + whole[2][:2]) == list(range(10))  # an epoch is a permutation
+
+
+def test_bf16_mixed_precision_switch_runs(tmp_path):
+    cfg = load_config(MICRO, ["train.steps=2", "train.mixed_precision=bf16", "train.sample_num=1"])
+    run = train(cfg, tmp_path / "run", progress=False)
+    rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 2 and all(r["loss"] == r["loss"] for r in rows)

@@ -1,0 +1,85 @@
+"""Command line: python -m workbench {train,sample,data} ...  (bad input: one line on stderr, exit 2)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m workbench", description="SwiftVideo workbench")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="train a method from a YAML config")
+    t.add_argument("config")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-4")
+    t.add_argument("--out", help="run folder (default: the config's `out`)")
+    t.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+
+    s = sub.add_parser("sample", help="sample test clips from a checkpoint: mp4 files + contact sheet")
+    s.add_argument("checkpoint", help="run folder, checkpoint folder, or shipped model folder")
+    s.add_argument("--steps", type=int, default=25)
+    s.add_argument("--num", type=int, default=8)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True)
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
+    v = sub.add_parser("eval", help="sample the test split at several step counts and seeds; write a metrics table")
+    v.add_argument("checkpoints", nargs="+", help="run folders, checkpoint folders or shipped model folders")
+    v.add_argument("--steps", default="1,2,4,8,25", help="comma-separated Euler step counts")
+    v.add_argument("--num", type=int, default=64, help="test clips per (model, steps, seed)")
+    v.add_argument("--seeds", default="0,1,2", help="comma-separated noise seeds")
+    v.add_argument("--names", help="comma-separated row names (default: each config's name)")
+    v.add_argument("--out", required=True)
+
+    x = sub.add_parser("export", help="write a run's EMA weights as a shippable model folder")
+    x.add_argument("run", help="run folder or checkpoint folder")
+    x.add_argument("--out", required=True)
+    x.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+
+    d = sub.add_parser("data", help="toy data tools")
+    dsub = d.add_subparsers(dest="data_cmd", required=True)
+    e = dsub.add_parser("export", help="export toy clips as mp4 files + an OpenVid-1M style CSV")
+    e.add_argument("--out", required=True)
+    e.add_argument("--num", type=int, default=64)
+    e.add_argument("--seed", type=int, default=0, help="first clip seed")
+    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. data.toy.size=32")
+
+    args = p.parse_args(argv)
+    try:
+        return _run(args)
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    from workbench.config import load_config
+    if args.cmd == "train":
+        from workbench.train import train
+        cfg = load_config(args.config, args.set)
+        out = train(cfg, args.out, resume=args.resume)
+        print(f"run folder: {out}")
+    elif args.cmd == "sample":
+        from workbench.generate import write_samples
+        files = write_samples(args.checkpoint, args.out, args.steps, args.num, args.seed, args.set)
+        print(f"wrote {len(files)} clips and contact_sheet.png to {args.out}")
+    elif args.cmd == "eval":
+        from workbench.eval.report import evaluate, summarise, to_markdown
+        ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
+        df = evaluate(args.checkpoints, ints(args.steps), args.num, ints(args.seeds), args.out,
+                      names=args.names.split(",") if args.names else None)
+        print(to_markdown(summarise(df)))
+    elif args.cmd == "export":
+        from workbench.train.checkpoint import export_model
+        print(f"model folder: {export_model(args.run, args.out, args.dtype)}")
+    elif args.cmd == "data" and args.data_cmd == "export":
+        from workbench.data.export import export_toy
+        cfg = load_config(None, args.set)
+        csv = export_toy(args.out, args.num, args.seed, cfg.data.toy)
+        print(f"wrote {args.num} clips and {csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Typed configs for every stage, loaded from YAML. Unknown keys and wrong types fail loudly.
+
+A notebook builds the same dataclasses the command line loads:
+    cfg = load_config("experiments/toy/teacher.yaml", overrides=["train.steps=200"])
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from workbench.data.synthetic import ToySpec
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the file and key."""
+
+
+@dataclass
+class VideoFolderSpec:
+    csv: str = ""                  # OpenVid-1M style CSV; paths in it are relative to `root`
+    root: str = ""                 # folder of the mp4 clips (default: the CSV's folder)
+    path_column: str = "video"     # column with the clip's file name
+    caption_column: str = "caption"
+    frames: int = 8                # T frames read per clip
+    stride: int = 1                # take every stride-th frame
+    height: int = 24               # resize the short side, then centre-crop to height x width
+    width: int = 24
+
+
+@dataclass
+class DataConfig:
+    kind: str = "toy"              # "toy" (procedural, embedded) or "videos" (CSV of mp4 files)
+    toy: ToySpec = field(default_factory=ToySpec)
+    videos: VideoFolderSpec = field(default_factory=VideoFolderSpec)
+    train_size: int = 1_000_000    # clips in the train split (toy: distinct seeds)
+    test_size: int = 256           # clips in the test split
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "toy"            # "toy", "tiny-wan" (tests) or "wan2.1-fun-1.3b-inp"
+    weights: str = ""              # safetensors file of the transformer (e.g. the shipped teacher); "" = preset init
+    transformer_path: str = ""     # local diffusers folder of WanTransformer3DModel (Wan scale)
+    vae_path: str = ""             # local folder of AutoencoderKLWan ("" = pixel codec)
+    text_encoder_path: str = ""    # local folder of UMT5EncoderModel + tokenizer ("" = toy text encoder)
+    image_encoder_path: str = ""   # local folder of CLIPVisionModel + processor ("" = no image tokens)
+    dtype: str = "float32"         # weights dtype of frozen parts: float32 or bfloat16
+
+
+@dataclass
+class SampleConfig:
+    steps: int = 25                # Euler steps
+    shift: float = 1.0             # timestep shift (1 = uniform grid)
+    guidance: float = 1.0          # classifier-free guidance scale (1 = off)
+
+
+@dataclass
+class FlowMatchingConfig:
+    timesteps: str = "logit_normal"  # "uniform" or "logit_normal"
+    p_mean: float = 0.0              # logit-normal location
+    p_std: float = 1.0               # logit-normal scale
+    caption_dropout: float = 0.1     # chance to train on the empty caption (enables guidance)
+
+
+@dataclass
+class TrainConfig:
+    method: str = "flow_matching"  # a name in workbench.methods.METHODS
+    steps: int = 1000              # optimizer steps
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    warmup_steps: int = 100        # linear warmup of the learning rate
+    schedule: str = "cosine"       # "constant" or "cosine" (to min_lr_ratio * lr)
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0         # max global grad norm (0 = off)
+    ema_decay: float = 0.999       # EMA of the trained network (sampling; the CCD target)
+    mixed_precision: str = "no"    # accelerate: "no", "bf16" or "fp16"
+    seed: int = 0
+    log_every: int = 10            # steps between metrics.jsonl rows
+    ckpt_every: int = 500          # steps between checkpoints
+    keep_ckpts: int = 2            # complete checkpoints kept
+    sample_every: int = 0          # steps between sample grids (0 = only at the end)
+    sample_num: int = 4            # clips per sample grid
+    sample_steps: tuple[int, ...] = (2, 4, 8, 25)
+    num_workers: int = 0           # DataLoader workers
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    out: str = "runs/run"          # run folder: metrics.jsonl, checkpoints/, samples/
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    flow_matching: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
+
+
+def _check(value, tp, where: str):
+    """Convert `value` to type `tp` or raise ConfigError naming `where`."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return _from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if arg is type(None) and value is None:
+                return None
+        return _check(value, next(a for a in typing.get_args(tp) if a is not type(None)), where)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
+            return tuple(_check(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else object
+        return origin(_check(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:  # YAML 1.1 reads 1e-4 (no dot) as a string
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected float, got {value!r}") from None
+    if tp in (int, float, str, bool):
+        if type(value) is not tp:
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+        return value
+    if tp is dict and isinstance(value, dict):
+        return value
+    raise ConfigError(f"{where}: unsupported value {value!r} for type {tp}")
+
+
+def _from_dict(cls, data: dict, where: str):
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})".lstrip("."))
+    return cls(**{k: _check(v, hints[k], f"{where}.{k}".lstrip(".")) for k, v in data.items()})
+
+
+def _set(data: dict, dotted: str, value) -> None:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: '{p}' is not a section")
+    node[leaf] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Config from a YAML file (or the defaults) plus `key.sub=value` overrides (values parsed as YAML)."""
+    data: dict = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item}: expected key=value")
+        key, raw = item.split("=", 1)
+        _set(data, key.strip(), yaml.safe_load(raw))
+    try:
+        return _from_dict(Config, data, "")
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def to_dict(cfg) -> dict:
+    """Plain dict (tuples as lists) for JSON/YAML."""
+    def plain(x):
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        return x
+    return plain(dataclasses.asdict(cfg))

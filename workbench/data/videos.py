@@ -1,0 +1,69 @@
+"""Real clips: an OpenVid-1M style CSV of mp4 files and captions.
+
+The last `test_size` rows are the test split, the rest the train split (a CSV with no more rows than
+that serves both). A clip that cannot be read, or is too short, is skipped with a logged warning and
+counted in `skipped`; the next readable clip is returned, so training never stops on one bad file.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from workbench.data.io import VideoReadError, read_frames
+
+log = logging.getLogger(__name__)
+
+
+class VideoCSVDataset(torch.utils.data.Dataset):
+    def __init__(self, spec, split: str = "train", test_size: int = 0):
+        csv = Path(spec.csv)
+        if not csv.is_file():
+            raise FileNotFoundError(f"data.videos.csv: {csv} does not exist (expected an OpenVid-1M style CSV)")
+        try:
+            table = pd.read_csv(csv)
+        except pd.errors.EmptyDataError:
+            raise ValueError(f"{csv}: empty CSV, no clips") from None
+        for col in (spec.path_column, spec.caption_column):
+            if col not in table.columns:
+                raise ValueError(f"{csv}: no column {col!r} (columns: {', '.join(map(str, table.columns))})")
+        if table.empty:
+            raise ValueError(f"{csv}: no clips")
+        if len(table) > test_size:
+            table = table.iloc[-test_size:] if split == "test" else table.iloc[: len(table) - test_size]
+        self.root = Path(spec.root) if spec.root else (csv.parent / "videos" if (csv.parent / "videos").is_dir()
+                                                       else csv.parent)
+        self.paths = [str(p) for p in table[spec.path_column]]
+        self.captions = [str(c) if isinstance(c, str) else "" for c in table[spec.caption_column]]
+        self.spec, self.csv = spec, csv
+        self.skipped: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load(self, i: int) -> torch.Tensor:
+        """(3, T, H, W) in [-1, 1]: T frames at the stride, short side resized, centre-cropped."""
+        s = self.spec
+        frames = read_frames(self.root / self.paths[i], [k * s.stride for k in range(s.frames)])
+        x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # T, 3, H, W
+        scale = max(s.height / x.shape[2], s.width / x.shape[3])
+        size = (max(s.height, round(x.shape[2] * scale)), max(s.width, round(x.shape[3] * scale)))
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        top, left = (size[0] - s.height) // 2, (size[1] - s.width) // 2
+        x = x[:, :, top:top + s.height, left:left + s.width]
+        return x.permute(1, 0, 2, 3).div(127.5).sub(1.0).clamp(-1, 1)
+
+    def __getitem__(self, i: int) -> dict:
+        for k in range(len(self)):
+            j = (i + k) % len(self)
+            try:
+                return {"video": self.load(j), "caption": self.captions[j], "path": self.paths[j]}
+            except VideoReadError as e:
+                reason = "too short" if "frames, needs" in str(e) else "unreadable"
+                self.skipped[reason] += 1
+                log.warning("skipping clip %s (%s)", self.root / self.paths[j], e)
+        raise RuntimeError(f"{self.csv}: none of its {len(self)} clips can be read")

@@ -1,0 +1,118 @@
+"""Toy-only metrics from the recorded ground truth, which no model is trained on.
+
+A pixel belongs to an object when every channel is within COLOUR_TOL of the object's colour (the
+toy's backgrounds are dark and desaturated, its objects bright). Per clip, over frames 1..T-1:
+  colour_mass      object-coloured pixels / true area (1 = all there; faint or blurred objects < 1)
+  solid            share of frames with one connected object of roughly the true area (0.6-1.4x)
+  shape_iou        IoU of the largest component with the true shape centred on it
+  count_ok         share of frames where the number of objects seen equals the truth
+  path_accel       mean |second difference| of the centroid, px (0 = straight at constant speed;
+                   an axis is skipped where the object is within one step of a wall: bounces are allowed)
+  first_frame_mae  mean |frame 0 - condition| in [0, 255]
+  direction_agree  start direction equals the truth's (only clips whose caption states direction)
+  speed_agree      start speed equals the truth's (only clips whose caption states speed)
+  sharpness        Laplacian energy of the clip / that of the real clip (1 = as crisp as real)
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from workbench.data.synthetic import shape_mask
+
+COLOUR_TOL = 60
+MIN_PIXELS = 3
+
+
+def _tracks(video_THWC: np.ndarray, rgb) -> list[dict]:
+    """Per frame: coloured pixel count, components, largest component mask and centroid."""
+    near = (np.abs(video_THWC.astype(np.int16) - np.array(rgb, np.int16)) <= COLOUR_TOL).all(-1)
+    out = []
+    for m in near:
+        lab, n = ndimage.label(m)
+        sizes = ndimage.sum(m, lab, range(1, n + 1)) if n else np.zeros(0)
+        big = [i + 1 for i, s in enumerate(sizes) if s >= MIN_PIXELS]
+        largest = (lab == (int(np.argmax(sizes)) + 1)) if n else np.zeros_like(m)
+        cy, cx = ndimage.center_of_mass(largest) if largest.any() else (np.nan, np.nan)
+        out.append({"mass": int(m.sum()), "components": len(big), "largest": largest,
+                    "area": int(largest.sum()), "centroid": np.array([cx, cy])})
+    return out
+
+
+def _shape_iou(largest: np.ndarray, shape: str, size: int) -> float:
+    if not largest.any():
+        return 0.0
+    ref = shape_mask(shape, size)
+    cy, cx = ndimage.center_of_mass(largest)
+    ry, rx = ndimage.center_of_mass(ref)
+    oy, ox = int(round(cy - ry)), int(round(cx - rx))
+    placed = np.zeros_like(largest)
+    H, W = largest.shape
+    ys, xs = np.nonzero(ref)
+    ys, xs = ys + oy, xs + ox
+    ok = (ys >= 0) & (ys < H) & (xs >= 0) & (xs < W)
+    placed[ys[ok], xs[ok]] = True
+    return float((placed & largest).sum() / max((placed | largest).sum(), 1))
+
+
+def _start_motion(centroids: np.ndarray, k: int = 2) -> tuple[str, float]:
+    """Direction and speed (px/frame) from frame 0 to frame k."""
+    d = (centroids[k] - centroids[0]) / k
+    if np.isnan(d).any():
+        return "none", float("nan")
+    axis = int(np.argmax(np.abs(d)))
+    name = ("right", "left")[int(d[0] < 0)] if axis == 0 else ("down", "up")[int(d[1] < 0)]
+    return name, float(np.abs(d).max())
+
+
+def _laplacian_energy(video_THWC: np.ndarray) -> float:
+    x = video_THWC[1:].astype(np.float32).mean(-1)
+    lap = ndimage.laplace(x, mode="nearest") if x.ndim == 2 else np.stack([ndimage.laplace(f, mode="nearest") for f in x])
+    return float((lap ** 2).mean())
+
+
+def clip_metrics(video_THWC: np.ndarray, real_THWC: np.ndarray, truth: list[dict]) -> dict[str, float]:
+    """Oracle metrics of one generated clip (uint8 T,H,W,3) against its real clip and ground truth."""
+    T, H, W, _ = video_THWC.shape
+    rows = []
+    for obj in truth:
+        tr = _tracks(video_THWC, obj["rgb"])
+        area = float(shape_mask(obj["shape"], obj["size"]).sum())
+        frames = tr[1:]
+        cents = np.stack([f["centroid"] for f in tr])
+        accel = []
+        lo = (obj["size"] - 1) / 2                       # centroid limits: the object touches a wall there
+        hi = np.array([W - 1 - lo, H - 1 - lo])
+        for t in range(1, T - 1):
+            c = cents[t - 1:t + 2]
+            if np.isnan(c).any():
+                continue
+            free = (c[1] - lo >= obj["speed"]) & (hi - c[1] >= obj["speed"])  # no bounce possible on this axis
+            if free.any():
+                accel.append(float(np.abs(c[2] - 2 * c[1] + c[0])[free].max()))
+        true_cents = np.array([(x + obj["size"] / 2 - 0.5, y + obj["size"] / 2 - 0.5) for x, y in obj["xy"]])
+        true_dir, true_speed = _start_motion(true_cents)
+        gen_dir, gen_speed = _start_motion(cents)
+        rows.append({
+            "colour_mass": float(np.mean([f["mass"] / area for f in frames])),
+            "solid": float(np.mean([f["components"] == 1 and 0.6 <= f["area"] / area <= 1.4 for f in frames])),
+            "shape_iou": float(np.mean([_shape_iou(f["largest"], obj["shape"], obj["size"]) for f in frames])),
+            "path_accel": float(np.mean(accel)) if accel else float("nan"),
+            "direction_agree": float(gen_dir == true_dir) if obj["direction_stated"] else float("nan"),
+            "speed_agree": float(abs(gen_speed - true_speed) < 0.5) if obj["speed_stated"] else float("nan"),
+            "components": [f["components"] for f in frames],
+        })
+    seen = np.sum([r.pop("components") for r in rows], axis=0)
+    out = {k: float(np.nanmean([r[k] for r in rows])) if not all(np.isnan(r[k]) for r in rows) else float("nan")
+           for k in rows[0]}
+    out["count_ok"] = float(np.mean(seen == len(truth)))
+    out["first_frame_mae"] = float(np.abs(video_THWC[0].astype(np.float32) - real_THWC[0]).mean())
+    out["sharpness"] = _laplacian_energy(video_THWC) / max(_laplacian_energy(real_THWC), 1e-6)
+    return out
+
+
+def oracle_metrics(videos_THWC: list[np.ndarray], reals_THWC: list[np.ndarray], truths: list[list[dict]]) -> dict:
+    """Mean of `clip_metrics` over clips (NaN entries, e.g. unstated directions, are left out)."""
+    per = [clip_metrics(v, r, t) for v, r, t in zip(videos_THWC, reals_THWC, truths)]
+    return {k: float(np.nanmean([p[k] for p in per])) if any(not np.isnan(p[k]) for p in per) else float("nan")
+            for k in per[0]}

@@ -1,0 +1,113 @@
+"""Sample test clips from a trained network: tensors, mp4 files and contact sheets.
+
+Every clip's noise comes from a generator seeded by (seed, clip seed), so any two models, step
+counts or batch sizes see the same noise for the same test clip.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from workbench.config import Config, load_config
+from workbench.data import build_dataset, collate
+from workbench.data.io import contact_sheet, write_mp4
+from workbench.data.synthetic import to_uint8
+from workbench.models import build_backbone
+from workbench.sampling import euler
+from workbench.train.checkpoint import complete_checkpoints
+
+
+def resolve_weights(path: str | Path) -> tuple[Path, Path]:
+    """(weights file, config file) of a run folder, a checkpoint folder, or a shipped model folder."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such checkpoint, run or model folder")
+    if (p / "checkpoints").is_dir():
+        ckpts = complete_checkpoints(p / "checkpoints")
+        if not ckpts:
+            raise FileNotFoundError(f"{p}: run folder has no complete checkpoint")
+        return resolve_weights(ckpts[-1])
+    for name in ("ema.safetensors", "model.safetensors"):
+        if (p / name).is_file():
+            for cfg in (p / "config.yaml", p.parent.parent / "config.yaml"):
+                if cfg.is_file():
+                    return p / name, cfg
+            raise FileNotFoundError(f"{p}: no config.yaml beside the weights or in the run folder")
+    raise FileNotFoundError(f"{p}: expected ema.safetensors or model.safetensors (or a run folder)")
+
+
+def load_model(path: str | Path, overrides: list[str] = ()) -> tuple[torch.nn.Module, object, Config]:
+    """Network (eval mode) + conditioner + config of a checkpoint, ready to sample."""
+    weights, cfg_path = resolve_weights(path)
+    cfg = load_config(cfg_path, [f"model.weights={weights}", *overrides])
+    net, conditioner = build_backbone(cfg.model)
+    return net.eval().requires_grad_(False), conditioner, cfg
+
+
+def clip_noise(seeds: list[int], shape_CTHW: tuple[int, ...], seed: int) -> torch.Tensor:
+    """x1 per clip from a generator seeded by (seed, clip seed): the same for every model and batch."""
+    out = []
+    for s in seeds:
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, s]).generate_state(1)[0]))
+        out.append(torch.randn(shape_CTHW, generator=g))
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def generate(net, conditioner, batch: dict, steps: int, seed: int = 0, shift: float = 1.0,
+             guidance: float = 1.0) -> torch.Tensor:
+    """Pixels (B, 3, T, H, W) in [-1, 1] continuing each batch clip's first frame under its caption."""
+    x0, cond = conditioner.prepare(batch["video"], batch["caption"])
+    noise = clip_noise(batch["seed"], tuple(x0.shape[1:]), seed).to(x0)
+    null = conditioner.null_text(x0.shape[0]) if guidance != 1.0 else None
+    latents = euler(net, noise, cond, steps, shift=shift, guidance=guidance, null_text=null)
+    return conditioner.decode(latents)
+
+
+def test_batch(cfg: Config, num: int, start: int = 0) -> dict:
+    ds = build_dataset(cfg.data, "test")
+    if num > len(ds):
+        raise ValueError(f"asked for {num} test clips; data.test_size is {len(ds)}")
+    items = [ds[i] for i in range(start, start + num)]
+    for i, it in enumerate(items):
+        it.setdefault("seed", start + i)
+    return collate(items)
+
+
+def sample_sheet(net, conditioner, cfg: Config, path: Path, steps_list=None, num: int | None = None,
+                 seed: int = 0) -> Path:
+    """PNG: for each test clip, the real clip then one row per step count."""
+    steps_list = steps_list or cfg.train.sample_steps
+    batch = test_batch(cfg, num or cfg.train.sample_num)
+    was_training = net.training
+    net.eval()
+    rows, labels = [], []
+    outs = {s: generate(net, conditioner, batch, s, seed, cfg.sample.shift, cfg.sample.guidance) for s in steps_list}
+    for i in range(batch["video"].shape[0]):
+        rows.append(to_uint8(batch["video"][i]))
+        labels.append("real")
+        for s in steps_list:
+            rows.append(to_uint8(outs[s][i]))
+            labels.append(f"{s} steps")
+    net.train(was_training)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    contact_sheet(rows, labels).save(path)
+    return path
+
+
+def write_samples(path: str | Path, out: str | Path, steps: int, num: int, seed: int, overrides=()) -> list[Path]:
+    """`python -m workbench sample`: mp4 per clip (tiny clips enlarged), a contact sheet, and captions.yaml."""
+    net, conditioner, cfg = load_model(path, overrides)
+    batch = test_batch(cfg, num)
+    video = generate(net, conditioner, batch, steps, seed, cfg.sample.shift, cfg.sample.guidance)
+    out = Path(out)
+    H = video.shape[-2]
+    scale = 1 if H >= 128 else 2 * -(-64 // H)  # enlarge tiny clips for viewing, keeping sides even
+    files = [write_mp4(out / f"clip-{i:04d}.mp4", to_uint8(v), fps=8, scale=scale) for i, v in enumerate(video)]
+    contact_sheet([to_uint8(v) for v in video], [f"{i}" for i in range(num)]).save(out / "contact_sheet.png")
+    (out / "captions.yaml").write_text(yaml.safe_dump(
+        {f.name: {"caption": c, "seed": s} for f, c, s in zip(files, batch["caption"], batch["seed"])}))
+    return files

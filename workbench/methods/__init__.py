@@ -1,0 +1,22 @@
+"""Training methods: one file each, one signature.
+
+A method is built as `Method(cfg, net, conditioner)` and exposes
+    losses(batch, step, generator) -> LossOut    # one scalar loss per optimizer + logs
+    param_groups() -> {optimizer name: parameters}
+The training loop knows no method by name; it looks it up here.
+"""
+from workbench.methods.base import LossOut, Method
+from workbench.methods.flow_matching import FlowMatching
+
+__all__ = ["METHODS", "LossOut", "Method", "build_method"]
+
+METHODS: dict[str, type[Method]] = {
+    "flow_matching": FlowMatching,
+}
+
+
+def build_method(cfg, net, conditioner) -> Method:
+    name = cfg.train.method
+    if name not in METHODS:
+        raise KeyError(f"train.method: unknown method {name!r} (known: {', '.join(METHODS)})")
+    return METHODS[name](cfg, net, conditioner)

@@ -1,0 +1,25 @@
+"""Flow matching (Eq. 2): the teacher's objective, ||v - v_theta(x_t, t)||^2."""
+from __future__ import annotations
+
+import torch
+
+from workbench.flow import interpolate, sample_timesteps, target_velocity
+from workbench.methods.base import LossOut, Method
+
+
+def drop_captions(captions: list[str], p: float, generator: torch.Generator) -> list[str]:
+    """Replace each caption by "" with probability p (trains the unconditional branch for guidance)."""
+    keep = torch.rand(len(captions), generator=generator) >= p
+    return [c if k else "" for c, k in zip(captions, keep.tolist())]
+
+
+class FlowMatching(Method):
+    def losses(self, batch, step, generator):
+        fm = self.cfg.flow_matching
+        x0, cond = self.cond.prepare(batch["video"], drop_captions(batch["caption"], fm.caption_dropout, generator))
+        x1 = torch.randn(x0.shape, generator=generator).to(x0)
+        t = sample_timesteps(x0.shape[0], fm.timesteps, p_mean=fm.p_mean, p_std=fm.p_std,
+                             generator=generator).to(x0)
+        v = self.net(interpolate(x0, x1, t), t, cond)
+        loss = (v.float() - target_velocity(x0, x1).float()).pow(2).mean()  # Eq. (2)
+        return LossOut({"model": loss}, {"loss": loss.item()})

@@ -1,0 +1,86 @@
+"""Build the backbone at any scale: a trainable `FlowNet` and a frozen `Conditioner`."""
+from __future__ import annotations
+
+import torch
+
+from workbench.config import ModelConfig
+from workbench.models.codec import PixelCodec, WanVAECodec
+from workbench.models.text import CLIPImageEncoder, ToyTextEncoder, UMT5TextEncoder
+from workbench.models.wan import PRESETS, Cond, FlowNet, build_transformer
+
+__all__ = ["Cond", "Conditioner", "FlowNet", "PRESETS", "build_backbone"]
+
+
+class Conditioner:
+    """Frozen parts: pixels <-> latents, captions -> text tokens, first frame -> image tokens."""
+
+    def __init__(self, codec, text_encoder, image_encoder=None):
+        self.codec, self.text_encoder, self.image_encoder = codec, text_encoder, image_encoder
+
+    def to(self, device) -> "Conditioner":
+        """Move the frozen networks (VAE, UMT5, CLIP) to `device`; the toy parts have none."""
+        for part in (getattr(self.codec, "vae", None), getattr(self.text_encoder, "model", None),
+                     getattr(self.image_encoder, "model", None)):
+            if part is not None:
+                part.to(device)
+        return self
+
+    def encode_video(self, video_BCTHW: torch.Tensor) -> torch.Tensor:
+        return self.codec.encode(video_BCTHW)
+
+    def decode(self, latents_BCTHW: torch.Tensor) -> torch.Tensor:
+        return self.codec.decode(latents_BCTHW)
+
+    def condition(self, first_B3HW: torch.Tensor, captions: list[str], frames: int) -> Cond:
+        """Fun-InP conditioning for clips of `frames` pixel frames starting at `first_B3HW`."""
+        B, C, H, W = first_B3HW.shape
+        video = torch.cat([first_B3HW[:, :, None], first_B3HW.new_zeros(B, C, frames - 1, H, W)], dim=2)
+        first = self.codec.encode(video)                                  # B, C', T', H', W'
+        mask = torch.zeros(B, self.codec.temporal_factor, *first.shape[2:], device=first.device)
+        mask[:, :, 0] = 1.0                                               # first latent frame is given
+        text = self.text_encoder(list(captions)).to(first.device)
+        image = None if self.image_encoder is None else self.image_encoder(first_B3HW).to(first.device)
+        return Cond(first, mask, text, image)
+
+    def null_text(self, batch_size: int) -> torch.Tensor:
+        """Tokens of the empty caption: the unconditional branch of classifier-free guidance."""
+        return self.text_encoder([""] * batch_size)
+
+    def prepare(self, video_BCTHW: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, Cond]:
+        """A batch of clips -> (x0 latents B,C',T',H',W', its conditioning)."""
+        with torch.no_grad():
+            x0 = self.encode_video(video_BCTHW)
+            cond = self.condition(video_BCTHW[:, :, 0], captions, video_BCTHW.shape[2])
+        return x0, cond
+
+
+def build_backbone(cfg: ModelConfig) -> tuple[FlowNet, Conditioner]:
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(cfg.dtype)
+    if dtype is None:
+        raise ValueError(f"model.dtype: expected float32 or bfloat16, got {cfg.dtype!r}")
+    net = FlowNet(build_transformer(cfg.preset, cfg.transformer_path, cfg.weights))
+    codec = WanVAECodec.from_folder(cfg.vae_path, dtype) if cfg.vae_path else PixelCodec()
+    text_dim = net.transformer.config.text_dim
+    text = UMT5TextEncoder(cfg.text_encoder_path, dtype) if cfg.text_encoder_path else ToyTextEncoder(dim=text_dim)
+    image = CLIPImageEncoder(cfg.image_encoder_path, dtype) if cfg.image_encoder_path else None
+    _check_parts_fit(cfg, net.transformer.config, codec, text, image)
+    return net, Conditioner(codec, text, image)
+
+
+def _check_parts_fit(cfg: ModelConfig, tc, codec, text, image) -> None:
+    """Fail at build time, naming the config keys, where the parts would otherwise fail (or mix) mid-forward."""
+    arch = f"model.transformer_path={cfg.transformer_path}" if cfg.transformer_path else f"model.preset={cfg.preset}"
+    src = f"model.vae_path={cfg.vae_path}" if cfg.vae_path else "the pixel codec (no model.vae_path)"
+    want_in = 2 * codec.channels + codec.temporal_factor  # x_t + mask + first-frame latents
+    if (tc.in_channels, tc.out_channels) != (want_in, codec.channels):
+        raise ValueError(f"{arch} takes in/out channels {tc.in_channels}/{tc.out_channels}, but {src} gives "
+                         f"{codec.channels} latent channels: expected {want_in}/{codec.channels} "
+                         f"({codec.channels} + {codec.temporal_factor} mask + {codec.channels})")
+    if text.dim != tc.text_dim:
+        raise ValueError(f"model.text_encoder_path: text tokens of width {text.dim} do not fit {arch} "
+                         f"(text_dim={tc.text_dim})")
+    if image is None and tc.image_dim is not None:
+        raise ValueError(f"{arch} takes CLIP image tokens (image_dim={tc.image_dim}); set model.image_encoder_path")
+    if image is not None and image.dim != tc.image_dim:
+        raise ValueError(f"model.image_encoder_path: image tokens of width {image.dim} do not fit {arch} "
+                         f"(image_dim={tc.image_dim})")

@@ -1,0 +1,49 @@
+"""Codecs between pixels (B,3,T,H,W in [-1, 1]) and the latents the flow lives in.
+
+`PixelCodec` is the identity (the toy: Wan's patch embedding patchifies pixels directly).
+`WanVAECodec` wraps diffusers `AutoencoderKLWan` from a local folder, with Wan's per-channel
+latent normalisation; it compresses time by 4 (1 + 4k frames -> 1 + k latent frames).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+class PixelCodec:
+    channels = 3
+    temporal_factor = 1   # mask channels = frames folded into one latent frame
+
+    def encode(self, video_BCTHW: torch.Tensor) -> torch.Tensor:
+        return video_BCTHW
+
+    def decode(self, latents_BCTHW: torch.Tensor) -> torch.Tensor:
+        return latents_BCTHW.clamp(-1, 1)
+
+
+class WanVAECodec:
+    def __init__(self, vae):
+        self.vae = vae.eval().requires_grad_(False)
+        cfg = vae.config
+        self.channels = cfg.z_dim
+        self.temporal_factor = 2 ** sum(cfg.temperal_downsample)
+        self.mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1)
+        self.std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1)
+
+    @classmethod
+    def from_folder(cls, path: str, dtype=torch.float32) -> "WanVAECodec":
+        from diffusers import AutoencoderKLWan
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"model.vae_path: {path} is not a folder (expected a local AutoencoderKLWan folder)")
+        return cls(AutoencoderKLWan.from_pretrained(path, torch_dtype=dtype, local_files_only=True))
+
+    @torch.no_grad()
+    def encode(self, video_BCTHW: torch.Tensor) -> torch.Tensor:
+        z = self.vae.encode(video_BCTHW.to(self.vae.dtype)).latent_dist.mode()
+        return ((z.float() - self.mean.to(z.device)) / self.std.to(z.device))
+
+    @torch.no_grad()
+    def decode(self, latents_BCTHW: torch.Tensor) -> torch.Tensor:
+        z = latents_BCTHW.float() * self.std.to(latents_BCTHW.device) + self.mean.to(latents_BCTHW.device)
+        return self.vae.decode(z.to(self.vae.dtype)).sample.float().clamp(-1, 1)

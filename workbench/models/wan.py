@@ -1,0 +1,93 @@
+"""The backbone: diffusers `WanTransformer3DModel` at every scale, and Fun-InP image-to-video inputs.
+
+Presets give the transformer's architecture; `in_channels` = latent + mask + first-frame channels.
+The I2V input is assembled in one place, `FlowNet.forward`:
+    cat([x_t (C), mask (M), first-frame latents (C)], dim=1)  as WanImageToVideoPipeline / Fun-InP do.
+With image tokens, diffusers' Wan attention takes the last 512 context tokens as text and the rest as
+image (`image_context_length = len - 512`), so `FlowNet.forward` zero-pads shorter text to 512 there.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import WanTransformer3DModel
+from safetensors.torch import load_file
+
+from workbench.models.text import WAN_TEXT_LEN
+
+PRESETS = {
+    # 24x24x8 toy clips in pixel space: (2,4,4) patches -> 4 x 6 x 6 = 144 tokens, 1.8 M params.
+    "toy": dict(patch_size=(2, 4, 4), num_attention_heads=4, attention_head_dim=32, in_channels=3 + 1 + 3,
+                out_channels=3, text_dim=32, freq_dim=64, ffn_dim=512, num_layers=6, cross_attn_norm=True,
+                qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=None, rope_max_seq_len=64),
+    # Tests: the Wan-scale path (VAE latents, UMT5 text, CLIP image tokens) with tiny random modules.
+    "tiny-wan": dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4 + 4 + 4,
+                     out_channels=4, text_dim=32, freq_dim=16, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+                     qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=32, added_kv_proj_dim=16,
+                     rope_max_seq_len=64),
+    # Wan2.1-Fun-1.3B-InP: 16 noise + 4 mask + 16 first-frame latent channels, CLIP image tokens.
+    "wan2.1-fun-1.3b-inp": dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128,
+                                in_channels=36, out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960,
+                                num_layers=30, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
+                                image_dim=1280, added_kv_proj_dim=1536, rope_max_seq_len=1024),
+}
+
+
+@dataclass
+class Cond:
+    """Everything the velocity field is conditioned on, already encoded."""
+    first_BCTHW: torch.Tensor        # latents of [first frame, zeros...], the clip's latent shape
+    mask_BMTHW: torch.Tensor         # 1 on the first latent frame, 0 elsewhere
+    text_BLD: torch.Tensor           # text tokens (zero-padded)
+    image_BND: torch.Tensor | None = None  # CLIP image tokens (Wan scale) or None
+
+    def select(self, idx) -> "Cond":
+        return Cond(self.first_BCTHW[idx], self.mask_BMTHW[idx], self.text_BLD[idx],
+                    None if self.image_BND is None else self.image_BND[idx])
+
+    def with_text(self, text_BLD: torch.Tensor) -> "Cond":
+        return Cond(self.first_BCTHW, self.mask_BMTHW, text_BLD, self.image_BND)
+
+
+def build_transformer(preset: str, transformer_path: str = "", weights: str = "") -> WanTransformer3DModel:
+    """A preset with random init, a local diffusers folder, and/or a safetensors state dict on top."""
+    if transformer_path:
+        if not Path(transformer_path).is_dir():
+            raise FileNotFoundError(f"model.transformer_path: {transformer_path} is not a folder "
+                                    f"(expected a local diffusers WanTransformer3DModel folder)")
+        model = WanTransformer3DModel.from_pretrained(transformer_path, local_files_only=True)
+    else:
+        if preset not in PRESETS:
+            raise KeyError(f"model.preset: unknown preset {preset!r} (known: {', '.join(PRESETS)})")
+        model = WanTransformer3DModel(**PRESETS[preset])
+    if weights:
+        if not Path(weights).is_file():
+            raise FileNotFoundError(f"model.weights: {weights} does not exist (expected a .safetensors file)")
+        missing, unexpected = model.load_state_dict(load_file(weights), strict=False)
+        if missing or unexpected:
+            raise ValueError(f"model.weights: {weights} does not fit preset {preset!r} "
+                             f"({len(missing)} missing, {len(unexpected)} unexpected keys)")
+    return model
+
+
+class FlowNet(torch.nn.Module):
+    """Velocity field v(x_t, t, cond) on B,C,T,H,W latents; Wan sees timestep = 1000 t (float)."""
+
+    def __init__(self, transformer: WanTransformer3DModel):
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(self, x_t_BCTHW: torch.Tensor, t_B: torch.Tensor, cond: Cond) -> torch.Tensor:
+        inp = torch.cat([x_t_BCTHW, cond.mask_BMTHW.to(x_t_BCTHW), cond.first_BCTHW.to(x_t_BCTHW)], dim=1)
+        dtype = self.transformer.patch_embedding.weight.dtype
+        text = cond.text_BLD
+        if cond.image_BND is not None and text.shape[1] != WAN_TEXT_LEN:
+            if text.shape[1] > WAN_TEXT_LEN:
+                raise ValueError(f"with image tokens, text must be at most {WAN_TEXT_LEN} tokens, got {text.shape[1]}")
+            text = torch.nn.functional.pad(text, (0, 0, 0, WAN_TEXT_LEN - text.shape[1]))  # zeros, as UMT5 pads
+        v = self.transformer(inp.to(dtype), (1000.0 * t_B).to(dtype), text.to(dtype),
+                             encoder_hidden_states_image=None if cond.image_BND is None else cond.image_BND.to(dtype),
+                             return_dict=False)[0]
+        return v.to(x_t_BCTHW.dtype)

@@ -1,0 +1,3 @@
+from workbench.train.loop import NonFiniteLossError, train
+
+__all__ = ["NonFiniteLossError", "train"]
