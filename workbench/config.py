@@ -68,6 +68,22 @@ class FlowMatchingConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Consistency distillation from the teacher in `model.weights` (the student starts from it too)."""
+    timesteps: str = "logit_normal"  # t sampler (Algorithm 1 line 4): "logit_normal" or "uniform"
+    p_mean: float = -0.6             # logit-normal location P_mean
+    p_std: float = 1.4               # logit-normal scale P_std
+    guidance: float = 1.0            # CFG scale of the teacher's dx/dt (distilled into the student; 1 = off)
+    tangent_warmup: int = 1000       # H: r = min(1, step / H) scales t dF/dt (Eq. 9)
+    tangent_norm_c: float = 0.1      # g <- g / (||g|| + c), per sample (Algorithm 1 line 8)
+    jvp: str = "blockwise"           # dF/dt by "blockwise" (Alg. 2), "whole", "finite_difference", "reverse", "reverse_blockwise"
+    jvp_attention: str = "math"      # attention under forward-mode AD: "math" SDPA or "chunked" (O(N x chunk) memory)
+    jvp_chunk: int = 1024            # query/key chunk of the chunked attention JVP
+    fd_eps: float = 1e-4             # finite-difference step in t (Wan embeds 1000 t: 1e-3 is already 1 rad at its top frequency)
+    delta_t: float = 0.05            # DCD only: the teacher's Euler step between adjacent times (Eq. 3)
+
+
+@dataclass
 class TrainConfig:
     method: str = "flow_matching"  # a name in workbench.methods.METHODS
     steps: int = 1000              # optimizer steps
@@ -100,6 +116,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     flow_matching: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 def _check(value, tp, where: str):

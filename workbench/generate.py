@@ -80,19 +80,33 @@ def test_batch(cfg: Config, num: int, start: int = 0) -> dict:
 def sample_sheet(net, conditioner, cfg: Config, path: Path, steps_list=None, num: int | None = None,
                  seed: int = 0) -> Path:
     """PNG: for each test clip, the real clip then one row per step count."""
-    steps_list = steps_list or cfg.train.sample_steps
-    batch = test_batch(cfg, num or cfg.train.sample_num)
-    was_training = net.training
-    net.eval()
+    return comparison_sheet({"": (net, conditioner, cfg, steps_list or cfg.train.sample_steps)}, path,
+                            num or cfg.train.sample_num, seed)
+
+
+def comparison_sheet(models: dict, path: Path, num: int, seed: int = 0) -> Path:
+    """PNG comparing models on the same test clips and noise.
+
+    `models`: {label: (net, conditioner, cfg, steps_list)}; per clip, the real clip, then a row per
+    (model, steps). The first model's config chooses the test clips.
+    """
+    first_cfg = next(iter(models.values()))[2]
+    batch = test_batch(first_cfg, num)
+    outs = {}
+    for label, (net, conditioner, cfg, steps_list) in models.items():
+        was_training = net.training
+        net.eval()
+        for s in steps_list:
+            name = f"{label} {s} steps".strip()
+            outs[name] = generate(net, conditioner, batch, s, seed, cfg.sample.shift, cfg.sample.guidance)
+        net.train(was_training)
     rows, labels = [], []
-    outs = {s: generate(net, conditioner, batch, s, seed, cfg.sample.shift, cfg.sample.guidance) for s in steps_list}
     for i in range(batch["video"].shape[0]):
         rows.append(to_uint8(batch["video"][i]))
         labels.append("real")
-        for s in steps_list:
-            rows.append(to_uint8(outs[s][i]))
-            labels.append(f"{s} steps")
-    net.train(was_training)
+        for name, video in outs.items():
+            rows.append(to_uint8(video[i]))
+            labels.append(name)
     path.parent.mkdir(parents=True, exist_ok=True)
     contact_sheet(rows, labels).save(path)
     return path

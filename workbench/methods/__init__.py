@@ -5,13 +5,17 @@ A method is built as `Method(cfg, net, conditioner)` and exposes
     param_groups() -> {optimizer name: parameters}
 The training loop knows no method by name; it looks it up here.
 """
-from workbench.methods.base import LossOut, Method
+from workbench.methods.base import Distillation, LossOut, Method
+from workbench.methods.ccd import CCD
+from workbench.methods.dcd import DCD
 from workbench.methods.flow_matching import FlowMatching
 
-__all__ = ["METHODS", "LossOut", "Method", "build_method"]
+__all__ = ["METHODS", "Distillation", "LossOut", "Method", "build_method"]
 
 METHODS: dict[str, type[Method]] = {
     "flow_matching": FlowMatching,
+    "ccd": CCD,
+    "dcd": DCD,
 }
 
 

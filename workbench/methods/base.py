@@ -1,9 +1,13 @@
 from __future__ import annotations
 
 import abc
+import copy
 from dataclasses import dataclass, field
 
 import torch
+
+from workbench.flow import interpolate, sample_timesteps
+from workbench.sampling import guided_velocity
 
 
 @dataclass
@@ -22,6 +26,36 @@ class Method(abc.ABC):
     def param_groups(self) -> dict[str, list[torch.nn.Parameter]]:
         return {"model": [p for p in self.net.parameters() if p.requires_grad]}
 
+    def to(self, device) -> "Method":
+        """Move the method's own frozen networks (a teacher, say); the loop places net and EMA itself."""
+        for name, value in vars(self).items():
+            if isinstance(value, torch.nn.Module) and name not in ("net", "ema"):
+                value.to(device)
+        return self
+
     @abc.abstractmethod
     def losses(self, batch: dict, step: int, generator: torch.Generator) -> LossOut:
         """Scalar loss per optimizer for one batch; `generator` is the step's only source of randomness."""
+
+
+class Distillation(Method):
+    """A student distilled from a frozen teacher F_pretrain; both start from `model.weights` (Alg. 1 line 2)."""
+
+    def __init__(self, cfg, net, conditioner):
+        super().__init__(cfg, net, conditioner)
+        self.teacher = copy.deepcopy(net).requires_grad_(False).eval()
+
+    def noisy_batch(self, batch: dict, generator: torch.Generator):
+        """x0 ~ D, x1 ~ N(0, I), t ~ the distill sampler, x_t (Algorithm 1 lines 4-5); latents B,C,T,H,W."""
+        d = self.cfg.distill
+        x0, cond = self.cond.prepare(batch["video"], batch["caption"])
+        x1 = torch.randn(x0.shape, generator=generator).to(x0)
+        t = sample_timesteps(x0.shape[0], d.timesteps, p_mean=d.p_mean, p_std=d.p_std, generator=generator).to(x0)
+        return x0, interpolate(x0, x1, t), t, cond
+
+    @torch.no_grad()
+    def teacher_velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        """dx_t/dt = F_pretrain(x_t, t), with classifier-free guidance when distill.guidance != 1."""
+        w = self.cfg.distill.guidance
+        null = self.cond.null_text(x_t.shape[0]) if w != 1.0 else None
+        return guided_velocity(self.teacher, x_t, t, cond, w, null)

@@ -109,7 +109,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False, 
     optimizers = dict(zip(optimizers, opts))
     ema.net.to(accelerator.device)
     conditioner.to(accelerator.device)
-    method.net = net
+    method.to(accelerator.device).net = net
 
     bar = tqdm(total=tc.steps, initial=start, desc=cfg.name, disable=not progress or not accelerator.is_main_process)
     t0 = time.time()

@@ -1,0 +1,45 @@
+"""Continuous-time consistency distillation (CCD): Algorithm 1 with the tangent of Eq. (6)-(9).
+
+Parameterisation f(x_t, t) = x_t - t F(x_t, t) (Eq. 5), so the student samples with the plain Euler sampler.
+"""
+from __future__ import annotations
+
+import torch
+
+from workbench.flow import expand_t
+from workbench.methods.base import Distillation, LossOut
+from workbench.models.jvp import velocity_and_tangent
+
+
+def tangent_warmup(step: int, warmup_steps: int) -> float:
+    """r = min(1, Iters / H) (Algorithm 1 line 6); H = 0 means no warmup."""
+    return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
+
+
+def ccd_tangent(dxdt: torch.Tensor, F_ema: torch.Tensor, dF_dt: torch.Tensor, t_B: torch.Tensor, r: float):
+    """g = dx_t/dt - F_theta-(x_t, t) - r t sg(dF_theta-/dt) (Algorithm 1 line 7, Eq. 9)."""
+    return dxdt - F_ema - r * expand_t(t_B, dxdt) * dF_dt.detach()
+
+
+def normalize_tangent(g_BCTHW: torch.Tensor, c: float) -> torch.Tensor:
+    """g / (||g|| + c), the norm taken per sample (Algorithm 1 line 8)."""
+    norm = g_BCTHW.flatten(1).norm(dim=1)
+    return g_BCTHW / expand_t(norm + c, g_BCTHW)
+
+
+class CCD(Distillation):
+    def losses(self, batch, step, generator):
+        d = self.cfg.distill
+        _, x_t, t, cond = self.noisy_batch(batch, generator)                      # lines 4-5
+        with torch.no_grad():
+            dxdt = self.teacher_velocity(x_t, t, cond)                             # line 5
+            F_ema, dF_dt = velocity_and_tangent(self.ema, x_t, t, cond, dxdt, mode=d.jvp,  # Eq. (8), (14)
+                                                attention=d.jvp_attention, chunk=d.jvp_chunk, fd_eps=d.fd_eps)
+            r = tangent_warmup(step, d.tangent_warmup)                             # line 6
+            g_raw = ccd_tangent(dxdt, F_ema, dF_dt, t, r)                          # line 7
+            g = normalize_tangent(g_raw, d.tangent_norm_c)                         # line 8
+        F = self.net(x_t, t, cond)
+        loss = (F.float() - F_ema.float() - g.float()).pow(2).flatten(1).sum(1).mean()  # line 9, Eq. (7)
+        logs = {"loss": loss.item(), "r": r, "tangent_norm": g_raw.flatten(1).norm(dim=1).mean().item(),
+                "t_dFdt_norm": (expand_t(t, dF_dt) * dF_dt).flatten(1).norm(dim=1).mean().item()}
+        return LossOut({"model": loss}, logs)
