@@ -1,0 +1,193 @@
+"""Cost of dF/dt for continuous-time consistency distillation (Eq. 8 / 14, Algorithm 2), as one JSON object.
+
+    python bench/ccd.py [--skip-wan] [--out FILE] [--threads 1] [--reps 3]
+
+Parts, one function each, collected by `main()` through `PARTS`:
+  tangent_modes   every `velocity_and_tangent` mode: time and peak memory as ratios against one plain
+                  forward measured in the same run, at the toy size and at the Wan2.1-Fun-1.3B-InP
+                  architecture (random weights, one repetition; `--skip-wan` leaves it out).
+  attention_jvp   the JVP of attention alone, math SDPA vs the chunked JVP, at 1k, 4k and 16k tokens.
+A new part is a function `(args) -> dict` added to `PARTS` (the CCD step vs flow-matching step goes there).
+Each setting (a scale, a token count) runs in a fresh subprocess (this file with `--child SPEC`) that builds
+its inputs once, warms up with one call, then measures each call on its own (see MEMORY and TIME).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+MODES = ("whole", "blockwise", "reverse", "reverse_blockwise", "finite_difference")
+MEMORY = ("MiB: peak resident memory during the call (Linux VmHWM, reset to the current resident size through "
+          "/proc/self/clear_refs just before it) minus the resident memory just before it, on the call's first run; "
+          "glibc's mmap threshold is 64 KiB so freed tensors leave the resident set and cannot hide a peak")
+TIME = "wall seconds, the least of `reps` runs of the call (CPU shared with other work: see loadavg)"
+SCALES = {  # x_t shape B,C,T,H,W; text tokens; image tokens
+    "toy": dict(preset="toy", x=(8, 3, 8, 24, 24), text=16, image=0),
+    "wan2.1-fun-1.3b-inp": dict(preset="wan2.1-fun-1.3b-inp", x=(1, 16, 2, 16, 16), text=512, image=257),
+}
+ATTENTION = dict(batch=1, heads=2, head_dim=64, chunk=1024)
+
+
+# ---- in the child: build the calls of one setting, then measure them one by one ------------------------
+
+def _tangent_calls(spec) -> dict:
+    from workbench.models.jvp import velocity_and_tangent
+    from workbench.models.wan import PRESETS, Cond, FlowNet, build_transformer
+    cfg = PRESETS[spec["preset"]]
+    net = FlowNet(build_transformer(spec["preset"])).eval()
+    B, C, T, H, W = spec["x"]
+    mask_BMTHW = torch.zeros(B, cfg["in_channels"] - 2 * C, T, H, W)
+    mask_BMTHW[:, :, 0] = 1
+    cond = Cond(torch.randn(B, C, T, H, W), mask_BMTHW, torch.randn(B, spec["text"], cfg["text_dim"]),
+                torch.randn(B, spec["image"], cfg["image_dim"]) if spec["image"] else None)
+    x_BCTHW, dxdt_BCTHW, t_B = torch.randn(B, C, T, H, W), torch.randn(B, C, T, H, W), torch.rand(B)
+
+    def tangent(mode, fd_eps=1e-3):
+        return lambda: dict(zip(("f", "dfdt"), velocity_and_tangent(net, x_BCTHW, t_B, cond, dxdt_BCTHW,
+                                                                    mode=mode, fd_eps=fd_eps)))
+    return {"forward": torch.no_grad()(lambda: {"f": net(x_BCTHW, t_B, cond)}),
+            **{mode: tangent(mode) for mode in MODES}, "finite_difference_eps_1e-4": tangent("finite_difference", 1e-4)}
+
+
+def _attention_calls(spec) -> dict:
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from workbench.models.jvp import chunked_attention
+    shape = (spec["batch"], spec["heads"], spec["tokens"], spec["head_dim"])
+    q, k, v, dq, dk, dv = (torch.randn(shape) for _ in range(6))
+
+    def math():
+        with sdpa_kernel(SDPBackend.MATH):
+            return dict(zip(("out", "d_out"), torch.func.jvp(F.scaled_dot_product_attention, (q, k, v), (dq, dk, dv))))
+
+    def chunked():
+        fn = lambda q, k, v: chunked_attention(q, k, v, chunk=spec["chunk"])  # noqa: E731
+        return dict(zip(("out", "d_out"), torch.func.jvp(fn, (q, k, v), (dq, dk, dv))))
+    return {"forward": lambda: {"out": F.scaled_dot_product_attention(q, k, v)},
+            "math": torch.no_grad()(math), "chunked": torch.no_grad()(chunked)}
+
+
+def _mib(field: str, file: str = "/proc/self/status") -> float:
+    return int(next(s for s in Path(file).read_text().splitlines() if s.startswith(field + ":")).split()[1]) / 1024
+
+
+def _child(spec: dict) -> None:
+    from safetensors.torch import save_file
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    calls = {"tangent": _tangent_calls, "attention": _attention_calls}[spec["kind"]](spec)
+    calls["forward"]()  # warm-up: lazy initialisation is not charged to the first call measured
+    results = {}
+    for op in spec["ops"]:
+        gc.collect()
+        before = _mib("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+        start = time.perf_counter()
+        out = calls[op]()
+        seconds = [time.perf_counter() - start]
+        peak = _mib("VmHWM") - before
+        save_file({k: v.contiguous() for k, v in out.items()}, f"{spec['save']}/{op}.safetensors")
+        del out
+        for _ in range(spec["reps"] - 1):
+            start = time.perf_counter()
+            calls[op]()
+            seconds.append(time.perf_counter() - start)
+        results[op] = {"seconds": round(min(seconds), 4), "peak_mib": round(peak, 1)}
+    print(json.dumps(results))
+
+
+# ---- in the parent ------------------------------------------------------------------------------------
+
+def run_child(spec: dict, args) -> tuple[dict, dict]:
+    """Measure `spec["ops"]` in a fresh subprocess: ({op: time and memory}, {op: output tensors})."""
+    from safetensors.torch import load_file
+    spec = {"threads": args.threads, "reps": args.reps, **spec}
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": str(spec["threads"])}
+        proc = subprocess.run([sys.executable, __file__, "--child", json.dumps({**spec, "save": tmp})], env=env,
+                              capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"measurement {spec} failed:\n{proc.stderr[-3000:]}")
+        tensors = {op: load_file(f"{tmp}/{op}.safetensors") for op in spec["ops"]}
+        return json.loads(proc.stdout.strip().splitlines()[-1]), tensors
+
+
+def _rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b|."""
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def tangent_modes(args) -> dict:
+    """Each mode against one plain no-grad forward at each scale: time ratio, memory ratio, error vs 'whole'."""
+    out = {"attention": "math SDPA in the AD modes; the default SDPA kernel in the forward and finite_difference",
+           "inputs": "random weights, t uniform, dx/dt random normal; finite_difference at the API default "
+                     "fd_eps 1e-3 and at 1e-4; rel_error_vs_whole = max|dF/dt - whole| / max|whole|"}
+    for scale in ["toy"] if args.skip_wan else list(SCALES):
+        ops = ["forward", *MODES] + (["finite_difference_eps_1e-4"] if scale == "toy" else [])
+        res, tensors = run_child({"kind": "tangent", **SCALES[scale], "ops": ops,
+                                  **({} if scale == "toy" else {"reps": 1})}, args)
+        fwd = res["forward"]
+        for op in ops[1:]:
+            res[op].update(time_ratio=round(res[op]["seconds"] / fwd["seconds"], 2),
+                           memory_ratio=round(res[op]["peak_mib"] / max(fwd["peak_mib"], 0.1), 2),
+                           rel_error_vs_whole=_rel_error(tensors[op]["dfdt"], tensors["whole"]["dfdt"]))
+        out[scale] = {"setup": SCALES[scale], **res}
+    return out
+
+
+def attention_jvp(args) -> dict:
+    """torch.func.jvp of attention alone, float32: math SDPA vs chunked (query x key chunks, online softmax)."""
+    out = {"setup": {**ATTENTION, "note": "batch 1, 2 heads x 64 dims, not Wan's 12 x 128 (too heavy for CPU); "
+                                          "forward = plain SDPA, default kernel; the 16k run is timed once"}}
+    for n in (1024, 4096, 16384):
+        need_mib = 6 * ATTENTION["batch"] * ATTENTION["heads"] * n * n * 4 / 2**20  # math: ~6 live N x N (measured 5.2)
+        math_fits = need_mib < _mib("MemAvailable", "/proc/meminfo") - 4096
+        res, tensors = run_child({"kind": "attention", **ATTENTION, "tokens": n, "reps": 1 if n > 4096 else args.reps,
+                                  "ops": ["forward", "chunked"] + (["math"] if math_fits else [])}, args)
+        if math_fits:
+            res["chunked"]["rel_error_vs_math"] = _rel_error(tensors["chunked"]["d_out"], tensors["math"]["d_out"])
+        else:
+            res["math"] = f"skipped: needs ~{need_mib:.0f} MiB, too close to the memory available"
+        out[f"{n}_tokens"] = res
+    return out
+
+
+PARTS = {"tangent_modes": tangent_modes, "attention_jvp": attention_jvp}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--skip-wan", action="store_true", help="leave out the 1.3B-architecture measurements")
+    ap.add_argument("--out", help="also write the JSON to this file")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads in each measurement")
+    ap.add_argument("--reps", type=int, default=3, help="runs per call, toy and attention up to 4k tokens")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return _child(json.loads(args.child))
+    result = {"torch": torch.__version__, "device": "cpu", "threads": args.threads, "cpus": os.cpu_count(),
+              "memory": MEMORY, "time": TIME, "loadavg_start": os.getloadavg()}
+    for name, part in PARTS.items():
+        result[name] = part(args)
+    result["loadavg_end"] = os.getloadavg()
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

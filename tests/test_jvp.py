@@ -1,0 +1,148 @@
+"""dF/dt (Eq. 8 / 14) of tiny random Wans: every mode against finite differences and against each other."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.overrides import TorchFunctionMode
+
+from workbench.models.jvp import chunked_attention, velocity_and_tangent
+from workbench.models.wan import Cond, FlowNet, build_transformer
+
+# preset -> (latent channels, mask channels, latent T, H, W, image tokens): 8 tokens each.
+SIZES = {"tiny-wan": (4, 4, 2, 4, 4, 5), "toy": (3, 1, 4, 8, 8, 0)}
+
+
+def make(preset: str, dtype=torch.float32, seed: int = 0):
+    """(FlowNet in eval mode, x_t, t, cond, dx/dt) for batch 2; text of 7 tokens (padded to 512 with image tokens)."""
+    C, M, T, H, W, n_image = SIZES[preset]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = FlowNet(build_transformer(preset)).to(dtype).eval()
+        g = torch.Generator().manual_seed(seed)
+        x_BCTHW = torch.randn(2, C, T, H, W, generator=g, dtype=dtype)
+        mask_BMTHW = torch.zeros(2, M, T, H, W, dtype=dtype)
+        mask_BMTHW[:, :, 0] = 1
+        cond = Cond(torch.randn(x_BCTHW.shape, generator=g, dtype=dtype), mask_BMTHW,
+                    torch.randn(2, 7, 32, generator=g, dtype=dtype),
+                    torch.randn(2, n_image, 32, generator=g, dtype=dtype) if n_image else None)
+        dxdt_BCTHW = torch.randn(x_BCTHW.shape, generator=g, dtype=dtype)
+    return net, x_BCTHW, torch.tensor([0.3, 0.8], dtype=dtype), cond, dxdt_BCTHW
+
+
+class KeepFloat64(TorchFunctionMode):
+    """diffusers computes Wan's layer norms and timestep sinusoids after `.float()`; keep float64 there."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.float and args[0].dtype == torch.float64:
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These tiny ops run ~10x faster on one thread on a shared 2-core machine (no OpenMP waits)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module", params=list(SIZES))
+def case(request):
+    return make(request.param)
+
+
+@pytest.mark.parametrize("preset", list(SIZES))
+def test_jvp_matches_central_differences_in_float64(preset):
+    """Float64 throughout (diffusers' float32 casts kept float64 by KeepFloat64); central difference, eps 1e-6.
+
+    Its error is truncation, eps^2 |d3F/dt3| / 6, large because Wan embeds timestep = 1000 t in sinusoids:
+    measured max|fd - jvp| / max|jvp| = 1.3e-5 at eps 1e-5, 1.8e-7 at 1e-6 (falls as eps^2, as it should),
+    ~2e-9 at 1e-7 (rounding). So eps 1e-6 and tolerance 1e-6 * max|dF/dt| (a 5x margin).
+    """
+    net, x, t, cond, v = make(preset, torch.float64)
+    eps = 1e-6
+    with KeepFloat64():
+        f, dfdt = velocity_and_tangent(net, x, t, cond, v, mode="whole")
+        _, dtf = velocity_and_tangent(net, x, t, cond, torch.zeros_like(v), mode="whole")
+        _, fd_mode = velocity_and_tangent(net, x, t, cond, v, mode="finite_difference", fd_eps=eps)
+        with torch.no_grad():
+            f_plain = net(x, t, cond)
+            fd = (net(x + eps * v, t + eps, cond) - net(x - eps * v, t - eps, cond)) / (2 * eps)
+    torch.testing.assert_close(f, f_plain, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dfdt, fd, rtol=1e-6, atol=1e-6 * fd.abs().max().item())
+    torch.testing.assert_close(fd_mode, fd, rtol=1e-12, atol=1e-12)   # the built-in fallback is this formula
+    # Both terms of Eq. 14 are there: d_t F alone (dx/dt = 0) and grad_x F . dx/dt are both non-zero.
+    assert dtf.abs().max() > 1e-3 * dfdt.abs().max() and (dfdt - dtf).abs().max() > 1e-3 * dfdt.abs().max()
+
+
+@pytest.mark.parametrize("mode", ["blockwise", "reverse", "reverse_blockwise"])
+def test_modes_equal_whole_forward_mode(case, mode):
+    """float32; blockwise runs the same kernels as whole (equal to rounding), reverse mode sums differently."""
+    net, x, t, cond, v = case
+    f, dfdt = velocity_and_tangent(net, x, t, cond, v, mode="whole")
+    f_m, dfdt_m = velocity_and_tangent(net, x, t, cond, v, mode=mode)
+    scale = dfdt.abs().max().item()
+    torch.testing.assert_close(f_m, f, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(dfdt_m, dfdt, rtol=1e-5, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("mode", ["whole", "blockwise"])
+def test_chunked_attention_equals_math(case, mode):
+    net, x, t, cond, v = case
+    f, dfdt = velocity_and_tangent(net, x, t, cond, v, mode=mode, attention="math")
+    # chunk 3 does not divide the 8 video tokens nor the 512 + 5 context tokens.
+    f_c, dfdt_c = velocity_and_tangent(net, x, t, cond, v, mode=mode, attention="chunked", chunk=3)
+    torch.testing.assert_close(f_c, f, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dfdt_c, dfdt, rtol=1e-5, atol=1e-5 * dfdt.abs().max().item())
+
+
+@pytest.mark.parametrize("n_q, n_k", [(37, 37), (64, 64), (100, 100), (37, 100)])
+def test_chunked_attention_jvp_equals_math_sdpa(n_q, n_k):
+    """Random (B=2, heads=3, N, D=8) Q, K, V and tangents in float64; chunk 16 does not divide 37 or 100."""
+    g = torch.Generator().manual_seed(n_q + n_k)
+    q, dq = (torch.randn(2, 3, n_q, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    k, v, dk, dv = (torch.randn(2, 3, n_k, 8, generator=g, dtype=torch.float64) for _ in range(4))
+    with sdpa_kernel(SDPBackend.MATH):
+        out, d_out = torch.func.jvp(F.scaled_dot_product_attention, (q, k, v), (dq, dk, dv))
+    out_c, d_out_c = torch.func.jvp(lambda q, k, v: chunked_attention(q, k, v, chunk=16), (q, k, v), (dq, dk, dv))
+    torch.testing.assert_close(out_c, out, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(d_out_c, d_out, rtol=1e-10, atol=1e-10)
+    # torch.autograd.forward_ad reaches the same jvp rule.
+    import torch.autograd.forward_ad as fwAD
+    with fwAD.dual_level():
+        dual = chunked_attention(*(fwAD.make_dual(a, b) for a, b in ((q, dq), (k, dk), (v, dv))), chunk=16)
+        torch.testing.assert_close(fwAD.unpack_dual(dual).tangent, d_out, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("mode, attention", [("whole", "math"), ("blockwise", "chunked"), ("reverse", "math"),
+                                             ("reverse_blockwise", "math"), ("finite_difference", "math")])
+def test_pure(mode, attention):
+    """No parameter changes or .grad, processors untouched, no SDPA setting or torch-function mode left behind."""
+    net, x, t, cond, v = make("tiny-wan")
+    before = copy.deepcopy(net.state_dict())
+    processors = {name: m.processor for name, m in net.named_modules() if hasattr(m, "processor")}
+    inputs = [a.clone() for a in (x, t, v, cond.first_BCTHW, cond.text_BLD, cond.image_BND)]
+    first = velocity_and_tangent(net, x, t, cond, v, mode=mode, attention=attention, chunk=3)
+    again = velocity_and_tangent(net, x, t, cond, v, mode=mode, attention=attention, chunk=3)
+    for a, b in zip(first, again):                                              # deterministic
+        assert torch.equal(a, b) and not a.requires_grad and a.grad_fn is None  # detached (stop-gradient)
+    for name, p in net.named_parameters():
+        assert p.grad is None and p.requires_grad and torch.equal(p, before[name]), name
+    assert processors == {name: m.processor for name, m in net.named_modules() if hasattr(m, "processor")}
+    assert torch.backends.cuda.math_sdp_enabled() and torch.backends.cuda.flash_sdp_enabled()
+    assert torch._C._len_torch_function_stack() == 0
+    for a, b in zip(inputs, (x, t, v, cond.first_BCTHW, cond.text_BLD, cond.image_BND)):
+        assert torch.equal(a, b)
+
+
+def test_bad_arguments_are_named():
+    net, x, t, cond, v = make("toy")
+    with pytest.raises(ValueError, match="mode"):
+        velocity_and_tangent(net, x, t, cond, v, mode="forward")
+    with pytest.raises(ValueError, match="attention"):
+        velocity_and_tangent(net, x, t, cond, v, attention="flash")
+    with pytest.raises(ValueError, match="chunked"):
+        velocity_and_tangent(net, x, t, cond, v, mode="reverse", attention="chunked")
