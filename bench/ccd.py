@@ -3,11 +3,13 @@
     python bench/ccd.py [--skip-wan] [--out FILE] [--threads 1] [--reps 3]
 
 Parts, one function each, collected by `main()` through `PARTS`:
+  ccd_step        one CCD training step (teacher forward + block-wise JVP of the EMA + student forward and
+                  backward) against one flow-matching step on the same toy model and batch.
   tangent_modes   every `velocity_and_tangent` mode: time and peak memory as ratios against one plain
                   forward measured in the same run, at the toy size and at the Wan2.1-Fun-1.3B-InP
                   architecture (random weights, one repetition; `--skip-wan` leaves it out).
   attention_jvp   the JVP of attention alone, math SDPA vs the chunked JVP, at 1k, 4k and 16k tokens.
-A new part is a function `(args) -> dict` added to `PARTS` (the CCD step vs flow-matching step goes there).
+A new part is a function `(args) -> dict` added to `PARTS`.
 Each setting (a scale, a token count) runs in a fresh subprocess (this file with `--child SPEC`) that builds
 its inputs once, warms up with one call, then measures each call on its own (see MEMORY and TIME).
 """
@@ -80,6 +82,36 @@ def _attention_calls(spec) -> dict:
             "math": torch.no_grad()(math), "chunked": torch.no_grad()(chunked)}
 
 
+def _step_calls(spec) -> dict:
+    """One optimisation step's losses + backward for flow matching and for CCD, same toy model and batch."""
+    import copy
+
+    from workbench.config import load_config
+    from workbench.data import build_dataset, collate
+    from workbench.methods import build_method
+    from workbench.models import build_backbone
+    from workbench.train.loop import step_generator
+    cfg = load_config(None, [f"train.batch_size={spec['batch']}", "distill.tangent_warmup=0"])
+    net, cond = build_backbone(cfg.model)
+    ds = build_dataset(cfg.data, "train")
+    batch = collate([ds[i] for i in range(spec["batch"])])
+    methods = {}
+    for name in ("flow_matching", "ccd"):
+        cfg.train.method = name
+        methods[name] = build_method(copy.deepcopy(cfg), net, cond)
+        methods[name].ema = copy.deepcopy(net).requires_grad_(False)
+
+    def step(name):
+        def call():
+            net.zero_grad(set_to_none=True)
+            loss = methods[name].losses(batch, 1, step_generator(0, 1)).losses["model"]
+            loss.backward()
+            return {"loss": loss.detach()}
+        return call
+    return {"forward": torch.no_grad()(lambda: {"f": net(*methods["ccd"].noisy_batch(batch, step_generator(0, 1))[1:])}),
+            "flow_matching": step("flow_matching"), "ccd": step("ccd")}
+
+
 def _mib(field: str, file: str = "/proc/self/status") -> float:
     return int(next(s for s in Path(file).read_text().splitlines() if s.startswith(field + ":")).split()[1]) / 1024
 
@@ -88,7 +120,7 @@ def _child(spec: dict) -> None:
     from safetensors.torch import save_file
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
-    calls = {"tangent": _tangent_calls, "attention": _attention_calls}[spec["kind"]](spec)
+    calls = {"tangent": _tangent_calls, "attention": _attention_calls, "step": _step_calls}[spec["kind"]](spec)
     calls["forward"]()  # warm-up: lazy initialisation is not charged to the first call measured
     results = {}
     for op in spec["ops"]:
@@ -130,6 +162,16 @@ def _rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
+def ccd_step(args) -> dict:
+    """One CCD step against one flow-matching step (toy preset, random weights, batch 16): time and memory ratios."""
+    res, _ = run_child({"kind": "step", "batch": 16, "ops": ["forward", "flow_matching", "ccd"]}, args)
+    fm = res["flow_matching"]
+    return {"setup": "toy preset, 24x24x8 pixels, batch 16; CCD with block-wise forward-mode JVP, math attention; "
+                     "floor ~2.0x (teacher forward + JVP + student forward and backward vs forward and backward)",
+            **res, "ccd_over_flow_matching": {"time_ratio": round(res["ccd"]["seconds"] / fm["seconds"], 2),
+                                              "memory_ratio": round(res["ccd"]["peak_mib"] / max(fm["peak_mib"], 0.1), 2)}}
+
+
 def tangent_modes(args) -> dict:
     """Each mode against one plain no-grad forward at each scale: time ratio, memory ratio, error vs 'whole'."""
     out = {"attention": "math SDPA in the AD modes; the default SDPA kernel in the forward and finite_difference",
@@ -165,7 +207,7 @@ def attention_jvp(args) -> dict:
     return out
 
 
-PARTS = {"tangent_modes": tangent_modes, "attention_jvp": attention_jvp}
+PARTS = {"ccd_step": ccd_step, "tangent_modes": tangent_modes, "attention_jvp": attention_jvp}
 
 
 def main() -> None:

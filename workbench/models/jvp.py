@@ -32,7 +32,7 @@ _JVP = {"forward": torch.func.jvp, "reverse": torch.autograd.functional.jvp}
 
 def velocity_and_tangent(net: FlowNet, x_t_BCTHW: torch.Tensor, t_B: torch.Tensor, cond: Cond,
                          dxdt_BCTHW: torch.Tensor, *, mode: str = "blockwise", attention: str = "math",
-                         chunk: int = 1024, fd_eps: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+                         chunk: int = 1024, fd_eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
     """F(x_t, t) and dF/dt = grad_x F . dx/dt + d_t F (Eq. 8, 14), tangents (dx/dt, 1) on (x_t, t).
 
     No grad to the net (stop-gradient): both results are detached, parameters get no .grad.
@@ -135,7 +135,7 @@ def chunked_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causa
                       enable_gqa=False, *, chunk: int = 1024):
     """`F.scaled_dot_product_attention` on (B, heads, N, D) whose JVP needs O(chunk^2) extra memory, not O(N^2)."""
     if attn_mask is not None or dropout_p or is_causal or enable_gqa:
-        raise NotImplementedError("chunked_attention supports plain attention only (no mask, dropout, causal, gqa)")
+        raise ValueError("chunked_attention supports plain attention only (no mask, dropout, causal, gqa)")
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     return _ChunkedJvpAttention.apply(query, key, value, scale, chunk)
 
