@@ -8,6 +8,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "01_teacher.ipynb": dict(config="experiments/micro/teacher.yaml", train_steps=4, batch_size=4,
                              eval_clips=2, steps_list=[1, 2]),
+    "02_ccd.ipynb": dict(config="experiments/micro/ccd.yaml", train_steps=2, batch_size=2, eval_clips=2,
+                         student_steps=[1], teacher_steps=[1]),
+    "06_evaluation.ipynb": dict(eval_clips=3, steps_list=[1, 2], seeds=[0, 1], cache=""),
 }
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
 
 from workbench.config import Config, to_dict
@@ -84,6 +85,8 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False, 
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
+    if not torch.distributed.is_initialized():  # one process (a notebook, a test): each run picks its own precision
+        AcceleratorState._reset_state()
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=tc.mixed_precision)
     torch.manual_seed(tc.seed)
     net, conditioner = build_backbone(cfg.model)
