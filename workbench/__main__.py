@@ -1,8 +1,9 @@
-"""Command line: python -m workbench {train,sample,data} ...  (bad input: one line on stderr, exit 2)."""
+"""Command line: python -m workbench {train,sample,eval,export,features,data} ... (bad input: one line, exit 2)."""
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +31,21 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--seeds", default="0,1,2", help="comma-separated noise seeds")
     v.add_argument("--names", help="comma-separated row names (default: each config's name)")
     v.add_argument("--out", required=True)
+    v.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. data.test_size=1024")
+    v.add_argument("--fvd-extractor", default="toy", help="'toy', a toy FVD net .safetensors, or an I3D TorchScript file")
+    v.add_argument("--frame-features", default="toy", help="VBench frame features: 'toy' or a local DINOv2 folder")
+    v.add_argument("--vbench", default="auto", choices=["auto", "builtin"], help="auto: the vbench package if installed")
+    v.add_argument("--cache", default="runs/eval-cache", help="cache folder for reference features and samples ('' = off)")
+    v.add_argument("--batch-size", type=int, default=32)
+    v.add_argument("--device", default="cpu", help="device of the evaluation networks")
+
+    f = sub.add_parser("features", help="the toy FVD network")
+    fsub = f.add_subparsers(dest="features_cmd", required=True)
+    ft = fsub.add_parser("train", help="train the toy FVD net on synthetic clips and write toy_fvd.safetensors")
+    ft.add_argument("--out", default="experiments/toy/fvd")
+    ft.add_argument("--steps", type=int, default=1000)
+    ft.add_argument("--batch", type=int, default=48)
+    ft.add_argument("--seed", type=int, default=0)
 
     x = sub.add_parser("export", help="write a run's EMA weights as a shippable model folder")
     x.add_argument("run", help="run folder or checkpoint folder")
@@ -65,11 +81,15 @@ def _run(args) -> int:
         files = write_samples(args.checkpoint, args.out, args.steps, args.num, args.seed, args.set)
         print(f"wrote {len(files)} clips and contact_sheet.png to {args.out}")
     elif args.cmd == "eval":
-        from workbench.eval.report import evaluate, summarise, to_markdown
+        from workbench.eval.report import EvalSpec, evaluate
         ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
-        df = evaluate(args.checkpoints, ints(args.steps), args.num, ints(args.seeds), args.out,
-                      names=args.names.split(",") if args.names else None)
-        print(to_markdown(summarise(df)))
+        spec = EvalSpec(args.fvd_extractor, args.frame_features, args.vbench, args.cache, device=args.device)
+        evaluate(args.checkpoints, ints(args.steps), args.num, ints(args.seeds), args.out, args.batch_size,
+                 names=args.names.split(",") if args.names else None, spec=spec, overrides=args.set)
+        print((Path(args.out) / "table.md").read_text())
+    elif args.cmd == "features" and args.features_cmd == "train":
+        from workbench.eval.features import train_toy_fvd_net
+        print(f"toy FVD net: {train_toy_fvd_net(args.out, args.steps, args.batch, seed=args.seed)}")
     elif args.cmd == "export":
         from workbench.train.checkpoint import export_model
         print(f"model folder: {export_model(args.run, args.out, args.dtype)}")

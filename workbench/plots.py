@@ -40,10 +40,41 @@ def image_figure(png: str | Path, title: str = "") -> go.Figure:
     return fig.update_layout(height=max(300, min(1200, img.shape[0] + 80)), margin=dict(l=10, r=10, t=40, b=10))
 
 
+def _label(metric: str) -> str:
+    from workbench.eval.report import display
+    return display(metric)
+
+
+def _long(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
+    return pd.DataFrame({"method": summary[("method", "")], "steps": summary[("steps", "")],
+                         "mean": summary[("mean", metric)], "std": summary[("std", metric)]})
+
+
 def metric_vs_steps(summary: pd.DataFrame, metric: str) -> go.Figure:
     """Figure 7 style: a metric (mean with spread over seeds) against sampling steps, a line per method."""
-    df = pd.DataFrame({"method": summary[("method", "")], "steps": summary[("steps", "")],
-                       "mean": summary[("mean", metric)], "std": summary[("std", metric)]})
+    df = _long(summary, metric)
     fig = px.line(df, x="steps", y="mean", error_y="std", color="method", markers=True, log_x=True,
-                  title=f"{metric} against sampling steps")
-    return fig.update_layout(height=380, yaxis_title=metric)
+                  title=f"{_label(metric)} against sampling steps")
+    fig.update_xaxes(tickvals=sorted(df["steps"].unique()))
+    return fig.update_layout(height=380, yaxis_title=_label(metric))
+
+
+def method_bars(summary: pd.DataFrame, metric: str, steps: list[int] | None = None) -> go.Figure:
+    """Bars per method, grouped by step count, mean with spread over seeds (error bars)."""
+    df = _long(summary, metric)
+    if steps is not None:
+        df = df[df["steps"].isin(steps)]
+    df = df.assign(steps=df["steps"].astype(str) + " steps")
+    fig = px.bar(df, x="method", y="mean", error_y="std", color="steps", barmode="group",
+                 title=f"{_label(metric)} per method")
+    return fig.update_layout(height=380, yaxis_title=_label(metric), legend_title_text="")
+
+
+def ablation_table(summary: pd.DataFrame, metrics: list[str], title: str = "") -> go.Figure:
+    """Table 2 style: one row per (method, steps), 'mean ± std' over seeds per metric."""
+    cells = [summary[("method", "")].tolist(), summary[("steps", "")].tolist()]
+    for m in metrics:
+        cells.append([f"{a:.3g} ± {b:.2g}" for a, b in zip(summary[("mean", m)], summary[("std", m)])])
+    fig = go.Figure(go.Table(header=dict(values=["method", "steps", *[_label(m) for m in metrics]], align="left"),
+                             cells=dict(values=cells, align="left")))
+    return fig.update_layout(title=title, height=120 + 28 * len(summary), margin=dict(l=10, r=10, t=40, b=10))

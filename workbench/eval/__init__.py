@@ -1,1 +1,2 @@
-"""Evaluation: oracle metrics from the toy's ground truth (FVD, VBench-style and fidelity metrics follow)."""
+"""Evaluation: FVD (fvd.py), VBench-I2V dimensions (vbench.py), PSNR/SSIM (fidelity.py), toy oracle
+metrics (oracle.py), the frozen evaluation networks (features.py), and the results table (report.py)."""

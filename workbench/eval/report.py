@@ -1,70 +1,278 @@
-"""`python -m workbench eval`: sample the test split at several step counts and seeds, score, tabulate.
+"""`python -m workbench eval`: sample the test split at several step counts and seeds, score every metric, tabulate.
 
-Rows are tidy (one per model x steps x seed); `summarise` gives mean and spread over seeds.
+Rows are tidy (one per model x steps x seed): FVD against the real test clips of the same first frames (with its
+variant), the VBench-I2V dimensions and groups, PSNR/SSIM against the real continuation, the toy oracle metrics and
+seconds per clip. `summarise` gives mean and spread over seeds; `to_markdown` lays it out like the paper's Table 1.
+Reference features and (small) sample sets are cached, keyed by everything they depend on.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
-from workbench.data.synthetic import to_uint8
-from workbench.eval.oracle import oracle_metrics
-from workbench.generate import generate, load_model, sample_sheet, test_batch
+import workbench
+from workbench.config import to_dict
+from workbench.data.io import write_mp4
+from workbench.data.synthetic import to_tensor, to_uint8
+from workbench.eval.features import Dinov2FrameFeatures, ToyFrameFeatures
+from workbench.eval.fidelity import psnr, ssim
+from workbench.eval.fvd import TOY_FVD_WEIGHTS, ToyFVDExtractor, fvd, load_extractor
+from workbench.eval.oracle import clip_metrics
+from workbench.eval.vbench import VBenchNets, quality_groups, run_vbench, vbench_available, vbench_clips
+from workbench.generate import generate, load_model, resolve_weights, sample_sheet, test_batch
+from workbench.plots import metric_vs_steps
 
 METRIC_ORDER = ["colour_mass", "solid", "shape_iou", "count_ok", "path_accel", "first_frame_mae",
-                "direction_agree", "speed_agree", "sharpness"]
+                "direction_agree", "speed_agree", "sharpness"]          # the oracle's columns
+TABLE1 = ["sec_per_clip", "fvd", "temporal_quality", "frame_quality", "i2v_subject", "i2v_background", "psnr", "ssim"]
+DIMENSIONS = ["subject_consistency", "background_consistency", "temporal_flickering", "motion_smoothness",
+              "dynamic_degree", "aesthetic_quality", "imaging_quality"]
+NAMES = {"sec_per_clip": "s/clip", "fvd": "FVD", "psnr": "PSNR", "ssim": "SSIM", "i2v_subject": "I2V Subject",
+         "i2v_background": "I2V Background"}
+IDS = ["method", "steps", "nfe", "seed", "num"]
+
+
+@dataclass
+class EvalSpec:
+    fvd_extractor: str = "toy"      # "toy" (experiments/toy/fvd), a toy net .safetensors, or an I3D TorchScript file
+    frame_features: str = "toy"     # VBench frame features: "toy" (the toy FVD net) or a local DINOv2 folder
+    vbench: str = "auto"            # "auto": the vbench package where it and its weights are installed; "builtin"
+    cache: str = "runs/eval-cache"  # reference features and sample sets, relative to the repository ("" = off)
+    max_cached_mb: int = 256        # sample sets larger than this are not cached
+    device: str = "cpu"
+
+
+def display(key: str) -> str:
+    """Column title: 'temporal_quality_proxy' -> 'Temporal Quality (proxy)'."""
+    base, proxy = (key[:-6], " (proxy)") if key.endswith("_proxy") else (key, "")
+    return NAMES.get(base, base.replace("_", " ").title() if base in TABLE1 else base.replace("_", " ")) + proxy
+
+
+def _key(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Scorer:
+    """Every metric of generated clips against the real clips that share their first frames."""
+
+    def __init__(self, spec: EvalSpec):
+        self.spec = spec
+        self.extractor = load_extractor(spec.fvd_extractor, spec.device)
+        if spec.frame_features == "toy":
+            toy = self.extractor if isinstance(self.extractor, ToyFVDExtractor) else \
+                ToyFVDExtractor(TOY_FVD_WEIGHTS, spec.device)
+            self.nets = VBenchNets(ToyFrameFeatures(toy.net, "subject", toy.weight_hash),
+                                   ToyFrameFeatures(toy.net, "background", toy.weight_hash))
+        else:
+            dino = Dinov2FrameFeatures(spec.frame_features, spec.device)
+            self.nets = VBenchNets(dino, dino)
+        self.use_vbench = spec.vbench == "auto" and vbench_available()
+        self.variant = {"vbench": "vbench package" if self.use_vbench else "built-in",
+                        "vbench_features": f"{self.nets.subject.name} / {self.nets.background.name}"}
+
+    def clips(self, fake_BTHWC: np.ndarray, batch: dict) -> dict[str, np.ndarray]:
+        """Per-clip metrics and FVD features of uint8 clips (B, T, H, W, 3) for a test batch."""
+        real = np.stack([to_uint8(v) for v in batch["video"]])
+        fake = torch.stack([to_tensor(v) for v in fake_BTHWC])
+        out = {"features": self.extractor(fake)}
+        out.update(vbench_clips(fake, batch["video"][:, :, 0], self.nets, proxies=not self.use_vbench))
+        out["psnr"], out["ssim"] = psnr(fake_BTHWC, real), ssim(fake_BTHWC, real)
+        truths = batch.get("truth")
+        if truths and truths[0]:
+            per = [clip_metrics(f, r, t) for f, r, t in zip(fake_BTHWC, real, truths)]
+            out.update({k: np.array([p[k] for p in per]) for k in per[0]})
+        return out
+
+
+def _mean(chunks: list[dict]) -> dict:
+    """Mean over clips of each per-clip metric (NaN entries, e.g. unstated directions, are left out)."""
+    row = {}
+    for k in chunks[0]:
+        if k != "features":
+            v = np.concatenate([c[k] for c in chunks])
+            row[k] = float(np.nanmean(v)) if not np.isnan(v).all() else float("nan")
+    return row
+
+
+class Cache:
+    """npz files keyed by a hash of everything their content depends on ('' = no cache)."""
+
+    def __init__(self, folder: str):
+        self.root = (workbench.ROOT / folder) if folder else None
+
+    def load(self, kind: str, key: str) -> dict | None:
+        path = self.root / kind / f"{key}.npz" if self.root else None
+        if path is None or not path.is_file():
+            return None
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+
+    def save(self, kind: str, key: str, **arrays) -> None:
+        if self.root:
+            (self.root / kind).mkdir(parents=True, exist_ok=True)
+            tmp = self.root / kind / f"{key}.tmp.npz"
+            np.savez(tmp, **arrays)
+            tmp.rename(self.root / kind / f"{key}.npz")
+
+
+def _reference(scorer: Scorer, cache: Cache, cfg, batches: list[dict], num: int) -> tuple[np.ndarray, dict]:
+    """FVD features of the real test clips and their own metrics (the ceiling), cached by extractor + data + num."""
+    key = _key({"extractor": scorer.extractor.describe(), "variant": scorer.variant, "data": to_dict(cfg.data),
+                "num": num})
+    hit = cache.load("reference", key)
+    if hit is not None:
+        return hit["features"], json.loads(str(hit["row"]))
+    chunks = [scorer.clips(np.stack([to_uint8(v) for v in b["video"]]), b) for b in batches]
+    feats, row = np.concatenate([c["features"] for c in chunks]), _mean(chunks)
+    cache.save("reference", key, features=feats, row=np.array(json.dumps(row)))
+    return feats, row
+
+
+def _samples(net, conditioner, cfg, batches, steps, seed, cache: Cache, key: str, max_mb: int):
+    """Yield uint8 sample batches (from the cache or the sampler); the last item is seconds per clip."""
+    hit = cache.load("samples", key)
+    if hit is not None:
+        i = 0
+        for b in batches:
+            n = len(b["caption"])
+            yield hit["clips"][i:i + n]
+            i += n
+        yield float(hit["sec_per_clip"])
+        return
+    kept, secs = [], 0.0
+    for b in batches:
+        t0 = time.perf_counter()
+        fake = generate(net, conditioner, b, steps, seed, cfg.sample.shift, cfg.sample.guidance)
+        secs += time.perf_counter() - t0
+        clips = np.stack([to_uint8(v) for v in fake])
+        kept.append(clips)
+        yield clips
+    clips = np.concatenate(kept)
+    per_clip = secs / len(clips)
+    if clips.nbytes <= max_mb * 2 ** 20:
+        cache.save("samples", key, clips=clips, sec_per_clip=np.array(per_clip))
+    yield per_clip
+
+
+def _score(scorer: Scorer, samples, batches: list[dict], ref_feats: np.ndarray, device: str, bar) -> dict:
+    """Metrics of one sample set (model x steps x seed), scored batch by batch as `samples` yields them."""
+    chunks, mp4 = [], Path(tempfile.mkdtemp(prefix="vbench-")) if scorer.use_vbench else None
+    for b, clips in zip(batches, samples):
+        chunks.append(scorer.clips(clips, b))
+        for i, c in enumerate(clips if mp4 else []):
+            write_mp4(mp4 / f"{b['seed'][i]}.mp4", c, fps=8)
+        bar.update(1)
+    row = {"sec_per_clip": next(samples), "fvd": fvd(np.concatenate([c["features"] for c in chunks]), ref_feats)}
+    row.update(_mean(chunks))
+    if mp4:
+        row.update(run_vbench(mp4, mp4 / "results", device))
+        shutil.rmtree(mp4)
+    return {**row, **quality_groups(row)}
 
 
 def evaluate(checkpoints: list[str], steps_list: list[int], num: int, seeds: list[int], out: str | Path,
-             batch_size: int = 32, names: list[str] | None = None, sheet_num: int = 6) -> pd.DataFrame:
+             batch_size: int = 32, names: list[str] | None = None, sheet_num: int = 6,
+             spec: EvalSpec | None = None, overrides: list[str] = ()) -> pd.DataFrame:
+    """Score every checkpoint at every step count and seed; write results.csv, reference.csv, table.md and
+    fvd_vs_steps.html (Figure 7; plotly.js from its CDN)."""
+    spec = spec or EvalSpec()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    scorer, cache = Scorer(spec), Cache(spec.cache)
+    rows, refs = [], []
     for k, ckpt in enumerate(checkpoints):
-        net, conditioner, cfg = load_model(ckpt)
+        net, conditioner, cfg = load_model(ckpt, overrides)
         name = names[k] if names else cfg.name
         batches = [test_batch(cfg, min(batch_size, num - s), s) for s in range(0, num, batch_size)]
-        reals = [to_uint8(v) for b in batches for v in b["video"]]
-        truths = [t for b in batches for t in b.get("truth", [[]] * len(b["caption"]))]
+        ref_feats, ref_row = _reference(scorer, cache, cfg, batches, num)
+        refs.append({"method": f"real test clips ({cfg.name})", "num": num, **ref_row})
+        weights = Path(resolve_weights(ckpt)[0]).resolve()
+        variant = {"fvd_variant": f"{scorer.extractor.describe()} | {num} videos | reference: test clips 0-{num - 1} "
+                                  f"of data spec {_key(to_dict(cfg.data))[:8]}", **scorer.variant}
         nfe_per_step = 1 if cfg.sample.guidance == 1.0 else 2
-        for steps in tqdm(steps_list, desc=f"eval {name}"):
+        bar = tqdm(total=len(steps_list) * len(seeds) * len(batches), desc=f"eval {name}")
+        for steps in steps_list:
             for seed in seeds:
-                t0 = time.perf_counter()
-                fakes = [to_uint8(v) for b in batches for v in
-                         generate(net, conditioner, b, steps, seed, cfg.sample.shift, cfg.sample.guidance)]
-                secs = (time.perf_counter() - t0) / num
-                row = {"method": name, "steps": steps, "nfe": steps * nfe_per_step, "seed": seed,
-                       "sec_per_clip": secs, "num": num}
-                if truths and truths[0]:
-                    row.update(oracle_metrics(fakes, reals, truths))
-                rows.append(row)
-        sample_sheet(net, conditioner, cfg, out / f"contact_sheet_{name}.png", steps_list, min(sheet_num, num))
+                bar.set_postfix(steps=steps, seed=seed)
+                key = _key({"weights": [str(weights), weights.stat().st_size, weights.stat().st_mtime_ns],
+                            "steps": steps, "seed": seed, "num": num, "data": to_dict(cfg.data),
+                            "sample": to_dict(cfg.sample)})
+                samples = _samples(net, conditioner, cfg, batches, steps, seed, cache, key, spec.max_cached_mb)
+                rows.append({"method": name, "steps": steps, "nfe": steps * nfe_per_step, "seed": seed, "num": num,
+                             **_score(scorer, samples, batches, ref_feats, spec.device, bar), **variant})
+        bar.close()
+        if sheet_num:
+            sample_sheet(net, conditioner, cfg, out / f"contact_sheet_{name}.png", steps_list, min(sheet_num, num))
     df = pd.DataFrame(rows)
     df.to_csv(out / "results.csv", index=False)
-    summary = summarise(df)
-    (out / "table.md").write_text(to_markdown(summary))
+    reference = pd.DataFrame([{**r, **quality_groups(r)} for r in refs])
+    reference.to_csv(out / "reference.csv", index=False)
+    (out / "table.md").write_text(report_markdown(df, reference))
+    metric_vs_steps(summarise(df), "fvd").write_html(out / "fvd_vs_steps.html", include_plotlyjs="cdn")
     return df
+
+
+def metric_columns(df: pd.DataFrame) -> list[str]:
+    """Numeric metric columns in table order: Table 1, VBench dimensions, oracle, anything else."""
+    order = [*TABLE1, *DIMENSIONS, *METRIC_ORDER]
+    rank = {k: i for i, k in enumerate(order)}
+    cols = [c for c in df.columns if c not in IDS and pd.api.types.is_numeric_dtype(df[c])]
+    return sorted(cols, key=lambda c: (rank.get(c.removesuffix("_proxy"), len(order)), c))
 
 
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
     """Mean and standard deviation over seeds per (method, steps)."""
-    metrics = [c for c in [*METRIC_ORDER, "sec_per_clip"] if c in df]
-    g = df.groupby(["method", "steps", "nfe"], sort=False)[metrics]
+    g = df.groupby(["method", "steps", "nfe"], sort=False)[metric_columns(df)]
     mean, std = g.mean(), g.std(ddof=1).fillna(0.0)
     return pd.concat({"mean": mean, "std": std}, axis=1).reset_index()
 
 
-def to_markdown(summary: pd.DataFrame) -> str:
-    metrics = [c for c in summary["mean"].columns]
-    head = "| method | steps | NFE | " + " | ".join(metrics) + " |\n"
+def _fmt(x: float) -> str:
+    if not np.isfinite(x):
+        return "-"
+    return f"{x:.1f}" if abs(x) >= 100 else f"{x:.2f}" if abs(x) >= 10 else f"{x:.3f}"
+
+
+def to_markdown(summary: pd.DataFrame, metrics: list[str] | None = None, reference: pd.DataFrame | None = None) -> str:
+    """A markdown table: method, steps, NFE, then 'mean ± std' per metric (and the real clips' values, if given)."""
+    metrics = metrics or list(summary["mean"].columns)
+    head = "| method | steps | NFE | " + " | ".join(display(m) for m in metrics) + " |\n"
     head += "|---" * (3 + len(metrics)) + "|\n"
     lines = []
     for _, r in summary.iterrows():
-        cells = [f"{r[('mean', m)]:.3f} ± {r[('std', m)]:.3f}" for m in metrics]
+        cells = [f"{_fmt(r[('mean', m)])} ± {_fmt(r[('std', m)])}" if np.isfinite(r[("mean", m)]) else "-"
+                 for m in metrics]
         lines.append(f"| {r[('method', '')]} | {r[('steps', '')]} | {r[('nfe', '')]} | " + " | ".join(cells) + " |")
+    for _, r in (reference if reference is not None else pd.DataFrame()).iterrows():
+        lines.append(f"| {r['method']} | - | - | " + " | ".join(_fmt(r.get(m, np.nan)) for m in metrics) + " |")
     return head + "\n".join(lines) + "\n"
 
 
+def report_markdown(df: pd.DataFrame, reference: pd.DataFrame | None = None) -> str:
+    """table.md: the Table 1 layout (with oracle columns), the VBench dimensions, and every metric's variant."""
+    summary = summarise(df)
+    cols = metric_columns(df)
+    main = [c for c in cols if c.removesuffix("_proxy") in TABLE1 + METRIC_ORDER]
+    dims = [c for c in cols if c.removesuffix("_proxy") in DIMENSIONS]
+    seeds = ",".join(str(s) for s in sorted(df["seed"].unique()))
+    text = (f"## Results: mean ± std over seeds {seeds}, {int(df['num'].iloc[0])} test clips each\n\n"
+            + to_markdown(summary, main, reference) + "\n")
+    if dims:
+        text += "## VBench-I2V dimensions\n\n" + to_markdown(summary, dims, reference) + "\n"
+    for col in ("fvd_variant", "vbench", "vbench_features"):
+        if col in df:
+            text += f"- {col}: " + "; ".join(sorted(df[col].astype(str).unique())) + "\n"
+    text += ("- (proxy): a built-in stand-in for a network the toy lacks (AMT, RAFT, LAION aesthetic, MUSIQ); "
+             "definitions in workbench/eval/vbench.py. Oracle columns: workbench/eval/oracle.py. "
+             "PSNR/SSIM: frames 1..T-1 against the real continuation (PSNR capped at 100 dB).\n")
+    return text
