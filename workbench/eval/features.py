@@ -13,6 +13,7 @@ Rebuild the shipped weights: python -m workbench features train --out experiment
 """
 from __future__ import annotations
 
+import abc
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -205,13 +206,14 @@ def train_toy_fvd_net(out: str | Path, steps: int = 1000, batch_size: int = 48, 
     return path
 
 
-class FrameFeatures:
+class FrameFeatures(abc.ABC):
     """Interface for VBench: frames (N, 3, H, W) in [-1, 1] -> features (N, D); `name` names net and weights."""
 
     name: str
 
+    @abc.abstractmethod
     def __call__(self, frames_N3HW: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Features of the input (see the class docstring)."""
 
 
 class ToyFrameFeatures(FrameFeatures):

@@ -11,6 +11,7 @@ the number of videos and the reference set.
 """
 from __future__ import annotations
 
+import abc
 import hashlib
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def require_file(path: str | Path, what: str) -> Path:
     return p
 
 
-class VideoExtractor:
+class VideoExtractor(abc.ABC):
     """Interface: clips (B, 3, T, H, W) in [-1, 1] -> features (B, D) float64, and the variant they come from."""
 
     name: str
@@ -76,8 +77,9 @@ class VideoExtractor:
     frames: int               # frames the network sees
     size: tuple[int, int]     # (H, W) the network sees
 
+    @abc.abstractmethod
     def __call__(self, video_BCTHW: torch.Tensor) -> np.ndarray:
-        raise NotImplementedError
+        """Features of the input (see the class docstring)."""
 
     def describe(self) -> str:
         return f"{self.name}@{self.weight_hash} {self.size[0]}x{self.size[1]}x{self.frames}f"
