@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
-from workbench.models.text import WAN_TEXT_LEN
 from workbench.models.wan import Cond, FlowNet
 
 MODES = ("whole", "blockwise", "reverse", "reverse_blockwise", "finite_difference")
@@ -64,22 +63,15 @@ def velocity_and_tangent(net: FlowNet, x_t_BCTHW: torch.Tensor, t_B: torch.Tenso
 def _blockwise(net: FlowNet, x_BCTHW, t_B, cond: Cond, v_BCTHW, v_B, jvp):
     """Algorithm 2 on Wan's forward, with FlowNet's I2V glue (channels, text padding, timestep = 1000 t)."""
     wan = net.transformer
-    dtype = wan.patch_embedding.weight.dtype
     B, _, T, H, W = x_BCTHW.shape
     p_t, p_h, p_w = wan.config.patch_size
-    text_BLD, image_BND = cond.text_BLD, cond.image_BND
-    if image_BND is not None:  # as FlowNet: Wan's attention takes the last 512 context tokens as text
-        if text_BLD.shape[1] > WAN_TEXT_LEN:
-            raise ValueError(f"with image tokens, text must be at most {WAN_TEXT_LEN} tokens, got {text_BLD.shape[1]}")
-        text_BLD = F.pad(text_BLD, (0, 0, 0, WAN_TEXT_LEN - text_BLD.shape[1]))
-        image_BND = image_BND.to(dtype)
-    text_BLD = text_BLD.to(dtype)
+    _, text_BLD, image_BND = net.wan_inputs(x_BCTHW, cond)  # FlowNet's I2V glue; the context has no tangent
 
     def i2v(x_BCTHW):  # cat([x_t, mask, first]): the tangent is dx/dt on x_t's channels, 0 on the others
-        return torch.cat([x_BCTHW, cond.mask_BMTHW.to(x_BCTHW), cond.first_BCTHW.to(x_BCTHW)], dim=1).to(dtype)
+        return net.wan_inputs(x_BCTHW, cond)[0]
 
     def time_embedding(t_B):  # T, with the text / image context (which has no tangent) along
-        temb, proj, text, image = wan.condition_embedder((1000.0 * t_B).to(dtype), text_BLD, image_BND)
+        temb, proj, text, image = wan.condition_embedder(net.wan_timestep(t_B), text_BLD, image_BND)
         context = text if image is None else torch.cat([image, text], dim=1)
         return temb, proj.unflatten(1, (6, -1)), context
 

@@ -79,15 +79,23 @@ class FlowNet(torch.nn.Module):
         super().__init__()
         self.transformer = transformer
 
-    def forward(self, x_t_BCTHW: torch.Tensor, t_B: torch.Tensor, cond: Cond) -> torch.Tensor:
-        inp = torch.cat([x_t_BCTHW, cond.mask_BMTHW.to(x_t_BCTHW), cond.first_BCTHW.to(x_t_BCTHW)], dim=1)
+    def wan_timestep(self, t_B: torch.Tensor) -> torch.Tensor:
+        """Wan's timestep: 1000 t as a float tensor (so a tangent on t flows through the time embedding)."""
+        return (1000.0 * t_B).to(self.transformer.patch_embedding.weight.dtype)
+
+    def wan_inputs(self, x_t_BCTHW: torch.Tensor, cond: Cond):
+        """(cat([x_t, mask, first]) on channels, text tokens, image tokens or None) in the weights' dtype."""
         dtype = self.transformer.patch_embedding.weight.dtype
+        inp = torch.cat([x_t_BCTHW, cond.mask_BMTHW.to(x_t_BCTHW), cond.first_BCTHW.to(x_t_BCTHW)], dim=1)
         text = cond.text_BLD
         if cond.image_BND is not None and text.shape[1] != WAN_TEXT_LEN:
             if text.shape[1] > WAN_TEXT_LEN:
                 raise ValueError(f"with image tokens, text must be at most {WAN_TEXT_LEN} tokens, got {text.shape[1]}")
             text = torch.nn.functional.pad(text, (0, 0, 0, WAN_TEXT_LEN - text.shape[1]))  # zeros, as UMT5 pads
-        v = self.transformer(inp.to(dtype), (1000.0 * t_B).to(dtype), text.to(dtype),
-                             encoder_hidden_states_image=None if cond.image_BND is None else cond.image_BND.to(dtype),
-                             return_dict=False)[0]
+        image = None if cond.image_BND is None else cond.image_BND.to(dtype)
+        return inp.to(dtype), text.to(dtype), image
+
+    def forward(self, x_t_BCTHW: torch.Tensor, t_B: torch.Tensor, cond: Cond) -> torch.Tensor:
+        inp, text, image = self.wan_inputs(x_t_BCTHW, cond)
+        v = self.transformer(inp, self.wan_timestep(t_B), text, encoder_hidden_states_image=image, return_dict=False)[0]
         return v.to(x_t_BCTHW.dtype)
