@@ -39,13 +39,30 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--batch-size", type=int, default=32)
     v.add_argument("--device", default="cpu", help="device of the evaluation networks")
 
-    f = sub.add_parser("features", help="the toy FVD network")
+    f = sub.add_parser("features", help="the toy FVD network and the toy DINOv2 feature net")
     fsub = f.add_subparsers(dest="features_cmd", required=True)
-    ft = fsub.add_parser("train", help="train the toy FVD net on synthetic clips and write toy_fvd.safetensors")
-    ft.add_argument("--out", default="experiments/toy/fvd")
-    ft.add_argument("--steps", type=int, default=1000)
-    ft.add_argument("--batch", type=int, default=48)
+    ft = fsub.add_parser("train", help="train a toy feature net on synthetic clips (fvd: toy_fvd.safetensors, "
+                                       "dino: a Dinov2Model folder)")
+    ft.add_argument("--kind", default="fvd", choices=["fvd", "dino"])
+    ft.add_argument("--out", help="default: experiments/toy/fvd or experiments/toy/dino")
+    ft.add_argument("--steps", type=int, help="default: 1000 (fvd), 3000 (dino)")
+    ft.add_argument("--batch", type=int, help="default: 48 (fvd), 64 (dino)")
     ft.add_argument("--seed", type=int, default=0)
+
+    q = sub.add_parser("preferences", help="build TA preference pairs: more-step sample wins over fewer-step")
+    q.add_argument("model", help="run, checkpoint or model folder (the aligned model)")
+    q.add_argument("--out", required=True)
+    q.add_argument("--num", type=int, default=512, help="pairs (train clips 0..num-1)")
+    q.add_argument("--win-steps", type=int, default=8)
+    q.add_argument("--lose-steps", type=int, default=4)
+    q.add_argument("--winners", default="sampled", choices=["sampled", "real"], help="real: real clips win (Fig. 6)")
+    q.add_argument("--seed", type=int, default=0, help="noise seed")
+    q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
+    pl = sub.add_parser("pipeline", help="teacher -> CCD -> CCD+DA -> TA rounds -> evaluation, skipping finished stages")
+    pl.add_argument("config", help="a pipeline YAML, e.g. experiments/toy/swiftvideo.yaml")
+    pl.add_argument("--out", help="pipeline folder (default: the config's `out`)")
+    pl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. eval.num=16")
 
     x = sub.add_parser("export", help="write a run's EMA weights as a shippable model folder")
     x.add_argument("run", help="run folder or checkpoint folder")
@@ -87,9 +104,23 @@ def _run(args) -> int:
         evaluate(args.checkpoints, ints(args.steps), args.num, ints(args.seeds), args.out, args.batch_size,
                  names=args.names.split(",") if args.names else None, spec=spec, overrides=args.set)
         print((Path(args.out) / "table.md").read_text())
-    elif args.cmd == "features" and args.features_cmd == "train":
+    elif args.cmd == "features" and args.features_cmd == "train" and args.kind == "fvd":
         from workbench.eval.features import train_toy_fvd_net
-        print(f"toy FVD net: {train_toy_fvd_net(args.out, args.steps, args.batch, seed=args.seed)}")
+        out = train_toy_fvd_net(args.out or "experiments/toy/fvd", args.steps or 1000, args.batch or 48, seed=args.seed)
+        print(f"toy FVD net: {out}")
+    elif args.cmd == "features" and args.features_cmd == "train":
+        from workbench.models.features import train_toy_dino
+        out = train_toy_dino(args.out or "experiments/toy/dino", args.steps or 3000, args.batch or 64, seed=args.seed)
+        print(f"toy DINOv2 feature net: {out}")
+    elif args.cmd == "preferences":
+        from workbench.data.preferences import build_preferences
+        out = build_preferences(args.model, args.out, args.num, args.win_steps, args.lose_steps, args.winners,
+                                args.seed, overrides=args.set)
+        print(f"preference pairs: {out}")
+    elif args.cmd == "pipeline":
+        from workbench.pipeline import load_pipeline, run_pipeline
+        out = run_pipeline(load_pipeline(args.config, args.set), args.out)
+        print(f"pipeline folder: {out}")
     elif args.cmd == "export":
         from workbench.train.checkpoint import export_model
         print(f"model folder: {export_model(args.run, args.out, args.dtype)}")

@@ -37,6 +37,7 @@ class DataConfig:
     kind: str = "toy"              # "toy" (procedural, embedded) or "videos" (CSV of mp4 files)
     toy: ToySpec = field(default_factory=ToySpec)
     videos: VideoFolderSpec = field(default_factory=VideoFolderSpec)
+    preferences: str = ""          # TA: train on this preference-pair folder (data/preferences.py); test split unchanged
     train_size: int = 1_000_000    # clips in the train split (toy: distinct seeds)
     test_size: int = 256           # clips in the test split
 
@@ -69,7 +70,8 @@ class FlowMatchingConfig:
 
 @dataclass
 class DistillConfig:
-    """Consistency distillation from the teacher in `model.weights` (the student starts from it too)."""
+    """Consistency distillation from a frozen teacher; the student starts from `model.weights`."""
+    teacher: str = ""                # safetensors of F_pretrain ("" = model.weights: student and teacher start equal)
     timesteps: str = "logit_normal"  # t sampler (Algorithm 1 line 4): "logit_normal" or "uniform"
     p_mean: float = -0.6             # logit-normal location P_mean
     p_std: float = 1.4               # logit-normal scale P_std
@@ -81,6 +83,32 @@ class DistillConfig:
     jvp_chunk: int = 1024            # query/key chunk of the chunked attention JVP
     fd_eps: float = 1e-4             # finite-difference step in t (Wan embeds 1000 t: 1e-3 is already 1 rad at its top frequency)
     delta_t: float = 0.05            # DCD only: the teacher's Euler step between adjacent times (Eq. 3)
+
+
+@dataclass
+class AdversarialConfig:
+    """Distribution alignment (DA): hinge GAN on real clips over frozen features (Eq. 10)."""
+    distill: str = "ccd"             # the distillation loss DA is added to: "ccd", "dcd" or "none" (DA alone)
+    lambda_adv: float = 0.01         # weight of the generator's hinge loss
+    warmup: int = 1000               # N_warmup: distillation-only steps before DA starts
+    feature_net: str = "toy"         # frozen DINOv2: "toy" (shipped experiments/toy/dino) or a local Dinov2Model folder
+    layers: tuple[int, ...] = (2, 4)  # hidden states (0 = embeddings) read by one spatial and one temporal head each
+    head_width: int = 64             # channels of each discriminator head
+    temporal_heads: bool = True      # add temporal heads over the frame sequence (False: spatial heads only)
+    lr: float = 0.0                  # discriminator learning rate (0 = train.lr)
+
+
+@dataclass
+class DPOConfig:
+    """Trajectory alignment (TA): Flow-DPO (Eq. 11) + reflow regulariser on winners, LoRA on the transformer."""
+    beta: float = 2500.0             # beta of Eq. (11); errors are per-element means
+    lambda_rf: float = 2.0           # weight of the reflow loss ||v_w - v_theta(x_t^w, t)||^2 (0 = DPO alone)
+    timesteps: str = "uniform"       # t sampler: "uniform" or "logit_normal"
+    p_mean: float = 0.0
+    p_std: float = 1.0
+    lora_rank: int = 16
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2")
 
 
 @dataclass
@@ -117,6 +145,8 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     flow_matching: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
 
 
 def _check(value, tp, where: str):
@@ -176,6 +206,11 @@ def _set(data: dict, dotted: str, value) -> None:
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     """Config from a YAML file (or the defaults) plus `key.sub=value` overrides (values parsed as YAML)."""
+    return load_dataclass(Config, path, overrides)
+
+
+def load_dataclass(cls, path: str | Path | None = None, overrides: list[str] = ()):
+    """Any config dataclass from a YAML file (or its defaults) plus overrides; errors name the file and key."""
     data: dict = {}
     source = "defaults"
     if path is not None:
@@ -194,7 +229,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         key, raw = item.split("=", 1)
         _set(data, key.strip(), yaml.safe_load(raw))
     try:
-        return _from_dict(Config, data, "")
+        return _from_dict(cls, data, "")
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
 

@@ -5,17 +5,21 @@ counts or batch sizes see the same noise for the same test clip.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from workbench.config import Config, load_config
 from workbench.data import build_dataset, collate
 from workbench.data.io import contact_sheet, write_mp4
 from workbench.data.synthetic import to_uint8
 from workbench.models import build_backbone
+from workbench.models.lora import add_lora, merge_lora
 from workbench.sampling import euler
 from workbench.train.checkpoint import complete_checkpoints
 
@@ -39,12 +43,26 @@ def resolve_weights(path: str | Path) -> tuple[Path, Path]:
     raise FileNotFoundError(f"{p}: expected ema.safetensors or model.safetensors (or a run folder)")
 
 
-def load_model(path: str | Path, overrides: list[str] = ()) -> tuple[torch.nn.Module, object, Config]:
-    """Network (eval mode) + conditioner + config of a checkpoint, ready to sample."""
+def load_model(path: str | Path, overrides: list[str] = (), merge_lora_weights: bool = True
+               ) -> tuple[torch.nn.Module, object, Config]:
+    """Network (eval mode) + conditioner + config of a checkpoint, ready to sample (a TA LoRA merged unless asked)."""
     weights, cfg_path = resolve_weights(path)
     cfg = load_config(cfg_path, [f"model.weights={weights}", *overrides])
-    net, conditioner = build_backbone(cfg.model)
+    if not lora_keys(weights):
+        net, conditioner = build_backbone(cfg.model)
+        return net.eval().requires_grad_(False), conditioner, cfg
+    net, conditioner = build_backbone(dataclasses.replace(cfg.model, weights=""))  # a TA checkpoint: base + LoRA
+    add_lora(net.transformer, cfg.dpo.lora_rank, cfg.dpo.lora_alpha, cfg.dpo.lora_targets)
+    net.transformer.load_state_dict(load_file(weights))
+    if merge_lora_weights:
+        merge_lora(net.transformer)
     return net.eval().requires_grad_(False), conditioner, cfg
+
+
+def lora_keys(weights: str | Path) -> list[str]:
+    """Names of LoRA tensors in a safetensors state dict (a TA checkpoint holds base + adapter)."""
+    with safe_open(str(weights), "pt") as f:
+        return [k for k in f.keys() if "lora_" in k]
 
 
 def clip_noise(seeds: list[int], shape_CTHW: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -57,14 +75,21 @@ def clip_noise(seeds: list[int], shape_CTHW: tuple[int, ...], seed: int) -> torc
 
 
 @torch.no_grad()
+def generate_latents(net, conditioner, batch: dict, steps: int, seed: int = 0, shift: float = 1.0,
+                     guidance: float = 1.0) -> torch.Tensor:
+    """Latents (B, C, T', H', W') continuing each batch clip's first frame under its caption, on the net's device."""
+    device = next(net.parameters()).device
+    x0, cond = conditioner.prepare(batch["video"].to(device), batch["caption"])
+    noise = clip_noise(batch["seed"], tuple(x0.shape[1:]), seed).to(x0)
+    null = conditioner.null_text(x0.shape[0]).to(device) if guidance != 1.0 else None
+    return euler(net, noise, cond, steps, shift=shift, guidance=guidance, null_text=null)
+
+
+@torch.no_grad()
 def generate(net, conditioner, batch: dict, steps: int, seed: int = 0, shift: float = 1.0,
              guidance: float = 1.0) -> torch.Tensor:
-    """Pixels (B, 3, T, H, W) in [-1, 1] continuing each batch clip's first frame under its caption."""
-    x0, cond = conditioner.prepare(batch["video"], batch["caption"])
-    noise = clip_noise(batch["seed"], tuple(x0.shape[1:]), seed).to(x0)
-    null = conditioner.null_text(x0.shape[0]) if guidance != 1.0 else None
-    latents = euler(net, noise, cond, steps, shift=shift, guidance=guidance, null_text=null)
-    return conditioner.decode(latents)
+    """Pixels (B, 3, T, H, W) in [-1, 1] on the CPU (see `generate_latents`)."""
+    return conditioner.decode(generate_latents(net, conditioner, batch, steps, seed, shift, guidance)).cpu()
 
 
 def test_batch(cfg: Config, num: int, start: int = 0) -> dict:

@@ -7,6 +7,9 @@ from workbench.data.synthetic import ToyVideoDataset
 
 
 def build_dataset(data_cfg, split: str) -> torch.utils.data.Dataset:
+    if split == "train" and data_cfg.preferences:
+        from workbench.data.preferences import PreferenceDataset
+        return PreferenceDataset(data_cfg.preferences)
     n = data_cfg.train_size if split == "train" else data_cfg.test_size
     if data_cfg.kind == "toy":
         return ToyVideoDataset(split, n, data_cfg.toy)
@@ -17,9 +20,6 @@ def build_dataset(data_cfg, split: str) -> torch.utils.data.Dataset:
 
 
 def collate(items: list[dict]) -> dict:
-    """Stack videos (B, 3, T, H, W); keep captions, seeds and ground truth as lists."""
-    out = {"video": torch.stack([it["video"] for it in items]), "caption": [it["caption"] for it in items]}
-    for key in ("seed", "truth", "path"):
-        if key in items[0]:
-            out[key] = [it[key] for it in items]
-    return out
+    """Stack tensors (videos B,3,T,H,W; preference latents); keep captions, seeds and ground truth as lists."""
+    return {k: torch.stack([it[k] for it in items]) if torch.is_tensor(items[0][k]) else [it[k] for it in items]
+            for k in items[0]}

@@ -5,9 +5,11 @@ A method is built as `Method(cfg, net, conditioner)` and exposes
     param_groups() -> {optimizer name: parameters}
 The training loop knows no method by name; it looks it up here.
 """
+from workbench.methods.adversarial import Adversarial
 from workbench.methods.base import Distillation, LossOut, Method
 from workbench.methods.ccd import CCD
 from workbench.methods.dcd import DCD
+from workbench.methods.dpo import FlowDPO
 from workbench.methods.flow_matching import FlowMatching
 
 __all__ = ["METHODS", "Distillation", "LossOut", "Method", "build_method"]
@@ -16,6 +18,8 @@ METHODS: dict[str, type[Method]] = {
     "flow_matching": FlowMatching,
     "ccd": CCD,
     "dcd": DCD,
+    "adversarial": Adversarial,
+    "dpo": FlowDPO,
 }
 
 

@@ -4,7 +4,10 @@ import abc
 import copy
 from dataclasses import dataclass, field
 
+from pathlib import Path
+
 import torch
+from safetensors.torch import load_file
 
 from workbench.flow import interpolate, sample_timesteps
 from workbench.sampling import guided_velocity
@@ -26,6 +29,10 @@ class Method(abc.ABC):
     def param_groups(self) -> dict[str, list[torch.nn.Parameter]]:
         return {"model": [p for p in self.net.parameters() if p.requires_grad]}
 
+    def modules_to_save(self) -> dict[str, torch.nn.Module]:
+        """The method's own trained networks besides `net` (a discriminator, say): checkpointed and resumed."""
+        return {}
+
     def to(self, device) -> "Method":
         """Move the method's own frozen networks (a teacher, say); the loop places net and EMA itself."""
         for name, value in vars(self).items():
@@ -39,11 +46,28 @@ class Method(abc.ABC):
 
 
 class Distillation(Method):
-    """A student distilled from a frozen teacher F_pretrain; both start from `model.weights` (Alg. 1 line 2)."""
+    """A student distilled from a frozen teacher F_pretrain: `distill.teacher`, else `model.weights` (Alg. 1 line 2).
+
+    A distillation method implements `student_loss` on one noisy batch and returns the student's velocity
+    F_theta(x_t, t) with it, so that other losses on the same forward (DA's x0_hat) can reuse it.
+    """
+
+    def losses(self, batch, step, generator):
+        _, x_t, t, cond = self.noisy_batch(batch, generator)
+        loss, _, logs = self.student_loss(x_t, t, cond, step)
+        return LossOut({"model": loss}, logs)
+
+    @abc.abstractmethod
+    def student_loss(self, x_t, t, cond, step: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(distillation loss, F_theta(x_t, t) with its graph, logs) for latents x_t (B,C,T,H,W) at times t (B,)."""
 
     def __init__(self, cfg, net, conditioner):
         super().__init__(cfg, net, conditioner)
         self.teacher = copy.deepcopy(net).requires_grad_(False).eval()
+        if cfg.distill.teacher:                           # e.g. DA after CCD: the student is the CCD model
+            if not Path(cfg.distill.teacher).is_file():
+                raise FileNotFoundError(f"distill.teacher: {cfg.distill.teacher} does not exist (a .safetensors file)")
+            self.teacher.transformer.load_state_dict(load_file(cfg.distill.teacher))
 
     def noisy_batch(self, batch: dict, generator: torch.Generator):
         """x0 ~ D, x1 ~ N(0, I), t ~ the distill sampler, x_t (Algorithm 1 lines 4-5); latents B,C,T,H,W."""

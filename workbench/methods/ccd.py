@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from workbench.flow import expand_t
-from workbench.methods.base import Distillation, LossOut
+from workbench.methods.base import Distillation
 from workbench.models.jvp import velocity_and_tangent
 
 
@@ -28,9 +28,8 @@ def normalize_tangent(g_BCTHW: torch.Tensor, c: float) -> torch.Tensor:
 
 
 class CCD(Distillation):
-    def losses(self, batch, step, generator):
+    def student_loss(self, x_t, t, cond, step):                                   # x_t, t: lines 4-5
         d = self.cfg.distill
-        _, x_t, t, cond = self.noisy_batch(batch, generator)                      # lines 4-5
         with torch.no_grad():
             dxdt = self.teacher_velocity(x_t, t, cond)                             # line 5
             F_ema, dF_dt = velocity_and_tangent(self.ema, x_t, t, cond, dxdt, mode=d.jvp,  # Eq. (8), (14)
@@ -42,4 +41,4 @@ class CCD(Distillation):
         loss = (F.float() - F_ema.float() - g.float()).pow(2).flatten(1).sum(1).mean()  # line 9, Eq. (7)
         logs = {"loss": loss.item(), "r": r, "tangent_norm": g_raw.flatten(1).norm(dim=1).mean().item(),
                 "t_dFdt_norm": (expand_t(t, dF_dt) * dF_dt).flatten(1).norm(dim=1).mean().item()}
-        return LossOut({"model": loss}, logs)
+        return loss, F, logs

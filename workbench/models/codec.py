@@ -43,7 +43,7 @@ class WanVAECodec:
         z = self.vae.encode(video_BCTHW.to(self.vae.dtype)).latent_dist.mode()
         return ((z.float() - self.mean.to(z.device)) / self.std.to(z.device))
 
-    @torch.no_grad()
     def decode(self, latents_BCTHW: torch.Tensor) -> torch.Tensor:
+        """Differentiable in the latents (DA decodes x0_hat); callers that sample wrap it in no_grad."""
         z = latents_BCTHW.float() * self.std.to(latents_BCTHW.device) + self.mean.to(latents_BCTHW.device)
         return self.vae.decode(z.to(self.vae.dtype)).sample.float().clamp(-1, 1)

@@ -1,6 +1,7 @@
 """Checkpoints: safetensors + JSON in a folder written under a temporary name and renamed when complete.
 
     checkpoints/step-000500/  model.safetensors  ema.safetensors  optim-<name>.safetensors  state.json
+                              module-<name>.safetensors (a method's own trained networks, e.g. the discriminator)
 A folder named step-* is complete by construction; `.tmp-*` folders are leftovers of a killed run.
 """
 from __future__ import annotations
@@ -34,7 +35,8 @@ def _unflat_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 
 def save_checkpoint(root: Path, step: int, model: torch.nn.Module, ema: torch.nn.Module,
-                    optimizers: dict, schedulers: dict, extra: dict, keep: int = 2) -> Path:
+                    optimizers: dict, schedulers: dict, extra: dict, keep: int = 2,
+                    modules: dict | None = None) -> Path:
     root = Path(root)
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}"
@@ -42,6 +44,8 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module, ema: torch.nn
     tmp.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
     save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, tmp / "ema.safetensors")
+    for name, module in (modules or {}).items():
+        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, tmp / f"module-{name}.safetensors")
     meta = {}
     for name, opt in optimizers.items():
         tensors, m = _flat_optimizer(opt.state_dict())
@@ -66,11 +70,13 @@ def complete_checkpoints(root: Path) -> list[Path]:
     return sorted(p for p in root.glob("step-*") if (p / "state.json").is_file()) if root.is_dir() else []
 
 
-def load_checkpoint(path: Path, model, ema, optimizers: dict, schedulers: dict) -> dict:
+def load_checkpoint(path: Path, model, ema, optimizers: dict, schedulers: dict, modules: dict | None = None) -> dict:
     path = Path(path)
     state = json.loads((path / "state.json").read_text())
     model.load_state_dict(load_file(path / "model.safetensors"))
     ema.load_state_dict(load_file(path / "ema.safetensors"))
+    for name, module in (modules or {}).items():
+        module.load_state_dict(load_file(path / f"module-{name}.safetensors"))
     for name, opt in optimizers.items():
         meta = state["optimizers"][name]
         opt.load_state_dict(_unflat_optimizer(load_file(path / f"optim-{name}.safetensors"), meta["optimizer"]))
@@ -80,7 +86,10 @@ def load_checkpoint(path: Path, model, ema, optimizers: dict, schedulers: dict) 
 
 
 def export_model(run_or_ckpt: Path, out: Path, dtype: str = "float16") -> Path:
-    """A shippable model folder: the EMA weights (cast to `dtype`), config.yaml and metrics.jsonl."""
+    """A shippable model folder: the EMA weights (cast to `dtype`), config.yaml and metrics.jsonl.
+
+    A TA checkpoint's LoRA is merged into model.safetensors and also written to lora/ in diffusers' format.
+    """
     run_or_ckpt, out = Path(run_or_ckpt), Path(out)
     ckpt = complete_checkpoints(run_or_ckpt / "checkpoints")[-1:] if (run_or_ckpt / "checkpoints").is_dir() else [run_or_ckpt]
     if not ckpt or not (ckpt[0] / "ema.safetensors").is_file():
@@ -90,7 +99,15 @@ def export_model(run_or_ckpt: Path, out: Path, dtype: str = "float16") -> Path:
     tmp = out.with_name(f".tmp-{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    weights = {k: v.to(cast) for k, v in load_file(ckpt[0] / "ema.safetensors").items()}
+    weights = load_file(ckpt[0] / "ema.safetensors")
+    if any("lora_" in k for k in weights):
+        from workbench.generate import load_model
+        from workbench.models.lora import merge_lora, save_lora
+        net, _, _ = load_model(ckpt[0], merge_lora_weights=False)
+        save_lora(net.transformer, tmp / "lora")
+        merge_lora(net.transformer)
+        weights = net.transformer.state_dict()
+    weights = {k: v.to(cast).contiguous() for k, v in weights.items()}
     save_file(weights, tmp / "model.safetensors", metadata={"source": str(ckpt[0]), "dtype": dtype})
     for name in ("config.yaml", "metrics.jsonl"):
         if (run / name).is_file():

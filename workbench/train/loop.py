@@ -100,7 +100,8 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False, 
 
     start = 0
     if resume and (ckpts := complete_checkpoints(ckpt_root)):
-        start = load_checkpoint(ckpts[-1], net.transformer, ema.net.transformer, optimizers, schedulers)["step"]
+        start = load_checkpoint(ckpts[-1], net.transformer, ema.net.transformer, optimizers, schedulers,
+                                method.modules_to_save())["step"]
         _truncate_metrics(out / "metrics.jsonl", start)
     dataset = build_dataset(cfg.data, "train")
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -118,7 +119,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False, 
     t0 = time.time()
     with open(out / "metrics.jsonl", "a") as metrics:
         for step, batch in zip(range(start, tc.steps), loader):
-            batch["video"] = batch["video"].to(accelerator.device)
+            batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             with accelerator.autocast():
                 res = method.losses(batch, step, step_generator(tc.seed, step, rank))
             for name, loss in res.losses.items():
@@ -131,6 +132,8 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False, 
                 opt.zero_grad(set_to_none=True)
                 accelerator.backward(loss)
                 params = [p for g in opt.param_groups for p in g["params"]]
+                if world > 1:
+                    _average_grads_outside(net, params)
                 if tc.grad_clip > 0:
                     grad_norms[f"grad_norm/{name}"] = accelerator.clip_grad_norm_(params, tc.grad_clip).item()
                 opt.step()
@@ -146,13 +149,22 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False, 
                 bar.set_postfix({k: f"{v:.4g}" for k, v in res.logs.items()})
             if accelerator.is_main_process and (done % tc.ckpt_every == 0 or done == tc.steps):
                 save_checkpoint(ckpt_root, done, accelerator.unwrap_model(net).transformer, ema.net.transformer,
-                                optimizers, schedulers, {"name": cfg.name}, keep=tc.keep_ckpts)
+                                optimizers, schedulers, {"name": cfg.name}, keep=tc.keep_ckpts,
+                                modules=method.modules_to_save())
             if accelerator.is_main_process and (done == tc.steps or (tc.sample_every and done % tc.sample_every == 0)):
                 from workbench.generate import sample_sheet
                 sample_sheet(ema.net, conditioner, cfg, out / "samples" / f"step-{done:06d}.png")
     bar.close()
     accelerator.wait_for_everyone()
     return out
+
+
+def _average_grads_outside(ddp_net, params) -> None:
+    """DDP averages the prepared net's gradients; average a method's own networks' (a discriminator) here."""
+    inside = {id(p) for p in ddp_net.parameters()}
+    for p in params:
+        if id(p) not in inside and p.grad is not None:
+            torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.AVG)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

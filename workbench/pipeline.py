@@ -1,0 +1,134 @@
+"""`python -m workbench pipeline`: the SwiftVideo stages in order, then the evaluation table and plots.
+
+teacher (reused if shipped) -> CCD -> CCD + DA -> TA round 1 -> TA round 2 -> evaluation. Each stage is a
+train config plus the model it starts from; its run folder is <out>/<stage>, its exported model
+<out>/<stage>/model. A stage whose model is exported is skipped; one with checkpoints resumes. A TA stage
+first builds its preference pairs from the model it starts from (<out>/<stage>/preferences).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from workbench.config import ConfigError, load_config, load_dataclass
+
+
+@dataclass
+class PreferenceStage:
+    num: int = 512                   # pairs (train clips 0..num-1)
+    win_steps: int = 8               # winner: this many Euler steps of the starting model
+    lose_steps: int = 4              # loser: this many
+    winners: str = "sampled"         # "sampled" or "real" (real clips win; Figure 6 ablation)
+    seed: int = 0
+
+
+@dataclass
+class Stage:
+    name: str = ""
+    config: str = ""                 # train config YAML
+    init: str = ""                   # start from: an earlier stage's name or a model folder ("" = the config's weights)
+    teacher: str = ""                # distillation teacher: an earlier stage's name ("" = the starting model)
+    reuse: str = ""                  # a shipped model folder used as is when it holds model.safetensors (the teacher)
+    set: list[str] = field(default_factory=list)   # overrides of the train config, key=value
+    preferences: PreferenceStage | None = None      # TA: build pairs from `init` first
+
+
+@dataclass
+class PipelineEval:
+    models: list[str] = field(default_factory=list)  # stage names to evaluate (default: all)
+    steps: tuple[int, ...] = (2, 4)
+    num: int = 64                    # test clips per (model, steps, seed)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    sheet_steps: int = 4             # the step count of the stage-by-stage contact sheet
+    sheet_num: int = 4
+
+
+@dataclass
+class PipelineConfig:
+    name: str = "pipeline"
+    out: str = "runs/pipeline"
+    stages: list[Stage] = field(default_factory=list)
+    eval: PipelineEval = field(default_factory=PipelineEval)
+
+
+def load_pipeline(path: str | Path, overrides: list[str] = ()) -> PipelineConfig:
+    cfg = load_dataclass(PipelineConfig, path, overrides)
+    names = [s.name for s in cfg.stages]
+    for i, s in enumerate(cfg.stages):
+        if not s.name or not (s.config or s.reuse):
+            raise ConfigError(f"{path}: stages[{i}] needs a name and a config (or reuse)")
+        for key in ("init", "teacher"):
+            ref = getattr(s, key)
+            if ref and ref not in names[:i] and not Path(ref).is_dir():
+                raise ConfigError(f"{path}: stages[{i}].{key}: {ref!r} is neither an earlier stage nor a model folder")
+    for m in cfg.eval.models:
+        if m not in names:
+            raise ConfigError(f"{path}: eval.models: {m!r} is not a stage (stages: {', '.join(names)})")
+    return cfg
+
+
+def run_stage(stage: Stage, run: Path, init: Path | None, teacher: Path | None = None, log=print) -> Path:
+    """Train one stage (or reuse/skip it); returns its model folder."""
+    from workbench.data.preferences import build_preferences
+    from workbench.train import train
+    from workbench.train.checkpoint import complete_checkpoints, export_model
+    if stage.reuse and (Path(stage.reuse) / "model.safetensors").is_file():
+        log(f"reused {stage.reuse}")
+        return Path(stage.reuse)
+    model = run / "model"
+    if (model / "model.safetensors").is_file():
+        log(f"done already: {model}")
+        return model
+    overrides = [f"model.weights={init / 'model.safetensors'}"] if init else []
+    if teacher:
+        overrides.append(f"distill.teacher={teacher / 'model.safetensors'}")
+    if stage.preferences:
+        p, prefs = stage.preferences, run / "preferences"
+        if not (prefs / "pairs.json").is_file():
+            log(f"building {p.num} preference pairs ({p.win_steps} vs {p.lose_steps} steps) from {init}")
+            build_preferences(init, prefs, p.num, p.win_steps, p.lose_steps, p.winners, p.seed)
+        overrides.append(f"data.preferences={prefs}")
+    cfg = load_config(stage.config, [*overrides, *stage.set, f"out={run}", f"name={run.name}"])
+    resume = bool(complete_checkpoints(run / "checkpoints"))
+    log(f"training {cfg.train.method} for {cfg.train.steps} steps" + (" (resuming)" if resume else ""))
+    train(cfg, run, resume=resume)
+    export_model(run, model, dtype="float32")
+    return model
+
+
+def run_pipeline(cfg: PipelineConfig, out: str | Path | None = None) -> Path:
+    """Every stage in order, then <out>/eval: table.md, results.csv, plots and contact sheets."""
+    out = Path(out or cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    models: dict[str, Path] = {}
+    t0 = time.time()
+    for i, stage in enumerate(cfg.stages):
+        def log(msg, i=i, stage=stage):
+            print(f"[{i + 1}/{len(cfg.stages)} {stage.name} | {(time.time() - t0) / 60:.1f} min] {msg}", flush=True)
+        init = models.get(stage.init) or (Path(stage.init) if stage.init else None)
+        teacher = models.get(stage.teacher) or (Path(stage.teacher) if stage.teacher else None)
+        models[stage.name] = run_stage(stage, out / stage.name, init, teacher, log)
+    evaluate_stages(cfg, out, models)
+    print(f"[eval | {(time.time() - t0) / 60:.1f} min] wrote {out / 'eval' / 'table.md'}", flush=True)
+    return out
+
+
+def evaluate_stages(cfg: PipelineConfig, out: Path, models: dict[str, Path]) -> None:
+    from workbench.eval.report import evaluate
+    from workbench.generate import comparison_sheet, load_model
+    from workbench.plots import training_curves
+    e = cfg.eval
+    names = e.models or list(models)
+    evaluate([str(models[n]) for n in names], list(e.steps), e.num, list(e.seeds), out / "eval", names=names,
+             sheet_num=0)
+    sheet = {}
+    for n in names:
+        net, conditioner, mcfg = load_model(models[n])
+        sheet[n] = (net, conditioner, mcfg, [e.sheet_steps])
+    comparison_sheet(sheet, out / "eval" / f"stages_{e.sheet_steps}steps.png", e.sheet_num)
+    runs = {s.name: out / s.name for s in cfg.stages if (out / s.name / "metrics.jsonl").is_file()}
+    if runs:
+        keys = ("loss", "loss_distill", "loss_adv_g", "loss_d", "logit_real", "logit_fake", "win_diff", "loss_dpo")
+        training_curves(runs, keys, log_y=False).write_html(out / "eval" / "training_curves.html",
+                                                            include_plotlyjs="cdn")
