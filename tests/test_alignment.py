@@ -1,0 +1,150 @@
+"""Distribution alignment (Eq. 10) and trajectory alignment (Eq. 11, LoRA), on tiny random networks."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from transformers import Dinov2Config, Dinov2Model
+
+from workbench.config import load_config
+from workbench.data import build_dataset, collate
+from workbench.methods import build_method
+from workbench.methods.adversarial import Adversarial, hinge_discriminator, hinge_generator
+from workbench.methods.dpo import FlowDPO, dpo_loss
+from workbench.models import build_backbone
+from workbench.models.lora import add_lora, load_lora, save_lora
+
+
+@pytest.fixture(scope="module")
+def dino(tmp_path_factory):
+    """A tiny random `Dinov2Model` folder (16 px, 4 px patches, 2 layers)."""
+    folder = tmp_path_factory.mktemp("dino")
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=2,
+                             num_attention_heads=2, mlp_ratio=2)).save_pretrained(folder)
+    return str(folder)
+
+
+def _steps(method, batch, steps: int):
+    """The training loop's update for each optimizer, in order, on a fixed batch."""
+    method.ema = copy.deepcopy(method.net).requires_grad_(False)
+    opts = {k: torch.optim.AdamW(v, lr=1e-3) for k, v in method.param_groups().items()}
+    logs = []
+    for step in range(steps):
+        out = method.losses(batch, step, torch.Generator().manual_seed(step))
+        for name, loss in out.losses.items():
+            opts[name].zero_grad(set_to_none=True)
+            loss.backward()
+            opts[name].step()
+        logs.append(out.logs)
+    return logs
+
+
+def test_hinge_losses_on_known_logits():
+    real = [torch.tensor([2.0, 0.5, -1.0]), torch.tensor([[0.0, 3.0]])]
+    fake = [torch.tensor([-2.0, 0.5, 1.0]), torch.tensor([[-0.5, 0.0]])]
+    # D: mean(relu(1 - r)) + mean(relu(1 + f)) per head, summed over heads
+    d = (0 + 0.5 + 2) / 3 + (0 + 1.5 + 2) / 3 + (1 + 0) / 2 + (0.5 + 1) / 2
+    g = (3 + 0.5 + 0) / 3 + (1.5 + 1) / 2                                     # mean(relu(1 - f))
+    assert hinge_discriminator(real, fake).item() == pytest.approx(d)
+    assert hinge_generator(fake).item() == pytest.approx(g)
+
+
+def test_da_trains_heads_and_student_but_never_the_feature_net(dino):
+    cfg = load_config("experiments/micro/da.yaml", [f"adversarial.feature_net={dino}", "adversarial.warmup=1",
+                                                        "adversarial.layers=[1,2]"])
+    torch.manual_seed(0)
+    net, cond = build_backbone(cfg.model)
+    method = build_method(cfg, net, cond)
+    assert isinstance(method, Adversarial)
+    feats, disc, student = (copy.deepcopy(m.state_dict()) for m in (method.features, method.disc, net))
+    batch = collate([build_dataset(cfg.data, "train")[i] for i in range(4)])
+    logs = _steps(method, batch, 3)
+    assert "loss_d" not in logs[0] and "loss_d" in logs[1]                       # N_warmup = 1 distillation step
+    assert all(p.grad is None and not p.requires_grad for p in method.features.parameters())
+    assert all(torch.equal(v, method.features.state_dict()[k]) for k, v in feats.items())
+    assert any(not torch.equal(v, method.disc.state_dict()[k]) for k, v in disc.items())
+    assert any(not torch.equal(v, net.state_dict()[k]) for k, v in student.items())
+    assert set(method.param_groups()) == {"model", "disc"}
+
+
+def test_dpo_loss_by_hand():
+    e_w, e_l, r_w, r_l = (torch.tensor([x]) for x in (0.2, 0.5, 0.25, 0.45))
+    inside = -10 / 2 * ((0.2 - 0.25) - (0.5 - 0.45))                          # Eq. (11) with beta = 10: 0.5
+    assert dpo_loss(e_w, e_l, r_w, r_l, beta=10).item() == pytest.approx(math.log1p(math.exp(-inside)))
+
+
+def _preference_batch(cfg, net, cond, n=4):
+    """Winners and losers as the pair builder stores them: latents, first frames, captions, frame count."""
+    clips = collate([build_dataset(cfg.data, "train")[i] for i in range(n)])
+    x0, _ = cond.prepare(clips["video"], clips["caption"])
+    g = torch.Generator().manual_seed(3)
+    return {"winner": x0, "loser": x0 + 0.3 * torch.randn(x0.shape, generator=g), "first": clips["video"][:, :, 0],
+            "caption": clips["caption"], "frames": [clips["video"].shape[2]] * n}
+
+
+def test_dpo_starts_at_log2_and_changes_only_lora():
+    cfg = load_config("experiments/micro/dpo.yaml", ["data.preferences=''"])
+    torch.manual_seed(0)
+    net, cond = build_backbone(cfg.model)
+    base = copy.deepcopy(net.transformer.state_dict())
+    method = build_method(cfg, net, cond)
+    assert isinstance(method, FlowDPO)
+    batch = _preference_batch(cfg, net, cond)
+    logs = _steps(method, batch, 4)
+    # B = 0 at init: the model is its reference, so the margin is 0 and L_DPO = log 2, Win Diff = 0
+    assert logs[0]["loss_dpo"] == pytest.approx(math.log(2), abs=1e-6)
+    assert logs[0]["win_diff"] == pytest.approx(0.0, abs=1e-7)
+    assert logs[-1]["loss_dpo"] < math.log(2)
+    after = {k.replace(".base_layer", ""): v for k, v in net.transformer.state_dict().items()}
+    assert all(torch.equal(after[k], v) for k, v in base.items())              # every base weight is untouched
+    lora = [k for k in after if "lora_B" in k]
+    assert lora and all(p.requires_grad == ("lora_" in n) for n, p in net.transformer.named_parameters())
+    assert any(after[k].abs().sum() > 0 for k in lora)                         # the adapter has learned
+
+
+def test_lora_round_trips_exactly_in_diffusers_format(tmp_path):
+    cfg = load_config("experiments/micro/dpo.yaml")
+    torch.manual_seed(0)
+    net, _ = build_backbone(cfg.model)
+    fresh = copy.deepcopy(net.transformer)
+    add_lora(net.transformer, 4, 8.0, cfg.dpo.lora_targets)
+    with torch.no_grad():
+        for n, p in net.transformer.named_parameters():
+            if "lora_B" in n:
+                p.normal_()                                                     # B = 0 would round-trip trivially
+    path = save_lora(net.transformer, tmp_path)
+    assert path.name == "pytorch_lora_weights.safetensors"
+    load_lora(fresh, tmp_path)
+    a, b = net.transformer.state_dict(), fresh.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert fresh.peft_config["default"].lora_alpha == 8.0 and fresh.peft_config["default"].r == 4
+    with pytest.raises(FileNotFoundError, match="pytorch_lora_weights"):
+        load_lora(fresh, tmp_path / "nowhere")
+
+
+def test_wan_scale_da_and_ta_steps(tmp_path, dino):
+    """The 1.3B code path at tiny size: VAE-decoded x0_hat through DINOv2 heads; DPO with LoRA on Wan."""
+    from tests.tiny_wan import save_tiny_wan
+    model = [f"model.{k}={v}" for k, v in save_tiny_wan(tmp_path).items()]
+    clip = torch.rand(2, 3, 5, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    captions = ["a red ball moving left", "a blue cat"]
+
+    cfg = load_config(None, [*model, "train.method=adversarial", "adversarial.warmup=0",
+                             f"adversarial.feature_net={dino}", "adversarial.layers=[1,2]",
+                             "distill.tangent_warmup=0"])
+    net, cond = build_backbone(cfg.model)
+    method = build_method(cfg, net, cond)
+    logs = _steps(method, {"video": clip, "caption": captions}, 1)
+    assert all(math.isfinite(v) for v in logs[0].values()) and "logit_fake" in logs[0]
+    assert all(p.grad is not None for p in method.disc.parameters() if p.requires_grad)
+
+    cfg = load_config(None, [*model, "train.method=dpo", "dpo.lora_rank=2"])
+    net, cond = build_backbone(cfg.model)
+    method = build_method(cfg, net, cond)
+    x0, _ = cond.prepare(clip, captions)
+    batch = {"winner": x0, "loser": torch.randn_like(x0), "first": clip[:, :, 0], "caption": captions, "frames": [5, 5]}
+    logs = _steps(method, batch, 2)
+    assert logs[0]["loss_dpo"] == pytest.approx(math.log(2), abs=1e-6) and math.isfinite(logs[1]["loss"])

@@ -1,0 +1,85 @@
+"""Preference pairs and the pipeline command, end to end on the micro preset."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from workbench.__main__ import main
+from workbench.config import ConfigError
+from workbench.data.preferences import PreferenceDataset, build_preferences
+from workbench.generate import generate_latents, load_model
+from workbench.pipeline import load_pipeline, run_pipeline
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    """The micro pipeline: teacher -> CCD -> CCD + DA -> TA 4v2 -> TA 2v1 -> evaluation."""
+    out = tmp_path_factory.mktemp("pipeline")
+    run_pipeline(load_pipeline("experiments/micro/swiftvideo.yaml"), out)
+    return out
+
+
+def test_pipeline_writes_every_stage_and_the_evaluation(pipeline_run):
+    for stage in ("teacher", "ccd", "ccd_da", "ta1", "ta2"):
+        assert (pipeline_run / stage / "model" / "model.safetensors").is_file()
+    for stage in ("ta1", "ta2"):
+        assert (pipeline_run / stage / "model" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+        rows = [json.loads(r) for r in (pipeline_run / stage / "metrics.jsonl").read_text().splitlines()]
+        assert all("win_diff" in r for r in rows)
+    meta = json.loads((pipeline_run / "ta2" / "preferences" / "pairs.json").read_text())["meta"]
+    assert (meta["win_steps"], meta["lose_steps"]) == (2, 1) and meta["model"].endswith("ta1/model")
+    ev = pipeline_run / "eval"
+    for name in ("table.md", "results.csv", "fvd_vs_steps.html", "training_curves.html", "stages_2steps.png"):
+        assert (ev / name).is_file(), name
+    table = (ev / "table.md").read_text()
+    assert all(f"| {s} |" in table for s in ("teacher", "ccd", "ccd_da", "ta1", "ta2"))
+
+
+def test_pipeline_skips_finished_stages(pipeline_run, capsys):
+    stamp = {s: (pipeline_run / s / "model" / "model.safetensors").stat().st_mtime_ns for s in ("ccd", "ta2")}
+    run_pipeline(load_pipeline("experiments/micro/swiftvideo.yaml", ["eval.seeds=[1]"]), pipeline_run)
+    assert capsys.readouterr().out.count("done already") == 5
+    assert all((pipeline_run / s / "model" / "model.safetensors").stat().st_mtime_ns == t for s, t in stamp.items())
+
+
+def test_exported_ta_model_equals_its_checkpoint_with_lora(pipeline_run):
+    """model.safetensors (LoRA merged) samples what the run's last checkpoint (base + LoRA) samples."""
+    from workbench.generate import test_batch
+    merged, cond, cfg = load_model(pipeline_run / "ta1" / "model")
+    ckpt, _, _ = load_model(pipeline_run / "ta1")
+    batch = test_batch(cfg, 2)
+    a, b = (generate_latents(n, cond, batch, 2) for n in (merged, ckpt))
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_preference_pairs_are_the_models_own_samples(pipeline_run, tmp_path):
+    model = pipeline_run / "ccd_da" / "model"
+    out = build_preferences(model, tmp_path / "prefs", 5, 2, 1, batch_size=2, shard_size=2, progress=False)
+    ds = PreferenceDataset(out)
+    assert len(ds) == 5 and ds.meta["shards"] == 3
+    net, cond, cfg = load_model(model)
+    from workbench.data import build_dataset, collate
+    clips = collate([build_dataset(cfg.data, "train")[i] for i in range(5)])
+    clips["seed"] = list(range(5))
+    win, lose = generate_latents(net, cond, clips, 2), generate_latents(net, cond, clips, 1)
+    for i in range(5):
+        it = ds[i]
+        torch.testing.assert_close(it["winner"], win[i])
+        torch.testing.assert_close(it["loser"], lose[i])
+        assert torch.equal(it["first"], clips["video"][i, :, 0]) and it["caption"] == clips["caption"][i]
+    real = build_preferences(model, tmp_path / "real", 2, winners="real", progress=False)
+    torch.testing.assert_close(PreferenceDataset(real)[1]["winner"], clips["video"][1])  # pixel codec: x0 = clip
+    with pytest.raises(FileExistsError):
+        build_preferences(model, out, 5, progress=False)
+
+
+def test_bad_pipeline_and_preference_input(tmp_path, capsys):
+    bad = tmp_path / "p.yaml"
+    bad.write_text("stages:\n  - {name: a, config: experiments/micro/ccd.yaml, init: nowhere}\n")
+    with pytest.raises(ConfigError, match="stages\\[0\\].init"):
+        load_pipeline(bad)
+    assert main(["train", "experiments/micro/dpo.yaml", "--set", f"data.preferences={tmp_path}/none",
+                 "--out", str(tmp_path / "run")]) == 2
+    assert "pairs.json not found" in capsys.readouterr().err
