@@ -39,6 +39,11 @@ class ToySpec:
     p_state_speed: float = 0.5          # chance the caption states the speed (when there are several)
 
 
+# One large object at a time with every speed: the clips the toy feature networks (FVD net, DA feature net)
+# are pre-trained on, each from its own seed range.
+FEATURE_SPEC = ToySpec(object_size=(6, 10), speeds=(1, 2, 3, 4), grid=1)
+
+
 @dataclass
 class ObjectTruth:
     shape: str

@@ -26,11 +26,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from workbench.data.synthetic import COLOURS, DIRECTIONS, SHAPES, ToySpec, render_clip, shape_mask, to_tensor
+from workbench.data.synthetic import COLOURS, DIRECTIONS, FEATURE_SPEC, SHAPES, ToySpec, render_clip, shape_mask, to_tensor
 
 FEATURE_SEED_OFFSET = 2_000_000_000       # toy FVD net clips; train/test splits use seeds from 0 and from 10^9
 VAL_SEED_OFFSET = FEATURE_SEED_OFFSET + 100_000_000
-FEATURE_SPEC = ToySpec(object_size=(6, 10), speeds=(1, 2, 3, 4), grid=1)
 SPEEDS = (1, 2, 3, 4)
 
 

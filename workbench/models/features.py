@@ -23,8 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import Dinov2Config, Dinov2Model
 
-from workbench.data.synthetic import COLOURS, SHAPES, ToySpec, render_clip, shape_mask, to_tensor
-from workbench.eval.features import FEATURE_SPEC
+from workbench.data.synthetic import COLOURS, FEATURE_SPEC, SHAPES, ToySpec, render_clip, shape_mask, to_tensor
 
 FEATURE_NET_SEED_OFFSET = 3_000_000_000   # its clips; FVD net 2e9.., train split 0.., test 1e9..
 VAL_SEED_OFFSET = FEATURE_NET_SEED_OFFSET + 100_000_000
