@@ -9,6 +9,7 @@ lambda_adv) joins the distillation loss after N_warmup steps; both optimizers st
 from __future__ import annotations
 
 import torch
+from torch.nn.functional import layer_norm
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
@@ -47,6 +48,7 @@ class Discriminator(nn.Module):
 
     def forward(self, tokens: list[torch.Tensor], B: int) -> list[torch.Tensor]:
         """tokens[k]: (B*T, 1 + L, D), CLS first -> logits per head: spatial (B*T, L), temporal (B, T)."""
+        tokens = [layer_norm(tok, tok.shape[-1:]) for tok in tokens]    # unit scale per token, as DINOv2's output
         logits = [head(tok[:, 1:].transpose(1, 2)).flatten(1) for head, tok in zip(self.spatial, tokens)]
         for head, tok in zip(self.temporal, tokens):
             cls_BDT = tok[:, 0].reshape(B, -1, tok.shape[-1]).transpose(1, 2)
