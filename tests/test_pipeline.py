@@ -31,8 +31,10 @@ def test_pipeline_writes_every_stage_and_the_evaluation(pipeline_run):
     meta = json.loads((pipeline_run / "ta2" / "preferences" / "pairs.json").read_text())["meta"]
     assert (meta["win_steps"], meta["lose_steps"]) == (2, 1) and meta["model"].endswith("ta1/model")
     ev = pipeline_run / "eval"
-    for name in ("table.md", "results.csv", "fvd_vs_steps.html", "training_curves.html", "stages_2steps.png"):
+    for name in ("table.md", "results.csv", "fvd_vs_steps.html", "training_curves.html", "discriminator_logits.html",
+                 "win_diff.html", "stages_2steps.png"):
         assert (ev / name).is_file(), name
+    assert all(f"{s}: win_diff" in (ev / "win_diff.html").read_text() for s in ("ta1", "ta2"))
     table = (ev / "table.md").read_text()
     assert all(f"| {s} |" in table for s in ("teacher", "ccd", "ccd_da", "ta1", "ta2"))
 

@@ -117,7 +117,6 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path | None = None) -> Path:
 def evaluate_stages(cfg: PipelineConfig, out: Path, models: dict[str, Path]) -> None:
     from workbench.eval.report import evaluate
     from workbench.generate import comparison_sheet, load_model
-    from workbench.plots import training_curves
     e = cfg.eval
     names = e.models or list(models)
     evaluate([str(models[n]) for n in names], list(e.steps), e.num, list(e.seeds), out / "eval", names=names,
@@ -127,8 +126,26 @@ def evaluate_stages(cfg: PipelineConfig, out: Path, models: dict[str, Path]) -> 
         net, conditioner, mcfg = load_model(models[n])
         sheet[n] = (net, conditioner, mcfg, [e.sheet_steps])
     comparison_sheet(sheet, out / "eval" / f"stages_{e.sheet_steps}steps.png", e.sheet_num)
-    runs = {s.name: out / s.name for s in cfg.stages if (out / s.name / "metrics.jsonl").is_file()}
-    if runs:
-        keys = ("loss", "loss_distill", "loss_adv_g", "loss_d", "logit_real", "logit_fake", "win_diff", "loss_dpo")
-        training_curves(runs, keys, log_y=False).write_html(out / "eval" / "training_curves.html",
-                                                            include_plotlyjs="cdn")
+    write_curves(cfg, out, models)
+
+
+CURVES = {"training_curves": ("loss", "loss_distill", "loss_adv_g", "loss_d", "loss_dpo", "loss_rf"),
+          "discriminator_logits": ("logit_real", "logit_fake"),       # DA: hinge logits on real and fake
+          "win_diff": ("win_diff",)}                                  # TA: Figure 8
+
+
+def write_curves(cfg: PipelineConfig, out: Path, models: dict[str, Path]) -> None:
+    """<out>/eval/<figure>.html for each group of CURVES some stage logged; a reused stage contributes the
+    curves of the run it was exported from (<run>/model -> <run>/metrics.jsonl)."""
+    from workbench.plots import read_metrics, training_curves
+    runs = {}
+    for s in cfg.stages:
+        run = out / s.name if (out / s.name / "metrics.jsonl").is_file() else models[s.name].parent
+        if (run / "metrics.jsonl").is_file():                         # a shipped model folder's parent has none
+            runs[s.name] = run
+    logged = {name: set(read_metrics(run).columns) for name, run in runs.items()}
+    for figure, keys in CURVES.items():
+        having = {name: runs[name] for name in runs if logged[name] & set(keys)}
+        if having:
+            training_curves(having, keys, log_y=False).write_html(out / "eval" / f"{figure}.html",
+                                                                  include_plotlyjs="cdn")
