@@ -3,7 +3,6 @@ from __future__ import annotations
 import abc
 import copy
 from dataclasses import dataclass, field
-
 from pathlib import Path
 
 import torch
@@ -52,6 +51,14 @@ class Distillation(Method):
     F_theta(x_t, t) with it, so that other losses on the same forward (DA's x0_hat) can reuse it.
     """
 
+    def __init__(self, cfg, net, conditioner):
+        super().__init__(cfg, net, conditioner)
+        self.teacher = copy.deepcopy(net).requires_grad_(False).eval()
+        if cfg.distill.teacher:                           # e.g. DA after CCD: the student is the CCD model
+            if not Path(cfg.distill.teacher).is_file():
+                raise FileNotFoundError(f"distill.teacher: {cfg.distill.teacher} does not exist (a .safetensors file)")
+            self.teacher.transformer.load_state_dict(load_file(cfg.distill.teacher))
+
     def losses(self, batch, step, generator):
         _, x_t, t, cond = self.noisy_batch(batch, generator)
         loss, _, logs = self.student_loss(x_t, t, cond, step)
@@ -60,14 +67,6 @@ class Distillation(Method):
     @abc.abstractmethod
     def student_loss(self, x_t, t, cond, step: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """(distillation loss, F_theta(x_t, t) with its graph, logs) for latents x_t (B,C,T,H,W) at times t (B,)."""
-
-    def __init__(self, cfg, net, conditioner):
-        super().__init__(cfg, net, conditioner)
-        self.teacher = copy.deepcopy(net).requires_grad_(False).eval()
-        if cfg.distill.teacher:                           # e.g. DA after CCD: the student is the CCD model
-            if not Path(cfg.distill.teacher).is_file():
-                raise FileNotFoundError(f"distill.teacher: {cfg.distill.teacher} does not exist (a .safetensors file)")
-            self.teacher.transformer.load_state_dict(load_file(cfg.distill.teacher))
 
     def noisy_batch(self, batch: dict, generator: torch.Generator):
         """x0 ~ D, x1 ~ N(0, I), t ~ the distill sampler, x_t (Algorithm 1 lines 4-5); latents B,C,T,H,W."""
