@@ -1,4 +1,7 @@
-"""Command line: python -m workbench {pipeline,train,sample,eval,preferences,export,features,data} ... (bad input: one line, exit 2)."""
+"""Command line: python -m workbench {pipeline,train,sample,eval,preferences,export,features,data} ...
+
+Bad input gives one line on stderr and exit 2.
+"""
 from __future__ import annotations
 
 import argparse
