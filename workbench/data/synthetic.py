@@ -128,6 +128,16 @@ def render_clip(seed: int, spec: ToySpec = ToySpec()) -> tuple[np.ndarray, str, 
     return video.round().astype(np.uint8), caption_of(objects, spec), objects
 
 
+def coverage(objects: list[ObjectTruth], frames: int, size: int) -> np.ndarray:
+    """(T, H, W) bool: the pixels some object covers in each frame (ground truth, ignoring draw order)."""
+    covered_THW = np.zeros((frames, size, size), bool)
+    for o in objects:
+        m = shape_mask(o.shape, o.size)
+        for f, (x, y) in enumerate(o.xy):
+            covered_THW[f, y:y + o.size, x:x + o.size] |= m
+    return covered_THW
+
+
 def caption_of(objects: list[ObjectTruth], spec: ToySpec = ToySpec()) -> str:
     parts = []
     for o in objects:

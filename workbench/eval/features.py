@@ -26,7 +26,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from workbench.data.synthetic import COLOURS, DIRECTIONS, FEATURE_SPEC, SHAPES, ToySpec, render_clip, shape_mask, to_tensor
+from workbench.data.synthetic import (COLOURS, DIRECTIONS, FEATURE_SPEC, SHAPES, ToySpec, coverage, render_clip,
+                                      to_tensor)
 
 FEATURE_SEED_OFFSET = 2_000_000_000       # toy FVD net clips; train/test splits use seeds from 0 and from 10^9
 VAL_SEED_OFFSET = FEATURE_SEED_OFFSET + 100_000_000
@@ -118,12 +119,7 @@ def _labels(video_THWC: np.ndarray, truth) -> dict:
     """Class targets of the first object and the 6 x 6 background thumbnail (pixels no object covers)."""
     o = truth[0]
     T, H, W, _ = video_THWC.shape
-    covered = np.zeros((T, H, W), bool)
-    for obj in truth:
-        m = shape_mask(obj.shape, obj.size)
-        for f, (x, y) in enumerate(obj.xy):
-            covered[f, y:y + obj.size, x:x + obj.size] |= m
-    free = (~covered)[..., None]
+    free = (~coverage(truth, T, H))[..., None]
     n = free.sum(0)
     bg = np.where(n > 0, (video_THWC * free).sum(0) / np.maximum(n, 1), video_THWC.mean(0))
     thumb = bg.reshape(6, H // 6, 6, W // 6, 3).mean((1, 3)) / 127.5 - 1

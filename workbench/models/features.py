@@ -16,14 +16,13 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import Dinov2Config, Dinov2Model
 
-from workbench.data.synthetic import COLOURS, FEATURE_SPEC, SHAPES, ToySpec, render_clip, shape_mask, to_tensor
+from workbench.data.synthetic import COLOURS, FEATURE_SPEC, SHAPES, ToySpec, coverage, render_clip, to_tensor
 
 FEATURE_NET_SEED_OFFSET = 3_000_000_000   # its clips; FVD net 2e9.., train split 0.., test 1e9..
 VAL_SEED_OFFSET = FEATURE_NET_SEED_OFFSET + 100_000_000
@@ -78,12 +77,8 @@ def toy_frames(seeds: range, spec: ToySpec, gen: torch.Generator | None = None) 
     for s in seeds:
         video, _, truth = render_clip(int(s), spec)
         f = int(torch.randint(spec.frames, (1,), generator=gen)) if gen is not None else 0
-        covered_HW = np.zeros((spec.size, spec.size), bool)
-        for o in truth:
-            x, y = o.xy[f]
-            covered_HW[y:y + o.size, x:x + o.size] |= shape_mask(o.shape, o.size)
         frames.append(to_tensor(video[f:f + 1])[:, 0])
-        masks.append(torch.from_numpy(covered_HW).float())
+        masks.append(torch.from_numpy(coverage(truth, spec.frames, spec.size)[f]).float())
         shapes.append(SHAPES.index(truth[0].shape))
         colours.append(list(COLOURS).index(truth[0].colour))
     return torch.stack(frames), {"mask": torch.stack(masks)[:, None], "shape": torch.tensor(shapes),
