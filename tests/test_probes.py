@@ -1,0 +1,22 @@
+"""The direction-word probe: zero when the text path is cut, positive when text reaches the velocity."""
+import torch
+
+from workbench.config import load_config
+from workbench.eval.probes import direction_sensitivity
+from workbench.generate import test_batch as make_test_batch
+from workbench.models import build_backbone
+
+
+def test_direction_sensitivity_sees_only_the_text_path():
+    cfg = load_config("experiments/micro/teacher.yaml")
+    torch.manual_seed(0)
+    net, conditioner = build_backbone(cfg.model)
+    batch = make_test_batch(cfg, 2)
+    res = direction_sensitivity(net.eval(), conditioner, batch, ts=(0.9, 0.5))
+    assert set(res) == {0.9, 0.5}
+    assert all(r["left_vs_right"] > 0 and r["caption_vs_empty"] > 0 for r in res.values())
+    for block in net.transformer.blocks:  # cut cross-attention: the caption can no longer change F
+        torch.nn.init.zeros_(block.attn2.to_out[0].weight)
+        torch.nn.init.zeros_(block.attn2.to_out[0].bias)
+    res = direction_sensitivity(net, conditioner, batch, ts=(0.9,))
+    assert res[0.9] == {"left_vs_right": 0.0, "caption_vs_empty": 0.0}
