@@ -14,24 +14,31 @@ import json
 
 import torch
 
-from workbench.flow import interpolate
+from workbench.data.synthetic import ObjectTruth, caption_of
+from workbench.flow import denoise, interpolate
 from workbench.generate import clip_noise, load_model, test_batch
+
+
+def _captions(truths: list[list[dict]], direction: str | None) -> list[str]:
+    """Each clip's caption stating `direction` for every object (None: no direction), never the speed."""
+    return [caption_of([ObjectTruth(**{**o, "direction": direction or o["direction"],
+                                       "direction_stated": direction is not None, "speed_stated": False})
+                        for o in truth]) for truth in truths]
 
 
 @torch.no_grad()
 def direction_sensitivity(net, conditioner, batch: dict, ts=(0.95, 0.7, 0.4), seed: int = 0) -> dict:
     """{t: {"left_vs_right", "caption_vs_empty"}} of x0_hat on one batch of toy clips."""
-    base = [c.split(" moving")[0] for c in batch["caption"]]
-    x0, _ = conditioner.prepare(batch["video"], base)
+    x0, _ = conditioner.prepare(batch["video"], _captions(batch["truth"], None))
     x1 = clip_noise(batch["seed"], tuple(x0.shape[1:]), seed).to(x0)
     conds = {k: conditioner.prepare(batch["video"], caps)[1] for k, caps in {
-        "left": [b + " moving left" for b in base], "right": [b + " moving right" for b in base],
-        "empty": [""] * len(base)}.items()}
+        "left": _captions(batch["truth"], "left"), "right": _captions(batch["truth"], "right"),
+        "empty": [""] * x0.shape[0]}.items()}
     out = {}
     for t in ts:
         t_B = torch.full((x0.shape[0],), float(t), device=x0.device)
         x_t = interpolate(x0, x1, t_B)
-        x0_hat = {k: x_t - t * net(x_t, t_B, c) for k, c in conds.items()}  # Eq. 5
+        x0_hat = {k: denoise(x_t, net(x_t, t_B, c), t_B) for k, c in conds.items()}  # Eq. 5
         out[float(t)] = {"left_vs_right": (x0_hat["left"] - x0_hat["right"]).abs().mean().item(),
                          "caption_vs_empty": (x0_hat["left"] - x0_hat["empty"]).abs().mean().item()}
     return out
