@@ -65,3 +65,25 @@ def test_guidance_combines_branches():
     x = torch.zeros(1, 1, 1, 1, 1)
     v = guided_velocity(model, x, torch.ones(1), cond, guidance=3.0, null_text=torch.zeros(1, 2, 3))
     assert v.item() == pytest.approx(0 + 3.0 * (6 - 0))
+
+
+@pytest.mark.parametrize("positions", [False, True])
+def test_toy_net_tells_positions_apart_only_with_position_channels(positions):
+    """Wan's RoPE is relative: on a constant input every token computes the same thing unless the
+    absolute (t, y, x) channels are appended (the toy preset); then tokens differ by frame and place."""
+    from diffusers import WanTransformer3DModel
+
+    from workbench.models.wan import POSITION_CHANNELS, PRESETS, FlowNet, position_ramps
+
+    torch.manual_seed(0)
+    kw = dict(PRESETS["toy"], num_layers=1, in_channels=7 + (POSITION_CHANNELS if positions else 0))
+    net = FlowNet(WanTransformer3DModel(**kw), positions=positions).eval()
+    x_BCTHW = torch.full((1, 3, 8, 24, 24), 0.3)  # constant everywhere, the mask included
+    cond = Cond(torch.full_like(x_BCTHW, -0.2), torch.ones(1, 1, 8, 24, 24), torch.zeros(1, 4, 32))
+    with torch.no_grad():
+        v = net(x_BCTHW, torch.tensor([0.5]), cond)
+    ramps = position_ramps(x_BCTHW)
+    assert ramps.shape == (1, 3, 8, 24, 24) and ramps[0, 0, 0].eq(-1).all() and ramps[0, 2, :, :, -1].eq(1).all()
+    patches = v.unflatten(2, (4, 2)).unflatten(4, (6, 4)).unflatten(6, (6, 4))  # B,C,T',2,H',4,W',4
+    spread = (patches - patches[:, :, :1, :, :1, :, :1]).abs().amax()
+    assert (spread > 1e-3) if positions else (spread < 1e-5)

@@ -8,7 +8,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
 from workbench.models.jvp import chunked_attention, velocity_and_tangent
-from workbench.models.wan import Cond, FlowNet, build_transformer
+from workbench.models.wan import Cond, build_flownet
 
 # preset -> (latent channels, mask channels, latent T, H, W, image tokens): 8 tokens each.
 SIZES = {"tiny-wan": (4, 4, 2, 4, 4, 5), "toy": (3, 1, 4, 8, 8, 0)}
@@ -19,7 +19,7 @@ def make(preset: str, dtype=torch.float32, seed: int = 0):
     C, M, T, H, W, n_image = SIZES[preset]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = FlowNet(build_transformer(preset)).to(dtype).eval()
+        net = build_flownet(preset).to(dtype).eval()
         g = torch.Generator().manual_seed(seed)
         x_BCTHW = torch.randn(2, C, T, H, W, generator=g, dtype=dtype)
         mask_BMTHW = torch.zeros(2, M, T, H, W, dtype=dtype)

@@ -6,7 +6,7 @@ import torch
 from workbench.config import ModelConfig
 from workbench.models.codec import PixelCodec, WanVAECodec
 from workbench.models.text import CLIPImageEncoder, ToyTextEncoder, UMT5TextEncoder
-from workbench.models.wan import PRESETS, Cond, FlowNet, build_transformer
+from workbench.models.wan import POSITION_CHANNELS, PRESETS, Cond, FlowNet, build_flownet
 
 __all__ = ["Cond", "Conditioner", "FlowNet", "PRESETS", "build_backbone"]
 
@@ -58,24 +58,27 @@ def build_backbone(cfg: ModelConfig) -> tuple[FlowNet, Conditioner]:
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(cfg.dtype)
     if dtype is None:
         raise ValueError(f"model.dtype: expected float32 or bfloat16, got {cfg.dtype!r}")
-    net = FlowNet(build_transformer(cfg.preset, cfg.transformer_path, cfg.weights))
+    net = build_flownet(cfg.preset, cfg.transformer_path, cfg.weights)
     codec = WanVAECodec.from_folder(cfg.vae_path, dtype) if cfg.vae_path else PixelCodec()
     text_dim = net.transformer.config.text_dim
     text = UMT5TextEncoder(cfg.text_encoder_path, dtype) if cfg.text_encoder_path else ToyTextEncoder(dim=text_dim)
     image = CLIPImageEncoder(cfg.image_encoder_path, dtype) if cfg.image_encoder_path else None
-    _check_parts_fit(cfg, net.transformer.config, codec, text, image)
+    _check_parts_fit(cfg, net, codec, text, image)
     return net, Conditioner(codec, text, image)
 
 
-def _check_parts_fit(cfg: ModelConfig, tc, codec, text, image) -> None:
+def _check_parts_fit(cfg: ModelConfig, net: FlowNet, codec, text, image) -> None:
     """Fail at build time, naming the config keys, where the parts would otherwise fail (or mix) mid-forward."""
+    tc = net.transformer.config
     arch = f"model.transformer_path={cfg.transformer_path}" if cfg.transformer_path else f"model.preset={cfg.preset}"
     src = f"model.vae_path={cfg.vae_path}" if cfg.vae_path else "the pixel codec (no model.vae_path)"
-    want_in = 2 * codec.channels + codec.temporal_factor  # x_t + mask + first-frame latents
+    n_pos = POSITION_CHANNELS if net.positions else 0
+    want_in = 2 * codec.channels + codec.temporal_factor + n_pos  # x_t + mask + first-frame latents (+ positions)
     if (tc.in_channels, tc.out_channels) != (want_in, codec.channels):
         raise ValueError(f"{arch} takes in/out channels {tc.in_channels}/{tc.out_channels}, but {src} gives "
                          f"{codec.channels} latent channels: expected {want_in}/{codec.channels} "
-                         f"({codec.channels} + {codec.temporal_factor} mask + {codec.channels})")
+                         f"({codec.channels} + {codec.temporal_factor} mask + {codec.channels}"
+                         f"{f' + {n_pos} positions' if n_pos else ''})")
     if text.dim != tc.text_dim:
         raise ValueError(f"model.text_encoder_path: text tokens of width {text.dim} do not fit {arch} "
                          f"(text_dim={tc.text_dim})")

@@ -1,7 +1,8 @@
 """The backbone: diffusers `WanTransformer3DModel` at every scale, and Fun-InP image-to-video inputs.
 
-Presets give the transformer's architecture; `in_channels` = latent + mask + first-frame channels.
-The I2V input is assembled in one place, `FlowNet.forward`:
+Presets give the transformer's architecture; `in_channels` = latent + mask + first-frame channels
+(+ 3 absolute-position channels for the toy, see POSITION_PRESETS).
+The I2V input is assembled in one place, `FlowNet.wan_inputs`:
     cat([x_t (C), mask (M), first-frame latents (C)], dim=1)  as WanImageToVideoPipeline / Fun-InP do.
 With image tokens, diffusers' Wan attention takes the last 512 context tokens as text and the rest as
 image (`image_context_length = len - 512`), so `FlowNet.forward` zero-pads shorter text to 512 there.
@@ -17,11 +18,14 @@ from safetensors.torch import load_file
 
 from workbench.models.text import WAN_TEXT_LEN
 
+# 24x24x8 toy clips in pixel space: (2,4,4) patches -> 4 x 6 x 6 = 144 tokens, 1.8 M params.
+_TOY = dict(patch_size=(2, 4, 4), num_attention_heads=4, attention_head_dim=32, out_channels=3, text_dim=32,
+            freq_dim=64, ffn_dim=512, num_layers=6, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+            eps=1e-6, image_dim=None, rope_max_seq_len=64)
+
 PRESETS = {
-    # 24x24x8 toy clips in pixel space: (2,4,4) patches -> 4 x 6 x 6 = 144 tokens, 1.8 M params.
-    "toy": dict(patch_size=(2, 4, 4), num_attention_heads=4, attention_head_dim=32, in_channels=3 + 1 + 3,
-                out_channels=3, text_dim=32, freq_dim=64, ffn_dim=512, num_layers=6, cross_attn_norm=True,
-                qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=None, rope_max_seq_len=64),
+    "toy": dict(_TOY, in_channels=3 + 1 + 3 + 3),            # x_t + mask + first frame + (t, y, x) positions
+    "toy-no-positions": dict(_TOY, in_channels=3 + 1 + 3),   # experiments/toy/teacher_no_positions
     # Tests: the Wan-scale path (VAE latents, UMT5 text, CLIP image tokens) with tiny random modules.
     "tiny-wan": dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4 + 4 + 4,
                      out_channels=4, text_dim=32, freq_dim=16, ffn_dim=32, num_layers=2, cross_attn_norm=True,
@@ -33,6 +37,13 @@ PRESETS = {
                                 num_layers=30, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
                                 image_dim=1280, added_kv_proj_dim=1536, rope_max_seq_len=1024),
 }
+
+
+# Presets whose inputs end with absolute (t, y, x) ramps in [-1, 1]. Wan's attention sees only relative
+# positions (RoPE) and pixel-space toy patches carry no border cue, so without them the toy net cannot tell
+# a token's frame index or the walls an object bounces off (README, "The teacher, investigated").
+POSITION_PRESETS = {"toy"}
+POSITION_CHANNELS = 3
 
 
 @dataclass
@@ -72,21 +83,36 @@ def build_transformer(preset: str, transformer_path: str = "", weights: str = ""
     return model
 
 
+def build_flownet(preset: str, transformer_path: str = "", weights: str = "") -> "FlowNet":
+    """`build_transformer` wrapped as a velocity field, with the preset's input channels."""
+    return FlowNet(build_transformer(preset, transformer_path, weights),
+                   positions=not transformer_path and preset in POSITION_PRESETS)
+
+
+def position_ramps(x_BCTHW: torch.Tensor) -> torch.Tensor:
+    """B,3,T,H,W: frame index, row and column, each scaled linearly to [-1, 1]."""
+    B, _, T, H, W = x_BCTHW.shape
+    axes = [torch.linspace(-1, 1, n, device=x_BCTHW.device, dtype=x_BCTHW.dtype) for n in (T, H, W)]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij")).expand(B, -1, -1, -1, -1)
+
+
 class FlowNet(torch.nn.Module):
     """Velocity field v(x_t, t, cond) on B,C,T,H,W latents; Wan sees timestep = 1000 t (float)."""
 
-    def __init__(self, transformer: WanTransformer3DModel):
+    def __init__(self, transformer: WanTransformer3DModel, positions: bool = False):
         super().__init__()
         self.transformer = transformer
+        self.positions = positions  # append position_ramps to the inputs (POSITION_PRESETS)
 
     def wan_timestep(self, t_B: torch.Tensor) -> torch.Tensor:
         """Wan's timestep: 1000 t as a float tensor (so a tangent on t flows through the time embedding)."""
         return (1000.0 * t_B).to(self.transformer.patch_embedding.weight.dtype)
 
     def wan_inputs(self, x_t_BCTHW: torch.Tensor, cond: Cond):
-        """(cat([x_t, mask, first]) on channels, text tokens, image tokens or None) in the weights' dtype."""
+        """(cat([x_t, mask, first(, positions)]) on channels, text tokens, image tokens or None) in the weights' dtype."""
         dtype = self.transformer.patch_embedding.weight.dtype
-        inp = torch.cat([x_t_BCTHW, cond.mask_BMTHW.to(x_t_BCTHW), cond.first_BCTHW.to(x_t_BCTHW)], dim=1)
+        parts = [x_t_BCTHW, cond.mask_BMTHW.to(x_t_BCTHW), cond.first_BCTHW.to(x_t_BCTHW)]
+        inp = torch.cat(parts + [position_ramps(x_t_BCTHW)] if self.positions else parts, dim=1)
         text = cond.text_BLD
         if cond.image_BND is not None and text.shape[1] != WAN_TEXT_LEN:
             if text.shape[1] > WAN_TEXT_LEN:
