@@ -5,7 +5,7 @@ Presets give the transformer's architecture; `in_channels` = latent + mask + fir
 The I2V input is assembled in one place, `FlowNet.wan_inputs`:
     cat([x_t (C), mask (M), first-frame latents (C)], dim=1)  as WanImageToVideoPipeline / Fun-InP do.
 With image tokens, diffusers' Wan attention takes the last 512 context tokens as text and the rest as
-image (`image_context_length = len - 512`), so `FlowNet.forward` zero-pads shorter text to 512 there.
+image (`image_context_length = len - 512`), so `FlowNet.wan_inputs` zero-pads shorter text to 512 there.
 """
 from __future__ import annotations
 
