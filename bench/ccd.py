@@ -46,11 +46,11 @@ ATTENTION = dict(batch=1, heads=2, head_dim=64, chunk=1024)
 
 def _tangent_calls(spec) -> dict:
     from workbench.models.jvp import velocity_and_tangent
-    from workbench.models.wan import POSITION_CHANNELS, PRESETS, Cond, build_flownet
+    from workbench.models.wan import PRESETS, Cond, build_flownet
     cfg = PRESETS[spec["preset"]]
     net = build_flownet(spec["preset"]).eval()
     B, C, T, H, W = spec["x"]
-    mask_BMTHW = torch.zeros(B, cfg["in_channels"] - 2 * C - (POSITION_CHANNELS if net.positions else 0), T, H, W)
+    mask_BMTHW = torch.zeros(B, cfg["in_channels"] - 2 * C - net.position_channels, T, H, W)
     mask_BMTHW[:, :, 0] = 1
     cond = Cond(torch.randn(B, C, T, H, W), mask_BMTHW, torch.randn(B, spec["text"], cfg["text_dim"]),
                 torch.randn(B, spec["image"], cfg["image_dim"]) if spec["image"] else None)

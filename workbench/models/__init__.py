@@ -6,7 +6,7 @@ import torch
 from workbench.config import ModelConfig
 from workbench.models.codec import PixelCodec, WanVAECodec
 from workbench.models.text import CLIPImageEncoder, ToyTextEncoder, UMT5TextEncoder
-from workbench.models.wan import POSITION_CHANNELS, PRESETS, Cond, FlowNet, build_flownet
+from workbench.models.wan import PRESETS, Cond, FlowNet, build_flownet
 
 __all__ = ["Cond", "Conditioner", "FlowNet", "PRESETS", "build_backbone"]
 
@@ -72,7 +72,7 @@ def _check_parts_fit(cfg: ModelConfig, net: FlowNet, codec, text, image) -> None
     tc = net.transformer.config
     arch = f"model.transformer_path={cfg.transformer_path}" if cfg.transformer_path else f"model.preset={cfg.preset}"
     src = f"model.vae_path={cfg.vae_path}" if cfg.vae_path else "the pixel codec (no model.vae_path)"
-    n_pos = POSITION_CHANNELS if net.positions else 0
+    n_pos = net.position_channels
     want_in = 2 * codec.channels + codec.temporal_factor + n_pos  # x_t + mask + first-frame latents (+ positions)
     if (tc.in_channels, tc.out_channels) != (want_in, codec.channels):
         raise ValueError(f"{arch} takes in/out channels {tc.in_channels}/{tc.out_channels}, but {src} gives "

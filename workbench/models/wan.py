@@ -103,6 +103,7 @@ class FlowNet(torch.nn.Module):
         super().__init__()
         self.transformer = transformer
         self.positions = positions  # append position_ramps to the inputs (POSITION_PRESETS)
+        self.position_channels = POSITION_CHANNELS if positions else 0
 
     def wan_timestep(self, t_B: torch.Tensor) -> torch.Tensor:
         """Wan's timestep: 1000 t as a float tensor (so a tangent on t flows through the time embedding)."""
@@ -112,7 +113,9 @@ class FlowNet(torch.nn.Module):
         """(cat([x_t, mask, first(, positions)]) on channels, text tokens, image tokens or None) in the weights' dtype."""
         dtype = self.transformer.patch_embedding.weight.dtype
         parts = [x_t_BCTHW, cond.mask_BMTHW.to(x_t_BCTHW), cond.first_BCTHW.to(x_t_BCTHW)]
-        inp = torch.cat(parts + [position_ramps(x_t_BCTHW)] if self.positions else parts, dim=1)
+        if self.positions:
+            parts.append(position_ramps(x_t_BCTHW))
+        inp = torch.cat(parts, dim=1)
         text = cond.text_BLD
         if cond.image_BND is not None and text.shape[1] != WAN_TEXT_LEN:
             if text.shape[1] > WAN_TEXT_LEN:
