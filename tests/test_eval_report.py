@@ -46,10 +46,12 @@ def test_second_run_reads_cached_samples_and_reference(evaluated, monkeypatch):
     import workbench.eval.report as report
     tmp, spec, df = evaluated
     monkeypatch.setattr(report, "generate", lambda *a, **k: pytest.fail("sampled although cached"))
-    again = report.evaluate([str(tmp / "run")], [1, 2], 3, [0, 1], tmp / "out2", batch_size=2, names=["micro"],
-                            spec=spec, sheet_num=0)
+    again = report.evaluate([str(tmp / "run")] * 2, [1, 2], 3, [0, 1], tmp / "out2", batch_size=2,
+                            names=["micro", "micro_again"], spec=spec, sheet_num=0)
     cols = ["fvd", "psnr", "ssim", "temporal_quality_proxy", "sec_per_clip"]
-    pd.testing.assert_frame_equal(again[cols], df[cols])
+    for name in ("micro", "micro_again"):
+        pd.testing.assert_frame_equal(again[again.method == name][cols].reset_index(drop=True), df[cols])
+    assert len(pd.read_csv(tmp / "out2" / "reference.csv")) == 1  # one reference row per distinct test set
 
 
 def test_figures_from_the_summary(evaluated):

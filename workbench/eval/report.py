@@ -195,7 +195,9 @@ def evaluate(checkpoints: list[str], steps_list: list[int], num: int, seeds: lis
         name = names[k] if names else cfg.name
         batches = [test_batch(cfg, min(batch_size, num - s), s) for s in range(0, num, batch_size)]
         ref_feats, ref_row = _reference(scorer, cache, cfg, batches, num)
-        refs.append({"method": f"real test clips ({cfg.name})", "num": num, **ref_row})
+        ref = {"method": f"real test clips ({cfg.name})", "num": num, **ref_row}
+        if ref not in refs:  # one row per distinct reference (checkpoints of one recipe share it)
+            refs.append(ref)
         weights = Path(resolve_weights(ckpt)[0]).resolve()
         variant = {"fvd_variant": f"{scorer.extractor.describe()} | {num} videos | reference: test clips 0-{num - 1} "
                                   f"of data spec {_key(to_dict(cfg.data))[:8]}", **scorer.variant}
