@@ -20,3 +20,26 @@ def test_direction_sensitivity_sees_only_the_text_path():
         torch.nn.init.zeros_(block.attn2.to_out[0].bias)
     res = direction_sensitivity(net, conditioner, batch, ts=(0.9,))
     assert res[0.9] == {"left_vs_right": 0.0, "caption_vs_empty": 0.0}
+
+
+def test_solid_by_frame_on_real_and_on_emptied_clips():
+    from dataclasses import asdict
+
+    from workbench.data.synthetic import ToySpec, render_clip
+    from workbench.eval.oracle import solid_by_frame
+    video, _, truth = render_clip(7, ToySpec())
+    truth = [asdict(o) for o in truth]
+    assert solid_by_frame(video, truth).tolist() == [1.0] * (video.shape[0] - 1)
+    emptied = video.copy()
+    emptied[1:] = emptied[1:].min()  # frames 1.. without any object
+    assert solid_by_frame(emptied, truth).tolist() == [0.0] * (video.shape[0] - 1)
+
+
+def test_solid_per_frame_covers_every_generated_frame():
+    from workbench.eval.probes import solid_per_frame
+    cfg = load_config("experiments/micro/teacher.yaml")
+    torch.manual_seed(0)
+    net, conditioner = build_backbone(cfg.model)
+    batch = make_test_batch(cfg, 2)
+    solid = solid_per_frame(net.eval(), conditioner, cfg, batch, steps=1, seeds=(0, 1))
+    assert len(solid) == batch["video"].shape[2] - 1 and all(0.0 <= s <= 1.0 for s in solid)

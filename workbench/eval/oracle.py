@@ -39,6 +39,20 @@ def _tracks(video_THWC: np.ndarray, rgb) -> list[dict]:
     return out
 
 
+def _solid(track: dict, area: float) -> bool:
+    """One connected object of roughly the true area (0.6-1.4x) in this frame."""
+    return track["components"] == 1 and 0.6 <= track["area"] / area <= 1.4
+
+
+def solid_by_frame(video_THWC: np.ndarray, truth: list[dict]) -> np.ndarray:
+    """(T-1,) share of the clip's objects that are solid in each frame 1..T-1 (frame 0 is the condition)."""
+    per_object = []
+    for obj in truth:
+        area = float(shape_mask(obj["shape"], obj["size"]).sum())
+        per_object.append([_solid(f, area) for f in _tracks(video_THWC, obj["rgb"])[1:]])
+    return np.mean(per_object, axis=0)
+
+
 def _shape_iou(largest: np.ndarray, shape: str, size: int) -> float:
     if not largest.any():
         return 0.0
@@ -95,7 +109,7 @@ def clip_metrics(video_THWC: np.ndarray, real_THWC: np.ndarray, truth: list[dict
         gen_dir, gen_speed = _start_motion(cents)
         rows.append({
             "colour_mass": float(np.mean([f["mass"] / area for f in frames])),
-            "solid": float(np.mean([f["components"] == 1 and 0.6 <= f["area"] / area <= 1.4 for f in frames])),
+            "solid": float(np.mean([_solid(f, area) for f in frames])),
             "shape_iou": float(np.mean([_shape_iou(f["largest"], obj["shape"], obj["size"]) for f in frames])),
             "path_accel": float(np.mean(accel)) if accel else float("nan"),
             "direction_agree": float(gen_dir == true_dir) if obj["direction_stated"] else float("nan"),
