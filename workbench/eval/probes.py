@@ -69,8 +69,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--seeds", default="0,1,2")
     args = ap.parse_args()
-    net, conditioner, cfg = load_model(args.model)
-    net.eval()
+    net, conditioner, cfg = load_model(args.model)  # eval mode, no grad
     num = args.num or (64 if args.per_frame else 16)
     batch = test_batch(cfg, num)
     if args.per_frame:
