@@ -77,3 +77,16 @@ def test_oracle_sees_a_doubled_object():
         return  # the copy would touch the object itself
     metrics = clip_metrics(doubled, video, [asdict(t) for t in truth])
     assert metrics["count_ok"] < 1 and metrics["solid"] < 1
+
+
+def test_oracle_direction_is_the_first_move_even_when_the_object_bounces_at_once():
+    # An object that hits the wall at frame 1 is back at its start at frame 2 (e.g. y 12 -> 16 -> 12 -> 8):
+    # its direction must come from the first move, so a clip that starts the other way (frame 1 := frame 3,
+    # the mirror position) disagrees.
+    seed = next(s for s in range(1000) if (o := render_clip(s)[2][0]).direction_stated and o.xy[2] == o.xy[0])
+    video, _, truth = render_clip(seed)
+    truth = [asdict(t) for t in truth]
+    assert clip_metrics(video, video, truth)["direction_agree"] == 1
+    wrong_way = video.copy()
+    wrong_way[1] = video[3]
+    assert clip_metrics(wrong_way, video, truth)["direction_agree"] == 0

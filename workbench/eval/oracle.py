@@ -9,8 +9,9 @@ toy's backgrounds are dark and desaturated, its objects bright). Per clip, over 
   path_accel       mean |second difference| of the centroid, px (0 = straight at constant speed;
                    an axis is skipped where the object is within one step of a wall: bounces are allowed)
   first_frame_mae  mean |frame 0 - condition| in [0, 255]
-  direction_agree  start direction equals the truth's (only clips whose caption states direction)
-  speed_agree      start speed equals the truth's (only clips whose caption states speed)
+  direction_agree  first move (frame 0 -> 1) goes the truth's way: the stated direction, or away from the wall
+                   an object starts against (only clips whose caption states direction)
+  speed_agree      first move's speed equals the truth's (only clips whose caption states speed)
   sharpness        Laplacian energy of the clip / that of the real clip (1 = as crisp as real)
 """
 from __future__ import annotations
@@ -69,11 +70,14 @@ def _shape_iou(largest: np.ndarray, shape: str, size: int) -> float:
     return float((placed & largest).sum() / max((placed | largest).sum(), 1))
 
 
-def _start_motion(centroids: np.ndarray, k: int = 2) -> tuple[str, float]:
-    """Direction and speed (px/frame) from frame 0 to frame k."""
-    d = (centroids[k] - centroids[0]) / k
+def _start_motion(centroids: np.ndarray) -> tuple[str, float]:
+    """Direction and speed (px/frame) of the first move, frame 0 -> 1. (Not over frames 0 -> 2: an object that
+    bounces at frame 1 is back at its start there, with no direction; a fifth of the toy's clips do.)"""
+    d = centroids[1] - centroids[0]
     if np.isnan(d).any():
         return "none", float("nan")
+    if not np.abs(d).any():
+        return "none", 0.0
     axis = int(np.argmax(np.abs(d)))
     name = ("right", "left")[int(d[0] < 0)] if axis == 0 else ("down", "up")[int(d[1] < 0)]
     return name, float(np.abs(d).max())
