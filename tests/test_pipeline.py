@@ -82,6 +82,10 @@ def test_bad_pipeline_and_preference_input(tmp_path, capsys):
     bad.write_text("stages:\n  - {name: a, config: experiments/micro/ccd.yaml, init: nowhere}\n")
     with pytest.raises(ConfigError, match="stages\\[0\\].init"):
         load_pipeline(bad)
+    gone = tmp_path / "g.yaml"  # a reused model that is missing, with no config to rebuild it: one line, exit 2
+    gone.write_text(f"stages:\n  - {{name: teacher, reuse: {tmp_path}/shipped}}\n")
+    assert main(["pipeline", str(gone), "--out", str(tmp_path / "gone")]) == 2
+    assert f"{tmp_path}/shipped/model.safetensors not found" in capsys.readouterr().err
     assert main(["train", "experiments/micro/dpo.yaml", "--set", f"data.preferences={tmp_path}/none",
                  "--out", str(tmp_path / "run")]) == 2
     assert "pairs.json not found" in capsys.readouterr().err

@@ -29,7 +29,7 @@ class Stage:
     config: str = ""                 # train config YAML
     init: str = ""                   # start from: an earlier stage's name or a model folder ("" = the config's weights)
     teacher: str = ""                # distillation teacher: an earlier stage's name ("" = the starting model)
-    reuse: str = ""                  # a shipped model folder used as is when it holds model.safetensors (the teacher)
+    reuse: str = ""                  # a model folder used as is when it holds model.safetensors (the shipped teacher)
     set: list[str] = field(default_factory=list)   # overrides of the train config, key=value
     preferences: PreferenceStage | None = None      # TA: build pairs from `init` first
 
@@ -76,6 +76,9 @@ def run_stage(stage: Stage, run: Path, init: Path | None, teacher: Path | None =
     if stage.reuse and (Path(stage.reuse) / "model.safetensors").is_file():
         log(f"reused {stage.reuse}")
         return Path(stage.reuse)
+    if not stage.config:
+        raise FileNotFoundError(f"stage {stage.name}: {Path(stage.reuse) / 'model.safetensors'} not found and the "
+                                f"stage has no config to train it from")
     model = run / "model"
     if (model / "model.safetensors").is_file():
         log(f"done already: {model}")
