@@ -43,3 +43,30 @@ def test_solid_per_frame_covers_every_generated_frame():
     batch = make_test_batch(cfg, 2)
     solid = solid_per_frame(net.eval(), conditioner, cfg, batch, steps=1, seeds=(0, 1))
     assert len(solid) == batch["video"].shape[2] - 1 and all(0.0 <= s <= 1.0 for s in solid)
+
+
+def test_follows_word_scores_each_real_clip_against_its_own_and_the_opposite_word():
+    from dataclasses import asdict
+
+    from workbench.data.synthetic import ToySpec, render_clip
+    from workbench.eval.probes import follows_word
+    spec = ToySpec()
+    opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}
+    for seed in range(40):
+        video, _, truth = render_clip(seed, spec)
+        truth = [asdict(o) for o in truth]
+        o = truth[0]
+        assert follows_word([video], [truth], o["direction"]) == 1.0
+        # the opposite word makes the same first move only from a wall on that axis (0 or frame - object size)
+        start = o["xy"][0][0 if o["direction"] in ("left", "right") else 1]
+        at_wall = start in (0, spec.size - o["size"])
+        assert follows_word([video], [truth], opposite[o["direction"]]) == float(at_wall)
+
+
+def test_direction_following_gives_a_share_per_word():
+    from workbench.eval.probes import direction_following
+    cfg = load_config("experiments/micro/teacher.yaml")
+    torch.manual_seed(0)
+    net, conditioner = build_backbone(cfg.model)
+    res = direction_following(net.eval(), conditioner, cfg, make_test_batch(cfg, 2), steps=1)
+    assert set(res) == {"left", "right", "up", "down"} and all(0.0 <= v <= 1.0 for v in res.values())

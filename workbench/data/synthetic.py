@@ -78,6 +78,18 @@ def _bounce(p: int, v: int, hi: int) -> tuple[int, int]:
     return p, v
 
 
+def path(x: int, y: int, direction: str, speed: int, hi: int, frames: int) -> list[tuple[int, int]]:
+    """Top-left corner per frame of an object starting at (x, y) and moving `speed` px a frame in `direction`,
+    bouncing off the walls at 0 and `hi` (frame size - object size)."""
+    vx, vy = (speed * d for d in DIRECTIONS[direction])
+    xy = []
+    for _ in range(frames):
+        xy.append((x, y))
+        x, vx = _bounce(x, vx, hi)
+        y, vy = _bounce(y, vy, hi)
+    return xy
+
+
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """Dark two-colour gradient with a stripe or checker texture, (H, W, 3) float in [0, 255]."""
     c0, c1 = rng.uniform(20, 110, size=(2, 3))
@@ -114,11 +126,7 @@ def render_clip(seed: int, spec: ToySpec = ToySpec()) -> tuple[np.ndarray, str, 
                         speed_stated=bool(rng.random() < spec.p_state_speed) and len(spec.speeds) > 1)
         hi = spec.size - size
         x, y = (spec.grid * int(v) for v in rng.integers(0, hi // spec.grid + 1, size=2))
-        vx, vy = (speed * d for d in DIRECTIONS[direction])
-        for _ in range(spec.frames):
-            o.xy.append((x, y))
-            x, vx = _bounce(x, vx, hi)
-            y, vy = _bounce(y, vy, hi)
+        o.xy = path(x, y, direction, speed, hi, spec.frames)
         objects.append(o)
     video = np.repeat(bg[None], spec.frames, axis=0)
     for o in objects:  # later objects are drawn on top

@@ -70,7 +70,12 @@ def _shape_iou(largest: np.ndarray, shape: str, size: int) -> float:
     return float((placed & largest).sum() / max((placed | largest).sum(), 1))
 
 
-def _start_motion(centroids: np.ndarray) -> tuple[str, float]:
+def path_centroids(xy: list, size: int) -> np.ndarray:
+    """(T, 2) centroids (x, y) of an object of `size` whose top-left corners are `xy`."""
+    return np.array([(x + size / 2 - 0.5, y + size / 2 - 0.5) for x, y in xy])
+
+
+def start_motion(centroids: np.ndarray) -> tuple[str, float]:
     """Direction and speed (px/frame) of the first move, frame 0 -> 1. (Not over frames 0 -> 2: an object that
     bounces at frame 1 is back at its start there, with no direction; a fifth of the toy's clips do.)"""
     d = centroids[1] - centroids[0]
@@ -81,6 +86,12 @@ def _start_motion(centroids: np.ndarray) -> tuple[str, float]:
     axis = int(np.argmax(np.abs(d)))
     name = ("right", "left")[int(d[0] < 0)] if axis == 0 else ("down", "up")[int(d[1] < 0)]
     return name, float(np.abs(d).max())
+
+
+def first_move_follows(video_THWC: np.ndarray, obj: dict, xy: list) -> bool:
+    """Whether the object's first move in the video (frame 0 -> 1) goes the way of the path `xy` (top-left corners)."""
+    cents = np.stack([f["centroid"] for f in _tracks(video_THWC[:2], obj["rgb"])])
+    return start_motion(cents)[0] == start_motion(path_centroids(xy, obj["size"]))[0]
 
 
 def _laplacian_energy(video_THWC: np.ndarray) -> float:
@@ -108,9 +119,8 @@ def clip_metrics(video_THWC: np.ndarray, real_THWC: np.ndarray, truth: list[dict
             free = (c[1] - lo >= obj["speed"]) & (hi - c[1] >= obj["speed"])  # no bounce possible on this axis
             if free.any():
                 accel.append(float(np.abs(c[2] - 2 * c[1] + c[0])[free].max()))
-        true_cents = np.array([(x + obj["size"] / 2 - 0.5, y + obj["size"] / 2 - 0.5) for x, y in obj["xy"]])
-        true_dir, true_speed = _start_motion(true_cents)
-        gen_dir, gen_speed = _start_motion(cents)
+        true_dir, true_speed = start_motion(path_centroids(obj["xy"], obj["size"]))
+        gen_dir, gen_speed = start_motion(cents)
         rows.append({
             "colour_mass": float(np.mean([f["mass"] / area for f in frames])),
             "solid": float(np.mean([_solid(f, area) for f in frames])),
