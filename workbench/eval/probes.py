@@ -8,7 +8,8 @@ it fail?
 For test clips with their direction removed from the caption, the one-step estimate x0_hat = x_t - t F(x_t, t)
 (Eq. 5) is computed from the same x_t under "... moving left" and "... moving right" and under the empty
 caption. `left_vs_right` is the mean |difference| of the first pair; `caption_vs_empty` that of the second.
-A model that obeys the word moves the object's pixels: on the toy that is a difference near 0.2 at high t.
+A model that reads the word moves the object's pixels: an exact one by about 0.2 at high t on the toy; the
+shipped teacher, which obeys it in 92-100% of samples (`--follow`), by 0.05.
 
 `--follow`: each test clip is sampled four times, its caption stating each direction word in turn for every
 object; per word, the share of objects whose first move (frame 0 -> 1) goes the way that word makes an object at
@@ -91,7 +92,7 @@ def solid_per_frame(net, conditioner, cfg, batch: dict, steps: int, seeds=(0,)) 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", help="run, checkpoint or shipped model folder")
-    ap.add_argument("--num", type=int, default=None, help="test clips (default 16, 64 with --per-frame)")
+    ap.add_argument("--num", type=int, default=None, help="test clips (default 16; 64 with --follow or --per-frame)")
     ap.add_argument("--t", default="0.95,0.7,0.4")
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--follow", action="store_true", help="share of sampled first moves that obey each word")
