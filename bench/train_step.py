@@ -2,8 +2,9 @@
 
     python bench/train_step.py [--steps 20] [--batch 32]
 Times flow-matching steps of the toy teacher (forward + backward + AdamW + EMA, data included) and
-one Euler sampling step, and derives the wall time of the shipped teacher's recipe. CPU timings on a
-shared machine are noisy: run it alone.
+one Euler sampling step, and derives the wall time of the shipped teacher's recipe (the steps of every stage
+of experiments/toy/teacher_recipe.yaml; the stages share the network and batch, so a step costs the same).
+CPU timings on a shared machine are noisy: run it alone.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from workbench.config import load_config
 from workbench.data import build_dataset, collate
 from workbench.methods import build_method
 from workbench.models import PRESETS, build_backbone
+from workbench.pipeline import load_pipeline
 from workbench.sampling import euler
 from workbench.train.ema import EMA
 from workbench.train.loop import step_generator
@@ -25,10 +27,12 @@ from workbench.train.loop import step_generator
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="experiments/toy/teacher.yaml")
+    ap.add_argument("--recipe", default="experiments/toy/teacher_recipe.yaml", help="pipeline whose steps are summed")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=32)
     args = ap.parse_args()
     cfg = load_config(args.config, [f"train.batch_size={args.batch}"])
+    recipe_steps = sum(load_config(s.config, s.set).train.steps for s in load_pipeline(args.recipe).stages)
     torch.manual_seed(0)
     net, cond = build_backbone(cfg.model)
     method = build_method(cfg, net, cond)
@@ -64,7 +68,7 @@ def main() -> None:
         "config": args.config, "threads": torch.get_num_threads(), "batch": args.batch, "tokens_per_clip": tokens,
         "params_M": round(sum(p.numel() for p in net.parameters()) / 1e6, 3),
         "train_sec_per_step": round(sec_step, 4), "train_clips_per_sec": round(args.batch / sec_step, 1),
-        "recipe_steps": cfg.train.steps, "recipe_minutes": round(cfg.train.steps * sec_step / 60, 1),
+        "recipe": args.recipe, "recipe_steps": recipe_steps, "recipe_minutes": round(recipe_steps * sec_step / 60, 1),
         "euler_step_sec_per_clip": round(sec_euler / args.batch, 5),
         "ratio_train_step_to_euler_step": round(sec_step / sec_euler, 2),
     }, indent=1))
