@@ -67,25 +67,26 @@ def follows_word(videos_THWC: list[np.ndarray], truths: list[list[dict]], word: 
     return float(np.mean(hits))
 
 
-@torch.no_grad()
+def _clips(net, conditioner, cfg, batch: dict, steps: int, seed: int) -> list[np.ndarray]:
+    """The batch's samples as uint8 (T, H, W, 3) clips, with the model's own shift and guidance."""
+    videos = generate(net, conditioner, batch, steps, seed, cfg.sample.shift, cfg.sample.guidance)
+    return [to_uint8(v) for v in videos]
+
+
 def direction_following(net, conditioner, cfg, batch: dict, steps: int, seeds=(0,)) -> dict[str, float]:
     """{word: share of objects that follow it} with every clip's caption stating `word`, over the seeds."""
     out = {}
     for word in DIRECTIONS:
         worded = dict(batch, caption=_captions(batch["truth"], word))
-        out[word] = float(np.mean([follows_word([to_uint8(v) for v in generate(
-            net, conditioner, worded, steps, seed, cfg.sample.shift, cfg.sample.guidance)], batch["truth"], word)
-            for seed in seeds]))
+        out[word] = float(np.mean([follows_word(_clips(net, conditioner, cfg, worded, steps, seed),
+                                                batch["truth"], word) for seed in seeds]))
     return out
 
 
-@torch.no_grad()
 def solid_per_frame(net, conditioner, cfg, batch: dict, steps: int, seeds=(0,)) -> list[float]:
     """Share of solid objects in each generated frame 1..T-1, averaged over the batch's clips and the seeds."""
-    rows = []
-    for seed in seeds:
-        videos = generate(net, conditioner, batch, steps, seed, cfg.sample.shift, cfg.sample.guidance)
-        rows += [solid_by_frame(to_uint8(v), truth) for v, truth in zip(videos, batch["truth"])]
+    rows = [solid_by_frame(clip, truth) for seed in seeds
+            for clip, truth in zip(_clips(net, conditioner, cfg, batch, steps, seed), batch["truth"])]
     return np.mean(rows, axis=0).round(3).tolist()
 
 
@@ -109,7 +110,8 @@ def main() -> None:
         out = {"steps": args.steps, "seeds": seeds, "solid_by_frame": dict(enumerate(solid, start=1))}
     elif args.follow:
         follows = direction_following(net, conditioner, cfg, batch, args.steps, seeds)
-        out = {"steps": args.steps, "seeds": seeds, "follows_word": follows, "mean": float(np.mean(list(follows.values())))}
+        out = {"steps": args.steps, "seeds": seeds, "follows_word": follows,
+               "mean": float(np.mean(list(follows.values())))}
     else:
         out = {"x0_hat_mean_abs_diff": direction_sensitivity(net, conditioner, batch,
                                                              [float(x) for x in args.t.split(",")])}
