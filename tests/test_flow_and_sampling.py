@@ -87,3 +87,26 @@ def test_toy_net_tells_positions_apart_only_with_position_channels(positions):
     patches = v.unflatten(2, (4, 2)).unflatten(4, (6, 4)).unflatten(6, (6, 4))  # B,C,T',2,H',4,W',4
     spread = (patches - patches[:, :, :1, :, :1, :, :1]).abs().amax()
     assert (spread > 1e-3) if positions else (spread < 1e-5)
+
+
+def test_x0_predicting_net_is_a_velocity_field():
+    """model.prediction = x0: the transformer's output is x0_hat and FlowNet returns F with x_t - t F = x0_hat
+    (Eq. 5), t clipped at 0.05; an unknown prediction names the key."""
+    from diffusers import WanTransformer3DModel
+
+    from workbench.models.wan import PRESETS, FlowNet, build_flownet
+
+    torch.manual_seed(0)
+    net = FlowNet(WanTransformer3DModel(**dict(PRESETS["toy"], num_layers=1)), positions=True, prediction="x0").eval()
+    g = torch.Generator().manual_seed(0)
+    x_BCTHW = torch.randn(3, 3, 8, 24, 24, generator=g)
+    cond = Cond(torch.randn(x_BCTHW.shape, generator=g), torch.ones(3, 1, 8, 24, 24), torch.zeros(3, 4, 32))
+    t = torch.tensor([0.01, 0.3, 0.9])
+    with torch.no_grad():
+        f = net(x_BCTHW, t, cond)
+        inp, text, _ = net.wan_inputs(x_BCTHW, cond)
+        x0_hat = net.transformer(inp, net.wan_timestep(t), text, return_dict=False)[0]
+    torch.testing.assert_close(denoise(x_BCTHW, f, t)[1:], x0_hat[1:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(f[0], (x_BCTHW[0] - x0_hat[0]) / 0.05)   # t = 0.01 < 0.05: clipped
+    with pytest.raises(ValueError, match="model.prediction"):
+        build_flownet("toy", prediction="epsilon")

@@ -12,14 +12,16 @@ from workbench.models.wan import Cond, build_flownet
 
 # preset -> (latent channels, mask channels, latent T, H, W, image tokens): 8 tokens each.
 SIZES = {"tiny-wan": (4, 4, 2, 4, 4, 5), "toy": (3, 1, 4, 8, 8, 0)}
+# (preset, what the transformer predicts): an x0-predicting net's F = (x_t - x0) / t must differentiate too.
+CASES = [("tiny-wan", "velocity"), ("toy", "velocity"), ("toy", "x0")]
 
 
-def make(preset: str, dtype=torch.float32, seed: int = 0):
+def make(preset: str, dtype=torch.float32, seed: int = 0, prediction: str = "velocity"):
     """(FlowNet in eval mode, x_t, t, cond, dx/dt) for batch 2; text of 7 tokens (padded to 512 with image tokens)."""
     C, M, T, H, W, n_image = SIZES[preset]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = build_flownet(preset).to(dtype).eval()
+        net = build_flownet(preset, prediction=prediction).to(dtype).eval()
         g = torch.Generator().manual_seed(seed)
         x_BCTHW = torch.randn(2, C, T, H, W, generator=g, dtype=dtype)
         mask_BMTHW = torch.zeros(2, M, T, H, W, dtype=dtype)
@@ -49,20 +51,21 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.fixture(scope="module", params=list(SIZES))
+@pytest.fixture(scope="module", params=CASES, ids=["-".join(c) for c in CASES])
 def case(request):
-    return make(request.param)
+    preset, prediction = request.param
+    return make(preset, prediction=prediction)
 
 
-@pytest.mark.parametrize("preset", list(SIZES))
-def test_jvp_matches_central_differences_in_float64(preset):
+@pytest.mark.parametrize("preset, prediction", CASES)
+def test_jvp_matches_central_differences_in_float64(preset, prediction):
     """Float64 throughout (diffusers' float32 casts kept float64 by KeepFloat64); central difference, eps 1e-6.
 
     Its error is truncation, eps^2 |d3F/dt3| / 6, large because Wan embeds timestep = 1000 t in sinusoids:
     measured max|fd - jvp| / max|jvp| = 1.3e-5 at eps 1e-5, 1.8e-7 at 1e-6 (falls as eps^2, as it should),
     ~2e-9 at 1e-7 (rounding). So eps 1e-6 and tolerance 1e-6 * max|dF/dt| (a 5x margin).
     """
-    net, x, t, cond, v = make(preset, torch.float64)
+    net, x, t, cond, v = make(preset, torch.float64, prediction=prediction)
     eps = 1e-6
     with KeepFloat64():
         f, dfdt = velocity_and_tangent(net, x, t, cond, v, mode="whole")

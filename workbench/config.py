@@ -51,6 +51,7 @@ class ModelConfig:
     text_encoder_path: str = ""    # local folder of UMT5EncoderModel + tokenizer ("" = toy text encoder)
     image_encoder_path: str = ""   # local folder of CLIPVisionModel + processor ("" = no image tokens)
     dtype: str = "float32"         # weights dtype of frozen parts: float32 or bfloat16
+    prediction: str = "velocity"   # what the transformer outputs: "velocity" (Eq. 2) or "x0" (F = (x_t - x0) / t)
 
 
 @dataclass

@@ -29,6 +29,12 @@ def denoise(x_t: torch.Tensor, v: torch.Tensor, t_B: torch.Tensor) -> torch.Tens
     return x_t - expand_t(t_B, x_t) * v
 
 
+def velocity_from_x0(x_t: torch.Tensor, x0_hat: torch.Tensor, t_B: torch.Tensor, t_min: float = 0.05) -> torch.Tensor:
+    """Eq. (5) solved for the velocity, F = (x_t - x0_hat) / t, for a net that predicts x0 (JiT's x-prediction,
+    Li & He 2025); t is clipped at t_min so that F stays finite near data."""
+    return (x_t - x0_hat) / expand_t(t_B.clamp_min(t_min), x_t)
+
+
 def sample_timesteps(n: int, kind: str = "logit_normal", *, p_mean: float = 0.0, p_std: float = 1.0,
                      generator: torch.Generator | None = None, eps: float = 1e-4) -> torch.Tensor:
     """t in (0, 1): 'uniform', or 'logit_normal' (t = sigmoid(N(p_mean, p_std^2)), Algorithm 1 line 4)."""

@@ -58,7 +58,7 @@ def build_backbone(cfg: ModelConfig) -> tuple[FlowNet, Conditioner]:
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(cfg.dtype)
     if dtype is None:
         raise ValueError(f"model.dtype: expected float32 or bfloat16, got {cfg.dtype!r}")
-    net = build_flownet(cfg.preset, cfg.transformer_path, cfg.weights)
+    net = build_flownet(cfg.preset, cfg.transformer_path, cfg.weights, cfg.prediction)
     codec = WanVAECodec.from_folder(cfg.vae_path, dtype) if cfg.vae_path else PixelCodec()
     text_dim = net.transformer.config.text_dim
     text = UMT5TextEncoder(cfg.text_encoder_path, dtype) if cfg.text_encoder_path else ToyTextEncoder(dim=text_dim)

@@ -90,7 +90,8 @@ def _blockwise(net: FlowNet, x_BCTHW, t_B, cond: Cond, v_BCTHW, v_B, jvp):
     for block in wan.blocks:                                                             # line 8
         h, g = jvp(lambda h, p, block=block: block(h, context, p, rotary_emb), (h, proj), (g, v_proj))  # line 10
         h, g = h.detach(), g.detach()                                                    # lines 11-12: sg
-    return jvp(output_layer, (h, temb), (g, v_temb))                                     # lines 14-15
+    return jvp(lambda h, temb, x, t: net.velocity(output_layer(h, temb), x, t),         # lines 14-15
+               (h, temb, x_BCTHW, t_B), (g, v_temb, v_BCTHW, v_B))                       # (+ x0 -> F, if so)
 
 
 @contextmanager

@@ -16,6 +16,7 @@ import torch
 from diffusers import WanTransformer3DModel
 from safetensors.torch import load_file
 
+from workbench.flow import velocity_from_x0
 from workbench.models.text import WAN_TEXT_LEN
 
 # 24x24x8 toy clips in pixel space: (2,4,4) patches -> 4 x 6 x 6 = 144 tokens, 1.8 M params.
@@ -83,10 +84,16 @@ def build_transformer(preset: str, transformer_path: str = "", weights: str = ""
     return model
 
 
-def build_flownet(preset: str, transformer_path: str = "", weights: str = "") -> "FlowNet":
+PREDICTIONS = ("velocity", "x0")
+
+
+def build_flownet(preset: str, transformer_path: str = "", weights: str = "", prediction: str = "velocity"
+                  ) -> "FlowNet":
     """`build_transformer` wrapped as a velocity field, with the preset's input channels."""
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"model.prediction: expected one of {PREDICTIONS}, got {prediction!r}")
     return FlowNet(build_transformer(preset, transformer_path, weights),
-                   positions=not transformer_path and preset in POSITION_PRESETS)
+                   positions=not transformer_path and preset in POSITION_PRESETS, prediction=prediction)
 
 
 def position_ramps(x_BCTHW: torch.Tensor) -> torch.Tensor:
@@ -99,11 +106,12 @@ def position_ramps(x_BCTHW: torch.Tensor) -> torch.Tensor:
 class FlowNet(torch.nn.Module):
     """Velocity field v(x_t, t, cond) on B,C,T,H,W latents; Wan sees timestep = 1000 t (float)."""
 
-    def __init__(self, transformer: WanTransformer3DModel, positions: bool = False):
+    def __init__(self, transformer: WanTransformer3DModel, positions: bool = False, prediction: str = "velocity"):
         super().__init__()
         self.transformer = transformer
         self.positions = positions  # append position_ramps to the inputs (POSITION_PRESETS)
         self.position_channels = POSITION_CHANNELS if positions else 0
+        self.prediction = prediction  # what the transformer outputs: "velocity" or "x0" (PREDICTIONS)
 
     def wan_timestep(self, t_B: torch.Tensor) -> torch.Tensor:
         """Wan's timestep: 1000 t as a float tensor (so a tangent on t flows through the time embedding)."""
@@ -124,7 +132,12 @@ class FlowNet(torch.nn.Module):
         image = None if cond.image_BND is None else cond.image_BND.to(dtype)
         return inp.to(dtype), text.to(dtype), image
 
+    def velocity(self, out_BCTHW: torch.Tensor, x_t_BCTHW: torch.Tensor, t_B: torch.Tensor) -> torch.Tensor:
+        """The transformer's output as the velocity F: as is, or from its x0 estimate (flow.velocity_from_x0)."""
+        out = out_BCTHW.to(x_t_BCTHW.dtype)
+        return velocity_from_x0(x_t_BCTHW, out, t_B) if self.prediction == "x0" else out
+
     def forward(self, x_t_BCTHW: torch.Tensor, t_B: torch.Tensor, cond: Cond) -> torch.Tensor:
         inp, text, image = self.wan_inputs(x_t_BCTHW, cond)
-        v = self.transformer(inp, self.wan_timestep(t_B), text, encoder_hidden_states_image=image, return_dict=False)[0]
-        return v.to(x_t_BCTHW.dtype)
+        out = self.transformer(inp, self.wan_timestep(t_B), text, encoder_hidden_states_image=image, return_dict=False)[0]
+        return self.velocity(out, x_t_BCTHW, t_B)
