@@ -58,3 +58,19 @@ def test_cli_reports_missing_weights(tmp_path, root):
     assert r.returncode == 2
     assert "model.transformer_path" in r.stderr and "/nonexistent/wan" in r.stderr
     assert r.stderr.strip().count("\n") == 0
+
+
+def test_prediction_must_fit_the_weights(tmp_path):
+    """Weights trained as x0-predictors (their config.yaml says so) are refused under model.prediction=velocity."""
+    from safetensors.torch import save_file
+
+    from workbench.config import ModelConfig
+    from workbench.models import build_backbone
+
+    net, _ = build_backbone(ModelConfig(preset="toy"))
+    save_file(net.transformer.state_dict(), tmp_path / "model.safetensors")
+    (tmp_path / "config.yaml").write_text("model:\n  preset: toy\n  prediction: x0\n")
+    weights = str(tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match=r"model.weights: .* trained with model.prediction=x0"):
+        build_backbone(ModelConfig(preset="toy", weights=weights))
+    assert build_backbone(ModelConfig(preset="toy", weights=weights, prediction="x0"))[0].prediction == "x0"

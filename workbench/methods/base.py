@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from workbench.flow import interpolate, sample_timesteps
+from workbench.models import check_prediction_fits
 from workbench.sampling import guided_velocity
 
 
@@ -57,6 +58,7 @@ class Distillation(Method):
         if cfg.distill.teacher:                           # e.g. DA after CCD: the student is the CCD model
             if not Path(cfg.distill.teacher).is_file():
                 raise FileNotFoundError(f"distill.teacher: {cfg.distill.teacher} does not exist (a .safetensors file)")
+            check_prediction_fits(cfg.distill.teacher, cfg.model.prediction, "distill.teacher")
             self.teacher.transformer.load_state_dict(load_file(cfg.distill.teacher))
 
     def losses(self, batch, step, generator):

@@ -1,14 +1,17 @@
 """Build the backbone at any scale: a trainable `FlowNet` and a frozen `Conditioner`."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+import yaml
 
 from workbench.config import ModelConfig
 from workbench.models.codec import PixelCodec, WanVAECodec
 from workbench.models.text import CLIPImageEncoder, ToyTextEncoder, UMT5TextEncoder
 from workbench.models.wan import PRESETS, Cond, FlowNet, build_flownet
 
-__all__ = ["Cond", "Conditioner", "FlowNet", "PRESETS", "build_backbone"]
+__all__ = ["Cond", "Conditioner", "FlowNet", "PRESETS", "build_backbone", "check_prediction_fits"]
 
 
 class Conditioner:
@@ -64,7 +67,21 @@ def build_backbone(cfg: ModelConfig) -> tuple[FlowNet, Conditioner]:
     text = UMT5TextEncoder(cfg.text_encoder_path, dtype) if cfg.text_encoder_path else ToyTextEncoder(dim=text_dim)
     image = CLIPImageEncoder(cfg.image_encoder_path, dtype) if cfg.image_encoder_path else None
     _check_parts_fit(cfg, net, codec, text, image)
+    check_prediction_fits(cfg.weights, cfg.prediction)
     return net, Conditioner(codec, text, image)
+
+
+def check_prediction_fits(weights: str, prediction: str, key: str = "model.weights") -> None:
+    """Weights trained to predict x0 read as a velocity (or the reverse) sample noise: refuse, naming both."""
+    if not weights:
+        return
+    for saved in (Path(weights).parent / "config.yaml", Path(weights).parent.parent.parent / "config.yaml"):
+        if saved.is_file():  # beside an exported model, or the run folder of a checkpoint
+            trained = ((yaml.safe_load(saved.read_text()) or {}).get("model") or {}).get("prediction", "velocity")
+            if trained != prediction:
+                raise ValueError(f"{key}: {weights} was trained with model.prediction={trained} ({saved}), "
+                                 f"but this config has model.prediction={prediction}")
+            return
 
 
 def _check_parts_fit(cfg: ModelConfig, net: FlowNet, codec, text, image) -> None:
