@@ -235,6 +235,13 @@ def load_dataclass(cls, path: str | Path | None = None, overrides: list[str] = (
         raise ConfigError(f"{source}: {e}") from None
 
 
+def saved_config(weights_folder: str | Path) -> Path | None:
+    """The config.yaml a run saved for the weights in this folder: beside them (an exported model folder) or in
+    the run folder of a checkpoint (<run>/checkpoints/step-N/); None if neither exists."""
+    folder = Path(weights_folder)
+    return next((p for p in (folder / "config.yaml", folder.parent.parent / "config.yaml") if p.is_file()), None)
+
+
 def to_dict(cfg) -> dict:
     """Plain dict (tuples as lists) for JSON/YAML."""
     def plain(x):

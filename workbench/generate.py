@@ -14,7 +14,7 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from workbench.config import Config, load_config
+from workbench.config import Config, load_config, saved_config
 from workbench.data import build_dataset, collate
 from workbench.data.io import contact_sheet, write_mp4
 from workbench.data.synthetic import to_uint8
@@ -36,10 +36,10 @@ def resolve_weights(path: str | Path) -> tuple[Path, Path]:
         return resolve_weights(ckpts[-1])
     for name in ("ema.safetensors", "model.safetensors"):
         if (p / name).is_file():
-            for cfg in (p / "config.yaml", p.parent.parent / "config.yaml"):
-                if cfg.is_file():
-                    return p / name, cfg
-            raise FileNotFoundError(f"{p}: no config.yaml beside the weights or in the run folder")
+            cfg = saved_config(p)
+            if cfg is None:
+                raise FileNotFoundError(f"{p}: no config.yaml beside the weights or in the run folder")
+            return p / name, cfg
     raise FileNotFoundError(f"{p}: expected ema.safetensors or model.safetensors (or a run folder)")
 
 

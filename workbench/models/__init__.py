@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from workbench.config import ModelConfig
+from workbench.config import ModelConfig, saved_config
 from workbench.models.codec import PixelCodec, WanVAECodec
 from workbench.models.text import CLIPImageEncoder, ToyTextEncoder, UMT5TextEncoder
 from workbench.models.wan import PRESETS, Cond, FlowNet, build_flownet
@@ -73,15 +73,13 @@ def build_backbone(cfg: ModelConfig) -> tuple[FlowNet, Conditioner]:
 
 def check_prediction_fits(weights: str, prediction: str, key: str = "model.weights") -> None:
     """Weights trained to predict x0 read as a velocity (or the reverse) sample noise: refuse, naming both."""
-    if not weights:
+    saved = saved_config(Path(weights).parent) if weights else None
+    if saved is None:
         return
-    for saved in (Path(weights).parent / "config.yaml", Path(weights).parent.parent.parent / "config.yaml"):
-        if saved.is_file():  # beside an exported model, or the run folder of a checkpoint
-            trained = ((yaml.safe_load(saved.read_text()) or {}).get("model") or {}).get("prediction", "velocity")
-            if trained != prediction:
-                raise ValueError(f"{key}: {weights} was trained with model.prediction={trained} ({saved}), "
-                                 f"but this config has model.prediction={prediction}")
-            return
+    trained = ((yaml.safe_load(saved.read_text()) or {}).get("model") or {}).get("prediction", "velocity")
+    if trained != prediction:
+        raise ValueError(f"{key}: {weights} was trained with model.prediction={trained} ({saved}), "
+                         f"but this config has model.prediction={prediction}")
 
 
 def _check_parts_fit(cfg: ModelConfig, net: FlowNet, codec, text, image) -> None:
