@@ -70,3 +70,19 @@ def test_direction_following_gives_a_share_per_word():
     net, conditioner = build_backbone(cfg.model)
     res = direction_following(net.eval(), conditioner, cfg, make_test_batch(cfg, 2), steps=1)
     assert set(res) == {"left", "right", "up", "down"} and all(0.0 <= v <= 1.0 for v in res.values())
+
+
+def test_shipped_teacher_is_right_by_the_ground_truth_at_25_steps_and_worse_at_2():
+    """Issue 2's claim about experiments/toy/teacher, on 16 test clips and one noise seed (README: 64 clips, 3 seeds)."""
+    from workbench.data.synthetic import to_uint8
+    from workbench.eval.oracle import oracle_metrics
+    from workbench.eval.probes import sampled_clips
+    from workbench.generate import load_model
+    net, conditioner, cfg = load_model("experiments/toy/teacher")
+    assert cfg.model.prediction == "x0"
+    batch = make_test_batch(cfg, 16)
+    reals = [to_uint8(v) for v in batch["video"]]
+    m = {s: oracle_metrics(sampled_clips(net, conditioner, cfg, batch, s, seed=0), reals, batch["truth"]) for s in (2, 25)}
+    assert m[25]["solid"] > 0.95 and m[25]["shape_iou"] > 0.95 and m[25]["count_ok"] > 0.95
+    assert m[25]["direction_agree"] > 0.9 and m[25]["path_accel"] < 1.5 and m[25]["first_frame_mae"] < 4
+    assert m[2]["solid"] < m[25]["solid"] - 0.05 and m[2]["colour_mass"] < m[25]["colour_mass"] - 0.03

@@ -67,7 +67,7 @@ def follows_word(videos_THWC: list[np.ndarray], truths: list[list[dict]], word: 
     return float(np.mean(hits))
 
 
-def _clips(net, conditioner, cfg, batch: dict, steps: int, seed: int) -> list[np.ndarray]:
+def sampled_clips(net, conditioner, cfg, batch: dict, steps: int, seed: int) -> list[np.ndarray]:
     """The batch's samples as uint8 (T, H, W, 3) clips, with the model's own shift and guidance."""
     videos = generate(net, conditioner, batch, steps, seed, cfg.sample.shift, cfg.sample.guidance)
     return [to_uint8(v) for v in videos]
@@ -78,7 +78,7 @@ def direction_following(net, conditioner, cfg, batch: dict, steps: int, seeds=(0
     out = {}
     for word in DIRECTIONS:
         worded = dict(batch, caption=_captions(batch["truth"], word))
-        out[word] = float(np.mean([follows_word(_clips(net, conditioner, cfg, worded, steps, seed),
+        out[word] = float(np.mean([follows_word(sampled_clips(net, conditioner, cfg, worded, steps, seed),
                                                 batch["truth"], word) for seed in seeds]))
     return out
 
@@ -86,7 +86,7 @@ def direction_following(net, conditioner, cfg, batch: dict, steps: int, seeds=(0
 def solid_per_frame(net, conditioner, cfg, batch: dict, steps: int, seeds=(0,)) -> list[float]:
     """Share of solid objects in each generated frame 1..T-1, averaged over the batch's clips and the seeds."""
     rows = [solid_by_frame(clip, truth) for seed in seeds
-            for clip, truth in zip(_clips(net, conditioner, cfg, batch, steps, seed), batch["truth"])]
+            for clip, truth in zip(sampled_clips(net, conditioner, cfg, batch, steps, seed), batch["truth"])]
     return np.mean(rows, axis=0).round(3).tolist()
 
 
