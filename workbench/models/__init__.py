@@ -4,9 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import yaml
 
-from workbench.config import ModelConfig, saved_config
+from workbench.config import ModelConfig, load_config, saved_config
 from workbench.models.codec import PixelCodec, WanVAECodec
 from workbench.models.text import CLIPImageEncoder, ToyTextEncoder, UMT5TextEncoder
 from workbench.models.wan import PRESETS, Cond, FlowNet, build_flownet
@@ -76,7 +75,7 @@ def check_prediction_fits(weights: str, prediction: str, key: str = "model.weigh
     saved = saved_config(Path(weights).parent) if weights else None
     if saved is None:
         return
-    trained = ((yaml.safe_load(saved.read_text()) or {}).get("model") or {}).get("prediction", "velocity")
+    trained = load_config(saved).model.prediction  # a config saved before the key existed reads as the default
     if trained != prediction:
         raise ValueError(f"{key}: {weights} was trained with model.prediction={trained} ({saved}), "
                          f"but this config has model.prediction={prediction}")
