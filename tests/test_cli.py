@@ -59,10 +59,10 @@ def test_same_seed_same_samples(micro_run):
 
 def test_exported_model_folder_samples_like_the_run(micro_run, tmp_path):
     from workbench.generate import generate, load_model, test_batch
-    from workbench.train.checkpoint import export_model
+    from workbench.export import export_model
     _, run = micro_run
     folder = export_model(run, tmp_path / "model", "float16")
-    assert {p.name for p in folder.iterdir()} == {"model.safetensors", "config.yaml", "metrics.jsonl"}
+    assert {p.name for p in folder.iterdir()} == {"model.safetensors", "config.yaml", "metrics.jsonl", "export.json"}
     (net32, cond, cfg), (net16, _, _) = load_model(run), load_model(folder)
     batch = test_batch(cfg, 2)
     a, b = generate(net32, cond, batch, 2), generate(net16, cond, batch, 2)

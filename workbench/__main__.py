@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     x.add_argument("run", help="run folder or checkpoint folder")
     x.add_argument("--out", required=True)
     x.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    x.add_argument("--force", action="store_true", help="replace --out if it is an earlier export (holds export.json)")
 
     d = sub.add_parser("data", help="toy data tools")
     dsub = d.add_subparsers(dest="data_cmd", required=True)
@@ -83,10 +84,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         return _run(args)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {msg}", file=sys.stderr)
+    except (ValueError, KeyError, OSError, FloatingPointError) as e:  # bad input, or a file system that refuses
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
+
+
+def one_line(e: BaseException) -> str:
+    """The message of a library error, or `file: reason` of an OS error, on one line."""
+    if isinstance(e, OSError) and e.strerror and e.filename is not None:
+        msg = f"{e.filename}: {e.strerror}" + (f" (-> {e.filename2})" if e.filename2 is not None else "")
+    else:
+        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return " ".join(msg.split())
 
 
 def _run(args) -> int:
@@ -125,8 +134,8 @@ def _run(args) -> int:
         out = run_pipeline(load_pipeline(args.config, args.set), args.out)
         print(f"pipeline folder: {out}")
     elif args.cmd == "export":
-        from workbench.train.checkpoint import export_model
-        print(f"model folder: {export_model(args.run, args.out, args.dtype)}")
+        from workbench.export import export_model
+        print(f"model folder: {export_model(args.run, args.out, args.dtype, force=args.force)}")
     elif args.cmd == "data" and args.data_cmd == "export":
         from workbench.data.export import export_toy
         cfg = load_config(None, args.set)

@@ -20,6 +20,9 @@ class ConfigError(ValueError):
     """A config file or override is wrong; the message names the file and key."""
 
 
+# A config class may set RANGES = {field: (min, max)} (None = open): load_config refuses values outside.
+
+
 @dataclass
 class VideoFolderSpec:
     csv: str = ""                  # OpenVid-1M style CSV; paths in it are relative to `root`
@@ -30,6 +33,7 @@ class VideoFolderSpec:
     stride: int = 1                # take every stride-th frame
     height: int = 24               # resize the short side, then centre-crop to height x width
     width: int = 24
+    RANGES = {"frames": (1, None), "stride": (1, None), "height": (1, None), "width": (1, None)}
 
 
 @dataclass
@@ -40,6 +44,7 @@ class DataConfig:
     preferences: str = ""          # TA: train on this preference-pair folder (data/preferences.py); test split unchanged
     train_size: int = 1_000_000    # clips in the train split (toy: distinct seeds)
     test_size: int = 256           # clips in the test split
+    RANGES = {"train_size": (1, None), "test_size": (1, None)}
 
 
 @dataclass
@@ -59,6 +64,7 @@ class SampleConfig:
     steps: int = 25                # Euler steps
     shift: float = 1.0             # timestep shift (1 = uniform grid)
     guidance: float = 1.0          # classifier-free guidance scale (1 = off)
+    RANGES = {"steps": (1, None), "shift": (1e-6, None)}
 
 
 @dataclass
@@ -67,6 +73,7 @@ class FlowMatchingConfig:
     p_mean: float = 0.0              # logit-normal location
     p_std: float = 1.0               # logit-normal scale
     caption_dropout: float = 0.1     # chance to train on the empty caption (enables guidance)
+    RANGES = {"p_std": (0, None), "caption_dropout": (0, 1)}
 
 
 @dataclass
@@ -84,6 +91,8 @@ class DistillConfig:
     jvp_chunk: int = 1024            # query/key chunk of the chunked attention JVP
     fd_eps: float = 1e-4             # finite-difference step in t (Wan embeds 1000 t: 1e-3 is already 1 rad at its top frequency)
     delta_t: float = 0.05            # DCD only: the teacher's Euler step between adjacent times (Eq. 3)
+    RANGES = {"p_std": (0, None), "tangent_warmup": (0, None), "tangent_norm_c": (0, None), "jvp_chunk": (1, None),
+              "fd_eps": (1e-9, 0.5), "delta_t": (1e-6, 1)}
 
 
 @dataclass
@@ -97,6 +106,7 @@ class AdversarialConfig:
     head_width: int = 64             # channels of each discriminator head
     temporal_heads: bool = True      # add temporal heads over the frame sequence (False: spatial heads only)
     lr: float = 0.0                  # discriminator learning rate (0 = train.lr)
+    RANGES = {"lambda_adv": (0, None), "warmup": (0, None), "head_width": (1, None), "lr": (0, None)}
 
 
 @dataclass
@@ -110,6 +120,8 @@ class DPOConfig:
     lora_rank: int = 16
     lora_alpha: float = 16.0
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2")
+    RANGES = {"beta": (0, None), "lambda_rf": (0, None), "p_std": (0, None), "lora_rank": (1, None),
+              "lora_alpha": (0, None)}
 
 
 @dataclass
@@ -134,6 +146,10 @@ class TrainConfig:
     sample_num: int = 4            # clips per sample grid
     sample_steps: tuple[int, ...] = (2, 4, 8, 25)
     num_workers: int = 0           # DataLoader workers
+    RANGES = {"steps": (1, None), "batch_size": (1, None), "lr": (0, None), "weight_decay": (0, None),
+              "warmup_steps": (0, None), "min_lr_ratio": (0, 1), "grad_clip": (0, None), "ema_decay": (0, 1),
+              "log_every": (1, None), "ckpt_every": (1, None), "keep_ckpts": (1, None), "sample_every": (0, None),
+              "sample_num": (1, None), "num_workers": (0, None)}
 
 
 @dataclass
@@ -192,7 +208,13 @@ def _from_dict(cls, data: dict, where: str):
     for key in data:
         if key not in known:
             raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})".lstrip("."))
-    return cls(**{k: _check(v, hints[k], f"{where}.{k}".lstrip(".")) for k, v in data.items()})
+    obj = cls(**{k: _check(v, hints[k], f"{where}.{k}".lstrip(".")) for k, v in data.items()})
+    for key, (lo, hi) in getattr(cls, "RANGES", {}).items():  # numeric fields with a valid range
+        value = getattr(obj, key)
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            bounds = " and ".join(b for b in (lo is not None and f">= {lo}", hi is not None and f"<= {hi}") if b)
+            raise ConfigError(f"{where}.{key}: expected a value {bounds}, got {value!r}".lstrip("."))
+    return obj
 
 
 def _set(data: dict, dotted: str, value) -> None:
@@ -216,14 +238,7 @@ def load_dataclass(cls, path: str | Path | None = None, overrides: list[str] = (
     source = "defaults"
     if path is not None:
         source = str(path)
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
+        data = _read_yaml(Path(path))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item}: expected key=value")
@@ -233,6 +248,25 @@ def load_dataclass(cls, path: str | Path | None = None, overrides: list[str] = (
         return _from_dict(cls, data, "")
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
+
+
+def _read_yaml(path: Path) -> dict:
+    """A config file's top-level mapping, or a ConfigError naming the file and what was expected."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; expected a YAML config file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); expected a YAML config file") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if data is None:
+        raise ConfigError(f"{path}: empty config file; expected a mapping of sections (e.g. train:, model:)")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
 
 
 def saved_config(weights_folder: str | Path) -> Path | None:

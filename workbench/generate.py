@@ -11,8 +11,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from safetensors import safe_open
-from safetensors.torch import load_file
 
 from workbench.config import Config, load_config, saved_config
 from workbench.data import build_dataset, collate
@@ -20,6 +18,7 @@ from workbench.data.io import contact_sheet, write_mp4
 from workbench.data.synthetic import to_uint8
 from workbench.models import build_backbone
 from workbench.models.lora import add_lora, merge_lora
+from workbench.models.weights import load_weights, tensor_names
 from workbench.sampling import euler
 from workbench.train.checkpoint import complete_checkpoints
 
@@ -53,7 +52,7 @@ def load_model(path: str | Path, overrides: list[str] = (), merge_lora_weights: 
         return net.eval().requires_grad_(False), conditioner, cfg
     net, conditioner = build_backbone(dataclasses.replace(cfg.model, weights=""))  # a TA checkpoint: base + LoRA
     add_lora(net.transformer, cfg.dpo.lora_rank, cfg.dpo.lora_alpha, cfg.dpo.lora_targets)
-    net.transformer.load_state_dict(load_file(weights))
+    load_weights(net.transformer, weights, "LoRA checkpoint")
     if merge_lora_weights:
         merge_lora(net.transformer)
     return net.eval().requires_grad_(False), conditioner, cfg
@@ -61,8 +60,7 @@ def load_model(path: str | Path, overrides: list[str] = (), merge_lora_weights: 
 
 def lora_keys(weights: str | Path) -> list[str]:
     """Names of LoRA tensors in a safetensors state dict (a TA checkpoint holds base + adapter)."""
-    with safe_open(str(weights), "pt") as f:
-        return [k for k in f.keys() if "lora_" in k]
+    return [k for k in tensor_names(weights) if "lora_" in k]
 
 
 def clip_noise(seeds: list[int], shape_CTHW: tuple[int, ...], seed: int) -> torch.Tensor:

@@ -72,7 +72,8 @@ def run_stage(stage: Stage, run: Path, init: Path | None, teacher: Path | None =
     """Train one stage (or reuse/skip it); returns its model folder."""
     from workbench.data.preferences import build_preferences
     from workbench.train import train
-    from workbench.train.checkpoint import complete_checkpoints, export_model
+    from workbench.export import export_model
+    from workbench.train.checkpoint import complete_checkpoints
     if stage.reuse and (Path(stage.reuse) / "model.safetensors").is_file():
         log(f"reused {stage.reuse}")
         return Path(stage.reuse)

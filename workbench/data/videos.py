@@ -41,6 +41,7 @@ class VideoCSVDataset(torch.utils.data.Dataset):
         self.captions = [str(c) if isinstance(c, str) else "" for c in table[spec.caption_column]]
         self.spec, self.csv = spec, csv
         self.skipped: Counter[str] = Counter()
+        self._check_one_readable(split)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -57,13 +58,30 @@ class VideoCSVDataset(torch.utils.data.Dataset):
         x = x[:, :, top:top + s.height, left:left + s.width]
         return x.permute(1, 0, 2, 3).div(127.5).sub(1.0).clamp(-1, 1)
 
+    def _check_one_readable(self, split: str) -> None:
+        """Refuse, before any work and without a warning per clip, a split where no clip can be read."""
+        reasons: Counter[str] = Counter()
+        first_error = None
+        for j in range(len(self)):
+            try:
+                self.load(j)
+                return
+            except VideoReadError as e:
+                reasons[_reason(e)] += 1
+                first_error = first_error or e
+        counts = ", ".join(f"{n} {r}" for r, n in reasons.items())
+        raise ValueError(f"{self.csv}: none of the {len(self)} {split} clips can be read ({counts}; first: {first_error})")
+
     def __getitem__(self, i: int) -> dict:
         for k in range(len(self)):
             j = (i + k) % len(self)
             try:
                 return {"video": self.load(j), "caption": self.captions[j], "path": self.paths[j]}
             except VideoReadError as e:
-                reason = "too short" if "frames, needs" in str(e) else "unreadable"
-                self.skipped[reason] += 1
+                self.skipped[_reason(e)] += 1
                 log.warning("skipping clip %s (%s)", self.root / self.paths[j], e)
-        raise RuntimeError(f"{self.csv}: none of its {len(self)} clips can be read")
+        raise ValueError(f"{self.csv}: none of its {len(self)} clips can be read")
+
+
+def _reason(e: VideoReadError) -> str:
+    return "too short" if "frames, needs" in str(e) else "unreadable"

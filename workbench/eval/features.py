@@ -22,12 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from workbench.data.synthetic import (COLOURS, DIRECTIONS, FEATURE_SPEC, SHAPES, ToySpec, coverage, render_clip,
                                       to_tensor)
+from workbench.models.weights import WeightsError, load_weights
 
 FEATURE_SEED_OFFSET = 2_000_000_000       # toy FVD net clips; train/test splits use seeds from 0 and from 10^9
 VAL_SEED_OFFSET = FEATURE_SEED_OFFSET + 100_000_000
@@ -97,12 +98,15 @@ class ToyFVDNet(nn.Module):
 
 def load_toy_fvd_net(path: str | Path) -> ToyFVDNet:
     """The frozen net from a safetensors file whose metadata holds its config."""
-    from safetensors import safe_open
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise WeightsError(f"--fvd-extractor {path}: not a readable safetensors file ({e})") from None
     cfg = json.loads(meta.get("config", "{}"))
     net = ToyFVDNet(ToyFVDNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}))
-    net.load_state_dict(load_file(str(path)))
+    load_weights(net, path, "--fvd-extractor")
     return net.eval().requires_grad_(False)
 
 

@@ -3,13 +3,12 @@ from __future__ import annotations
 import abc
 import copy
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from workbench.flow import interpolate, sample_timesteps
 from workbench.models import check_prediction_fits
+from workbench.models.weights import load_weights
 from workbench.sampling import guided_velocity
 
 
@@ -56,10 +55,8 @@ class Distillation(Method):
         super().__init__(cfg, net, conditioner)
         self.teacher = copy.deepcopy(net).requires_grad_(False).eval()
         if cfg.distill.teacher:                           # e.g. DA after CCD: the student is the CCD model
-            if not Path(cfg.distill.teacher).is_file():
-                raise FileNotFoundError(f"distill.teacher: {cfg.distill.teacher} does not exist (a .safetensors file)")
+            load_weights(self.teacher.transformer, cfg.distill.teacher, "distill.teacher")
             check_prediction_fits(cfg.distill.teacher, cfg.model.prediction, "distill.teacher")
-            self.teacher.transformer.load_state_dict(load_file(cfg.distill.teacher))
 
     def losses(self, batch, step, generator):
         _, x_t, t, cond = self.noisy_batch(batch, generator)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 from diffusers import WanTransformer3DModel
-from safetensors.torch import load_file
 
 from workbench.flow import velocity_from_x0
 from workbench.models.text import WAN_TEXT_LEN
+from workbench.models.weights import load_weights
 
 # 24x24x8 toy clips in pixel space: (2,4,4) patches -> 4 x 6 x 6 = 144 tokens, 1.8 M params.
 _TOY = dict(patch_size=(2, 4, 4), num_attention_heads=4, attention_head_dim=32, out_channels=3, text_dim=32,
@@ -75,12 +75,7 @@ def build_transformer(preset: str, transformer_path: str = "", weights: str = ""
             raise KeyError(f"model.preset: unknown preset {preset!r} (known: {', '.join(PRESETS)})")
         model = WanTransformer3DModel(**PRESETS[preset])
     if weights:
-        if not Path(weights).is_file():
-            raise FileNotFoundError(f"model.weights: {weights} does not exist (expected a .safetensors file)")
-        missing, unexpected = model.load_state_dict(load_file(weights), strict=False)
-        if missing or unexpected:
-            raise ValueError(f"model.weights: {weights} does not fit preset {preset!r} "
-                             f"({len(missing)} missing, {len(unexpected)} unexpected keys)")
+        load_weights(model, weights, "model.weights")
     return model
 
 

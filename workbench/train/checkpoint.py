@@ -3,6 +3,8 @@
     checkpoints/step-000500/  model.safetensors  ema.safetensors  optim-<name>.safetensors  state.json
                               module-<name>.safetensors (a method's own trained networks, e.g. the discriminator)
 A folder named step-* is complete by construction; `.tmp-*` folders are leftovers of a killed run.
+A complete folder can still be unreadable later (a disk error, a hand edit): `load_checkpoint` reads and
+checks every file before it changes anything, so the caller can fall back to an older checkpoint.
 """
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from workbench.models.weights import WeightsError, check_fits, read_weights
 
 
 def _flat_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -60,9 +64,14 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module, ema: torch.nn
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    for old in complete_checkpoints(root)[:-keep]:  # prune only after the new one is complete
-        shutil.rmtree(old)
+    prune_checkpoints(root, keep)  # only after the new one is complete
     return final
+
+
+def prune_checkpoints(root: Path, keep: int) -> None:
+    """Keep the newest `keep` complete checkpoints (a run killed before its pruning left one more)."""
+    for old in complete_checkpoints(root)[:-keep]:
+        shutil.rmtree(old)
 
 
 def complete_checkpoints(root: Path) -> list[Path]:
@@ -70,49 +79,28 @@ def complete_checkpoints(root: Path) -> list[Path]:
     return sorted(p for p in root.glob("step-*") if (p / "state.json").is_file()) if root.is_dir() else []
 
 
+class CheckpointError(ValueError):
+    """A complete checkpoint folder whose files cannot be read or do not fit the run."""
+
+
 def load_checkpoint(path: Path, model, ema, optimizers: dict, schedulers: dict, modules: dict | None = None) -> dict:
+    """Restore a run's state from `path`; raises CheckpointError, having changed nothing, if any file is bad."""
     path = Path(path)
-    state = json.loads((path / "state.json").read_text())
-    model.load_state_dict(load_file(path / "model.safetensors"))
-    ema.load_state_dict(load_file(path / "ema.safetensors"))
-    for name, module in (modules or {}).items():
-        module.load_state_dict(load_file(path / f"module-{name}.safetensors"))
+    try:
+        state = json.loads((path / "state.json").read_text())
+        nets = {"model": model, "ema": ema, **{f"module-{n}": m for n, m in (modules or {}).items()}}
+        weights = {name: read_weights(path / f"{name}.safetensors") for name in nets}
+        for name, net in nets.items():
+            check_fits(net, weights[name], str(path / f"{name}.safetensors"))
+        optim = {name: _unflat_optimizer(read_weights(path / f"optim-{name}.safetensors"),
+                                         state["optimizers"][name]["optimizer"]) for name in optimizers}
+        rng = read_weights(path / "rng.safetensors")["torch"]
+    except (OSError, ValueError, KeyError, WeightsError) as e:  # JSONDecodeError and WeightsError are ValueErrors
+        raise CheckpointError(f"{path}: unreadable checkpoint ({e})") from None
+    for name, net in nets.items():
+        net.load_state_dict(weights[name])
     for name, opt in optimizers.items():
-        meta = state["optimizers"][name]
-        opt.load_state_dict(_unflat_optimizer(load_file(path / f"optim-{name}.safetensors"), meta["optimizer"]))
-        schedulers[name].load_state_dict(meta["scheduler"])
-    torch.set_rng_state(load_file(path / "rng.safetensors")["torch"])
+        opt.load_state_dict(optim[name])
+        schedulers[name].load_state_dict(state["optimizers"][name]["scheduler"])
+    torch.set_rng_state(rng)
     return state
-
-
-def export_model(run_or_ckpt: Path, out: Path, dtype: str = "float16") -> Path:
-    """A shippable model folder: the EMA weights (cast to `dtype`), config.yaml and metrics.jsonl.
-
-    A TA checkpoint's LoRA is merged into model.safetensors and also written to lora/ in diffusers' format.
-    """
-    run_or_ckpt, out = Path(run_or_ckpt), Path(out)
-    ckpt = complete_checkpoints(run_or_ckpt / "checkpoints")[-1:] if (run_or_ckpt / "checkpoints").is_dir() else [run_or_ckpt]
-    if not ckpt or not (ckpt[0] / "ema.safetensors").is_file():
-        raise FileNotFoundError(f"{run_or_ckpt}: no complete checkpoint with ema.safetensors")
-    run = ckpt[0].parent.parent
-    cast = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
-    tmp = out.with_name(f".tmp-{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    weights = load_file(ckpt[0] / "ema.safetensors")
-    if any("lora_" in k for k in weights):
-        from workbench.generate import load_model
-        from workbench.models.lora import merge_lora, save_lora
-        net, _, _ = load_model(ckpt[0], merge_lora_weights=False)
-        save_lora(net.transformer, tmp / "lora")
-        merge_lora(net.transformer)
-        weights = net.transformer.state_dict()
-    weights = {k: v.to(cast).contiguous() for k, v in weights.items()}
-    save_file(weights, tmp / "model.safetensors", metadata={"source": str(ckpt[0]), "dtype": dtype})
-    for name in ("config.yaml", "metrics.jsonl"):
-        if (run / name).is_file():
-            shutil.copy(run / name, tmp / name)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -18,11 +20,12 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
 
-from workbench.config import Config, to_dict
+from workbench.config import Config, ConfigError, load_config, to_dict
 from workbench.data import build_dataset, collate
 from workbench.methods import build_method
 from workbench.models import build_backbone
-from workbench.train.checkpoint import complete_checkpoints, load_checkpoint, save_checkpoint
+from workbench.train.checkpoint import (CheckpointError, complete_checkpoints, load_checkpoint, prune_checkpoints,
+                                       save_checkpoint)
 from workbench.train.ema import EMA
 
 
@@ -76,14 +79,15 @@ def lr_lambda(cfg, step: int) -> float:
 
 
 def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False, progress: bool = True) -> Path:
-    """Train `cfg.train.method` for `cfg.train.steps` steps; returns the run folder."""
+    """Train `cfg.train.method` for `cfg.train.steps` steps; returns the run folder.
+
+    Every input is checked before the run folder is touched. A resumed run ends as an uninterrupted one
+    would: same weights, optimizer state, checkpoint set, metrics rows and sample sheets.
+    """
     tc = cfg.train
     out = Path(out_dir or cfg.out)
     ckpt_root = out / "checkpoints"
-    if not resume and complete_checkpoints(ckpt_root):
-        raise FileExistsError(f"{out}: already holds checkpoints; pass --resume or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    ckpts = _check_run_folder(out, cfg, resume)
 
     if not torch.distributed.is_initialized():  # one process (a notebook, a test): each run picks its own precision
         AcceleratorState._reset_state()
@@ -97,13 +101,13 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False, 
                   for name, params in method.param_groups().items()}
     schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(cfg, s))
                   for name, opt in optimizers.items()}
-
-    start = 0
-    if resume and (ckpts := complete_checkpoints(ckpt_root)):
-        start = load_checkpoint(ckpts[-1], net.transformer, ema.net.transformer, optimizers, schedulers,
-                                method.modules_to_save())["step"]
-        _truncate_metrics(out / "metrics.jsonl", start)
     dataset = build_dataset(cfg.data, "train")
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    start = _resume(ckpts, net.transformer, ema.net.transformer, optimizers, schedulers, method.modules_to_save())
+    prune_checkpoints(ckpt_root, tc.keep_ckpts)        # a run killed before its pruning left one more
+    _truncate_metrics(out / "metrics.jsonl", start)    # rows logged after that checkpoint are logged again
     rank, world = accelerator.process_index, accelerator.num_processes
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=StepBatchSampler(len(dataset), tc.batch_size, tc.seed, start, tc.steps, rank, world),
@@ -124,8 +128,11 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False, 
                 res = method.losses(batch, step, step_generator(tc.seed, step, rank))
             for name, loss in res.losses.items():
                 if not torch.isfinite(loss):
-                    raise NonFiniteLossError(f"step {step}: loss '{name}' is {loss.item()}; run stopped, "
-                                             f"last good checkpoint kept in {ckpt_root}")
+                    bar.close()
+                    kept = complete_checkpoints(ckpt_root)
+                    raise NonFiniteLossError(
+                        f"step {step}: loss '{name}' is {loss.item()}; run stopped, "
+                        + (f"last good checkpoint kept: {kept[-1]}" if kept else "no checkpoint had been written"))
             grad_norms = {}
             for name, loss in res.losses.items():
                 opt = optimizers[name]
@@ -147,16 +154,63 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False, 
                 metrics.write(json.dumps(row) + "\n")
                 metrics.flush()
                 bar.set_postfix({k: f"{v:.4g}" for k, v in res.logs.items()})
+            # The step's outputs first, its checkpoint last: a run killed in between redoes the step on resume.
+            if accelerator.is_main_process and (done == tc.steps or (tc.sample_every and done % tc.sample_every == 0)):
+                from workbench.generate import sample_sheet
+                sample_sheet(ema.net, conditioner, cfg, out / "samples" / f"step-{done:06d}.png")
             if accelerator.is_main_process and (done % tc.ckpt_every == 0 or done == tc.steps):
                 save_checkpoint(ckpt_root, done, accelerator.unwrap_model(net).transformer, ema.net.transformer,
                                 optimizers, schedulers, {"name": cfg.name}, keep=tc.keep_ckpts,
                                 modules=method.modules_to_save())
-            if accelerator.is_main_process and (done == tc.steps or (tc.sample_every and done % tc.sample_every == 0)):
-                from workbench.generate import sample_sheet
-                sample_sheet(ema.net, conditioner, cfg, out / "samples" / f"step-{done:06d}.png")
     bar.close()
     accelerator.wait_for_everyone()
     return out
+
+
+# Keys a resumed run may change: they decide what is logged, kept or drawn, not what is trained.
+RESUMABLE_CHANGES = {"out", "train.log_every", "train.ckpt_every", "train.keep_ckpts", "train.sample_every",
+                     "train.sample_num", "train.sample_steps", "train.num_workers"}
+
+
+def _check_run_folder(out: Path, cfg: Config, resume: bool) -> list[Path]:
+    """The run's complete checkpoints, once `out` is known to be a run folder this call may continue."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out}: is a file; expected a run folder")
+    ckpts = complete_checkpoints(out / "checkpoints")
+    if ckpts and not resume:
+        raise FileExistsError(f"{out}: already holds checkpoints; pass --resume or choose another --out")
+    if ckpts and (out / "config.yaml").is_file():
+        saved = _flat(to_dict(load_config(out / "config.yaml")))
+        for key, value in _flat(to_dict(cfg)).items():
+            if key not in RESUMABLE_CHANGES and saved.get(key) != value:
+                raise ConfigError(f"--resume: {key} is {value!r} here but {saved.get(key)!r} in {out / 'config.yaml'}; "
+                                  f"a resumed run keeps the config it started with (drop the change, or train into "
+                                  f"a new --out)")
+    return ckpts
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    return {k2: v2 for k, v in d.items()
+            for k2, v2 in (_flat(v, f"{prefix}{k}.").items() if isinstance(v, dict) else [(f"{prefix}{k}", v)])}
+
+
+def _resume(ckpts: list[Path], model, ema, optimizers: dict, schedulers: dict, modules: dict) -> int:
+    """Load the newest readable checkpoint (step 0 if there is none); newer unreadable ones are set aside."""
+    errors = []
+    for ckpt in reversed(ckpts):
+        try:
+            step = load_checkpoint(ckpt, model, ema, optimizers, schedulers, modules)["step"]
+        except CheckpointError as e:
+            errors.append((ckpt, e))
+            continue
+        for bad, e in errors:  # kept for a look, out of the way of the step that will be saved again
+            aside = bad.with_name(f".unreadable-{bad.name}")
+            os.replace(bad, aside)
+            print(f"warning: {e}; set aside as {aside.name}, resuming from {ckpt.name}", file=sys.stderr)
+        return step
+    if errors:
+        raise errors[0][1]
+    return 0
 
 
 def _average_grads_outside(ddp_net, params) -> None:
@@ -170,5 +224,13 @@ def _average_grads_outside(ddp_net, params) -> None:
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop rows logged after the checkpoint we resume from, so metrics.jsonl has each step once."""
     if path.is_file():
-        rows = [r for r in path.read_text().splitlines() if r.strip() and json.loads(r)["step"] <= step]
+        rows = [r for r in path.read_text().splitlines() if _row_step(r) <= step]
         path.write_text("".join(r + "\n" for r in rows))
+
+
+def _row_step(row: str) -> float:
+    """A metrics row's step; a row torn by a kill mid-write counts as after every checkpoint."""
+    try:
+        return json.loads(row)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf

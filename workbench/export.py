@@ -1,0 +1,88 @@
+"""Export a run's EMA weights as a shippable model folder, never touching anything that is not an export.
+
+    <out>/  model.safetensors  config.yaml  metrics.jsonl  export.json  (lora/ for a TA run)
+
+The folder is written under a temporary sibling name and renamed into place. An existing `out` is
+refused unless `force` is given and `out` holds `export.json` (the marker of an earlier export); then
+the new export replaces the old one's files, and any other file in it (a table, a note) is kept.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from workbench.generate import load_model
+from workbench.models.lora import merge_lora, save_lora
+from workbench.models.weights import read_weights
+from workbench.train.checkpoint import complete_checkpoints
+
+MARKER = "export.json"
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def check_export_target(out: Path, force: bool) -> None:
+    """Refuse, before any work, an `out` that exists and is not an earlier export that `force` may replace."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if not force:
+        raise FileExistsError(f"--out {out}: already exists; choose a new folder, or pass --force to replace "
+                              f"an earlier export")
+    if out.is_symlink() or not out.is_dir() or not (out / MARKER).is_file():
+        raise FileExistsError(f"--out {out}: not an earlier export (no {MARKER}); --force replaces only those")
+
+
+def export_model(run_or_ckpt: str | Path, out: str | Path, dtype: str = "float16", force: bool = False) -> Path:
+    """A shippable model folder: the EMA weights (cast to `dtype`), config.yaml, metrics.jsonl, export.json.
+
+    A TA checkpoint's LoRA is merged into model.safetensors and also written to lora/ in diffusers' format.
+    """
+    run_or_ckpt, out = Path(run_or_ckpt), Path(out)
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+    ckpts = complete_checkpoints(run_or_ckpt / "checkpoints") if (run_or_ckpt / "checkpoints").is_dir() else [run_or_ckpt]
+    if not ckpts or not (ckpts[-1] / "ema.safetensors").is_file():
+        raise FileNotFoundError(f"{run_or_ckpt}: no complete checkpoint with ema.safetensors")
+    ckpt = ckpts[-1]
+    run = ckpt.parent.parent
+    check_export_target(out, force)
+    weights = read_weights(ckpt / "ema.safetensors")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))  # ours alone: safe to remove
+    try:
+        if any("lora_" in k for k in weights):
+            net, _, _ = load_model(ckpt, merge_lora_weights=False)
+            save_lora(net.transformer, tmp / "lora")
+            merge_lora(net.transformer)
+            weights = net.transformer.state_dict()
+        weights = {k: v.to(DTYPES[dtype]).contiguous() for k, v in weights.items()}
+        save_file(weights, tmp / "model.safetensors", metadata={"source": str(ckpt), "dtype": dtype})
+        for name in ("config.yaml", "metrics.jsonl"):
+            if (run / name).is_file():
+                shutil.copy(run / name, tmp / name)
+        step = json.loads((ckpt / "state.json").read_text())["step"] if (ckpt / "state.json").is_file() else None
+        (tmp / MARKER).write_text(json.dumps({"source": str(ckpt.resolve()), "step": step, "dtype": dtype}, indent=1))
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Rename `tmp` to `out`; an earlier export at `out` is replaced, keeping the files it holds beside ours."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    for entry in out.iterdir():  # a table or a note beside the weights stays (copied: `out` is intact until the swap)
+        if not (tmp / entry.name).exists():
+            (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, tmp / entry.name)
+    old = Path(tempfile.mkdtemp(prefix=f".old-{out.name}-", dir=out.parent))
+    os.replace(out, old / out.name)
+    os.replace(tmp, out)
+    shutil.rmtree(old)
