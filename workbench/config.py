@@ -227,11 +227,6 @@ def _set(data: dict, dotted: str, value) -> None:
     node[leaf] = value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Config from a YAML file (or the defaults) plus `key.sub=value` overrides (values parsed as YAML)."""
-    return load_dataclass(Config, path, overrides)
-
-
 def load_dataclass(cls, path: str | Path | None = None, overrides: list[str] = ()):
     """Any config dataclass from a YAML file (or its defaults) plus overrides; errors name the file and key."""
     data: dict = {}
@@ -267,6 +262,13 @@ def _read_yaml(path: Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Config from a YAML file (or the defaults) plus `key.sub=value` overrides (values parsed as YAML)."""
+    if path is not None and Path(path).is_file() and "stages" in _read_yaml(Path(path)):
+        raise ConfigError(f"{path}: a pipeline config (it has stages:); run it with `python -m workbench pipeline`")
+    return load_dataclass(Config, path, overrides)
 
 
 def saved_config(weights_folder: str | Path) -> Path | None:

@@ -18,6 +18,10 @@ FPS = 8
 def export_toy(out_dir: str | Path, num: int, seed: int = 0, spec: ToySpec = ToySpec()) -> Path:
     """Clips render_clip(seed + i) as mp4 files; returns the CSV's path (written last, atomically)."""
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out}: is a file; expected a folder (new, or without an export)")
+    if (out / "OpenVid-1M.csv").exists():
+        raise FileExistsError(f"--out {out}: already holds an export (OpenVid-1M.csv); choose a new folder")
     rows, truths = [], {}
     for i in tqdm(range(num), desc="export", leave=False):
         video, caption, truth = render_clip(seed + i, spec)

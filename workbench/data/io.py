@@ -1,7 +1,9 @@
 """Video and image files: mp4 written with PyAV (H.264), read with decord (PyAV as fallback); PNG sheets."""
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -47,17 +49,32 @@ def read_frames(path: str | Path, indices: list[int] | None = None) -> np.ndarra
     path = Path(path)
     if not path.is_file():
         raise VideoReadError(f"{path}: no such file")
+    with _native_stderr_silenced():
+        try:
+            import decord
+            vr = decord.VideoReader(str(path), ctx=decord.cpu(0))
+            idx = list(range(len(vr))) if indices is None else indices
+            if idx and max(idx) >= len(vr):
+                raise VideoReadError(f"{path}: has {len(vr)} frames, needs {max(idx) + 1}")
+            return vr.get_batch(idx).asnumpy()
+        except VideoReadError:
+            raise
+        except Exception:  # ImportError, or decord's DECORDError on files it cannot handle
+            return _read_frames_av(path, indices)
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """FFmpeg and decord print their own lines on file descriptor 2; a VideoReadError says what matters."""
+    sys.stderr.flush()
+    saved = os.dup(2)
     try:
-        import decord
-        vr = decord.VideoReader(str(path), ctx=decord.cpu(0))
-        idx = list(range(len(vr))) if indices is None else indices
-        if idx and max(idx) >= len(vr):
-            raise VideoReadError(f"{path}: has {len(vr)} frames, needs {max(idx) + 1}")
-        return vr.get_batch(idx).asnumpy()
-    except VideoReadError:
-        raise
-    except Exception:  # ImportError, or decord's DECORDError on files it cannot handle
-        return _read_frames_av(path, indices)
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _read_frames_av(path: Path, indices: list[int] | None) -> np.ndarray:

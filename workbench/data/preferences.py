@@ -34,6 +34,8 @@ def build_preferences(model: str | Path, out: str | Path, num_pairs: int, win_st
     out = Path(out)
     if (out / "pairs.json").is_file():
         raise FileExistsError(f"{out}: already holds a preference dataset")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"--out {out}: exists and is not an empty folder; choose a new one")
     net, conditioner, cfg = load_model(model, overrides)
     source = build_dataset(dataclasses.replace(cfg.data, preferences=""), "train")  # the clips, not earlier pairs
     if num_pairs > len(source):

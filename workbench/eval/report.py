@@ -30,6 +30,7 @@ from workbench.eval.fvd import TOY_FVD_WEIGHTS, ToyFVDExtractor, fvd, load_extra
 from workbench.eval.oracle import clip_metrics
 from workbench.eval.vbench import VBenchNets, quality_groups, run_vbench, vbench_available, vbench_clips
 from workbench.generate import generate, load_model, resolve_weights, sample_sheet, test_batch
+from workbench.models.weights import tensor_names
 from workbench.plots import metric_vs_steps
 
 METRIC_ORDER = ["colour_mass", "solid", "shape_iou", "count_ok", "path_accel", "first_frame_mae",
@@ -187,7 +188,12 @@ def evaluate(checkpoints: list[str], steps_list: list[int], num: int, seeds: lis
     fvd_vs_steps.html (Figure 7; plotly.js from its CDN)."""
     spec = spec or EvalSpec()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out}: is a file; expected a folder for the tables")
+    if names and len(names) != len(checkpoints):
+        raise ValueError(f"--names: {len(names)} names for {len(checkpoints)} checkpoints")
+    for ckpt in checkpoints:  # every model readable before any work (the shapes are checked as each loads)
+        tensor_names(resolve_weights(ckpt)[0])
     scorer, cache = Scorer(spec), Cache(spec.cache)
     rows, refs = [], []
     for k, ckpt in enumerate(checkpoints):
@@ -216,6 +222,7 @@ def evaluate(checkpoints: list[str], steps_list: list[int], num: int, seeds: lis
         if sheet_num:
             sample_sheet(net, conditioner, cfg, out / f"contact_sheet_{name}.png", steps_list, min(sheet_num, num))
     df = pd.DataFrame(rows)
+    out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "results.csv", index=False)
     reference = pd.DataFrame([{**r, **quality_groups(r)} for r in refs])
     reference.to_csv(out / "reference.csv", index=False)

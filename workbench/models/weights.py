@@ -53,7 +53,7 @@ def check_fits(module: torch.nn.Module, weights: dict[str, torch.Tensor], source
     for name, tensor in weights.items():
         if name not in own:
             raise WeightsError(f"{source}: tensor {name!r} is not in the network ({len(own)} tensors; "
-                               f"wrong preset or model.lora settings?)")
+                               f"weights of another preset or network?)")
         if tuple(tensor.shape) != tuple(own[name].shape):
             raise WeightsError(f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}, the network expects "
                                f"{tuple(own[name].shape)} (weights of another preset or config?)")

@@ -1,0 +1,39 @@
+"""Run `python -m workbench ARGS` and SIGKILL it at an exact point of its N-th call of a checkpoint function.
+
+    python tests/kill_at.py POINT N ARGS...
+
+POINT: before-checkpoint (the N-th save_checkpoint is called; nothing of it written), mid-checkpoint (the
+N-th safetensors file of the run's checkpoints is written, the folder still .tmp-*), before-prune (the N-th
+checkpoint is renamed into place, older ones not yet pruned), after-checkpoint (the N-th save_checkpoint
+has returned).
+"""
+import os
+import signal
+import sys
+
+import workbench.train.checkpoint as checkpoint
+import workbench.train.loop as loop
+from workbench.__main__ import main
+
+POINTS = {"before-checkpoint": (loop, "save_checkpoint", True), "mid-checkpoint": (checkpoint, "save_file", False),
+          "before-prune": (checkpoint, "prune_checkpoints", True), "after-checkpoint": (loop, "save_checkpoint", False)}
+
+
+def kill_at(point: str, n: int) -> None:
+    module, name, before = POINTS[point]
+    real, calls = getattr(module, name), [0]
+
+    def wrapped(*args, **kwargs):
+        calls[0] += 1
+        if before and calls[0] == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+        out = real(*args, **kwargs)
+        if not before and calls[0] == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return out
+    setattr(module, name, wrapped)
+
+
+if __name__ == "__main__":
+    kill_at(sys.argv[1], int(sys.argv[2]))
+    sys.exit(main(sys.argv[3:]))
