@@ -283,3 +283,28 @@ def test_nan_stop_is_the_last_line_and_says_what_was_kept(bad_step, kept, tmp_pa
     assert "\r" not in last  # not glued to the progress bar
     if bad_step == 6:
         assert last.endswith("step-000004")
+
+
+# --- flags -----------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["eval", "experiments/toy/teacher", "--steps", "1,a", "--out", "x"], "argument --steps: invalid"),
+    (["eval", "experiments/toy/teacher", "--seeds", "", "--out", "x"], "argument --seeds: invalid"),
+    (["sample", "experiments/toy/teacher", "--num", "0", "--out", "x"], "argument --num: invalid whole number >= 1"),
+    (["sample", "experiments/toy/teacher"], "the following arguments are required: --out"),
+    (["export", "runs/x", "--out", "y", "--dtype", "int8"], "argument --dtype: invalid choice"),
+    (["nope"], "invalid choice: 'nope'"),
+])
+def test_bad_flags_give_one_line_not_the_usage(argv, fragment, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ") and fragment in err, err
+
+
+def test_eval_names_must_match_the_models_and_sample_out_must_be_a_folder(run, tmp_path, capsys):
+    one_line_error(*cli(capsys, "eval", run, run.parent / "model", "--names", "a", "--out", tmp_path / "e"),
+                   "--names: 1 names for 2 checkpoints")
+    (tmp_path / "f").write_text("mine")
+    one_line_error(*cli(capsys, "sample", run, "--num", "1", "--steps", "1", "--out", tmp_path / "f"), "is a file")
+    assert [p.name for p in tmp_path.iterdir()] == ["f"] and (tmp_path / "f").read_text() == "mine"

@@ -9,8 +9,47 @@ import sys
 from pathlib import Path
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse prints the usage and then the error; the promise is one line (the usage is in --help)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
+def argtype(words: str):
+    """argparse names a value's type by its __name__ in an error: make it words."""
+    def name(fn):
+        fn.__name__ = words
+        return fn
+    return name
+
+
+@argtype("whole number >= 1")
+def count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+@argtype("comma-separated list of whole numbers >= 1")
+def counts(text: str) -> list[int]:
+    values = [count(x) for x in text.split(",") if x.strip()]
+    if not values:
+        raise ValueError(text)
+    return values
+
+
+@argtype("comma-separated list of integer seeds")
+def seeds(text: str) -> list[int]:
+    values = [int(x) for x in text.split(",") if x.strip()]
+    if not values:
+        raise ValueError(text)
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m workbench", description="SwiftVideo workbench")
+    p = OneLineParser(prog="python -m workbench", description="SwiftVideo workbench")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     t = sub.add_parser("train", help="train a method from a YAML config")
@@ -21,17 +60,17 @@ def main(argv: list[str] | None = None) -> int:
 
     s = sub.add_parser("sample", help="sample test clips from a checkpoint: mp4 files + contact sheet")
     s.add_argument("checkpoint", help="run folder, checkpoint folder, or shipped model folder")
-    s.add_argument("--steps", type=int, default=25)
-    s.add_argument("--num", type=int, default=8)
+    s.add_argument("--steps", type=count, default=25)
+    s.add_argument("--num", type=count, default=8)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True)
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
 
     v = sub.add_parser("eval", help="sample the test split at several step counts and seeds; write a metrics table")
     v.add_argument("checkpoints", nargs="+", help="run folders, checkpoint folders or shipped model folders")
-    v.add_argument("--steps", default="1,2,4,8,25", help="comma-separated Euler step counts")
-    v.add_argument("--num", type=int, default=64, help="test clips per (model, steps, seed)")
-    v.add_argument("--seeds", default="0,1,2", help="comma-separated noise seeds")
+    v.add_argument("--steps", type=counts, default="1,2,4,8,25", help="comma-separated Euler step counts")
+    v.add_argument("--num", type=count, default=64, help="test clips per (model, steps, seed)")
+    v.add_argument("--seeds", type=seeds, default="0,1,2", help="comma-separated noise seeds")
     v.add_argument("--names", help="comma-separated row names (default: each config's name)")
     v.add_argument("--out", required=True)
     v.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. data.test_size=1024")
@@ -39,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--frame-features", default="toy", help="VBench frame features: 'toy' or a local DINOv2 folder")
     v.add_argument("--vbench", default="auto", choices=["auto", "builtin"], help="auto: the vbench package if installed")
     v.add_argument("--cache", default="runs/eval-cache", help="cache folder for reference features and samples ('' = off)")
-    v.add_argument("--batch-size", type=int, default=32)
+    v.add_argument("--batch-size", type=count, default=32)
     v.add_argument("--device", default="cpu", help="device of the evaluation networks")
 
     f = sub.add_parser("features", help="the toy FVD network and the toy DINOv2 feature net")
@@ -48,16 +87,16 @@ def main(argv: list[str] | None = None) -> int:
                                        "dino: a Dinov2Model folder)")
     ft.add_argument("--kind", default="fvd", choices=["fvd", "dino"])
     ft.add_argument("--out", help="default: experiments/toy/fvd or experiments/toy/dino")
-    ft.add_argument("--steps", type=int, help="default: 1000 (fvd), 3000 (dino)")
-    ft.add_argument("--batch", type=int, help="default: 48 (fvd), 64 (dino)")
+    ft.add_argument("--steps", type=count, help="default: 1000 (fvd), 3000 (dino)")
+    ft.add_argument("--batch", type=count, help="default: 48 (fvd), 64 (dino)")
     ft.add_argument("--seed", type=int, default=0)
 
     q = sub.add_parser("preferences", help="build TA preference pairs: more-step sample wins over fewer-step")
     q.add_argument("model", help="run, checkpoint or model folder (the aligned model)")
     q.add_argument("--out", required=True)
-    q.add_argument("--num", type=int, default=512, help="pairs (train clips 0..num-1)")
-    q.add_argument("--win-steps", type=int, default=8)
-    q.add_argument("--lose-steps", type=int, default=4)
+    q.add_argument("--num", type=count, default=512, help="pairs (train clips 0..num-1)")
+    q.add_argument("--win-steps", type=count, default=8)
+    q.add_argument("--lose-steps", type=count, default=4)
     q.add_argument("--winners", default="sampled", choices=["sampled", "real"], help="real: real clips win (Fig. 6)")
     q.add_argument("--seed", type=int, default=0, help="noise seed")
     q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -77,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     dsub = d.add_subparsers(dest="data_cmd", required=True)
     e = dsub.add_parser("export", help="export toy clips as mp4 files + an OpenVid-1M style CSV")
     e.add_argument("--out", required=True)
-    e.add_argument("--num", type=int, default=64)
+    e.add_argument("--num", type=count, default=64)
     e.add_argument("--seed", type=int, default=0, help="first clip seed")
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. data.toy.size=32")
 
@@ -111,9 +150,8 @@ def _run(args) -> int:
         print(f"wrote {len(files)} clips and contact_sheet.png to {args.out}")
     elif args.cmd == "eval":
         from workbench.eval.report import EvalSpec, evaluate
-        ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
         spec = EvalSpec(args.fvd_extractor, args.frame_features, args.vbench, args.cache, device=args.device)
-        evaluate(args.checkpoints, ints(args.steps), args.num, ints(args.seeds), args.out, args.batch_size,
+        evaluate(args.checkpoints, args.steps, args.num, args.seeds, args.out, args.batch_size,
                  names=args.names.split(",") if args.names else None, spec=spec, overrides=args.set)
         print((Path(args.out) / "table.md").read_text())
     elif args.cmd == "features" and args.features_cmd == "train" and args.kind == "fvd":

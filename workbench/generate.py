@@ -137,6 +137,8 @@ def comparison_sheet(models: dict, path: Path, num: int, seed: int = 0) -> Path:
 
 def write_samples(path: str | Path, out: str | Path, steps: int, num: int, seed: int, overrides=()) -> list[Path]:
     """`python -m workbench sample`: mp4 per clip (tiny clips enlarged), a contact sheet, and captions.yaml."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise FileExistsError(f"--out {out}: is a file; expected a folder for the clips")
     net, conditioner, cfg = load_model(path, overrides)
     batch = test_batch(cfg, num)
     video = generate(net, conditioner, batch, steps, seed, cfg.sample.shift, cfg.sample.guidance)

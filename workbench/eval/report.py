@@ -192,9 +192,9 @@ def evaluate(checkpoints: list[str], steps_list: list[int], num: int, seeds: lis
         raise FileExistsError(f"--out {out}: is a file; expected a folder for the tables")
     if names and len(names) != len(checkpoints):
         raise ValueError(f"--names: {len(names)} names for {len(checkpoints)} checkpoints")
+    scorer, cache = Scorer(spec), Cache(spec.cache)
     for ckpt in checkpoints:  # every model readable before any work (the shapes are checked as each loads)
         tensor_names(resolve_weights(ckpt)[0])
-    scorer, cache = Scorer(spec), Cache(spec.cache)
     rows, refs = [], []
     for k, ckpt in enumerate(checkpoints):
         net, conditioner, cfg = load_model(ckpt, overrides)
