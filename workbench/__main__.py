@@ -1,4 +1,4 @@
-"""Command line: python -m workbench {pipeline,train,sample,eval,preferences,export,features,data} ...
+"""Command line: python -m workbench {pipeline,train,sample,eval,preferences,export,features,data,results} ...
 
 Bad input gives one line on stderr and exit 2.
 """
@@ -120,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--seed", type=int, default=0, help="first clip seed")
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. data.toy.size=32")
 
+    r = sub.add_parser("results", help="render experiments/toy/RESULTS.md: its template's tables from the shipped CSVs")
+    r.add_argument("--template", default="experiments/toy/RESULTS.template.md")
+    r.add_argument("--out", default="experiments/toy/RESULTS.md")
+    r.add_argument("--check", action="store_true", help="write nothing; exit 1 if --out is not what it renders")
+
     args = p.parse_args(argv)
     try:
         return _run(args)
@@ -179,6 +184,13 @@ def _run(args) -> int:
         cfg = load_config(None, args.set)
         csv = export_toy(args.out, args.num, args.seed, cfg.data.toy)
         print(f"wrote {args.num} clips and {csv}")
+    elif args.cmd == "results":
+        from workbench.eval import results_doc
+        if not args.check:
+            print(f"wrote {results_doc.write(args.template, args.out)}")
+        elif stale := results_doc.first_difference(args.template, args.out):
+            print(f"stale: {stale}; run python -m workbench results", file=sys.stderr)
+            return 1
     return 0
 
 
