@@ -1,0 +1,77 @@
+"""`python -m workbench results`: tables rendered from results.csv files, and the shipped RESULTS.md current."""
+import re
+
+import pandas as pd
+
+from workbench.__main__ import main
+from workbench.eval.results_doc import render_table
+
+
+def results_csv(path):
+    """Two models x two step counts x three seeds; FVD of model a at 1 step is 100, 110, 120 over the seeds."""
+    rows = []
+    for method in ("a", "b"):
+        for steps in (1, 2):
+            for seed in range(3):
+                rows.append({"method": method, "steps": steps, "nfe": steps, "seed": seed, "num": 4,
+                             "fvd": 100.0 + 10 * seed + (method == "b") + steps, "psnr": 30.0 - seed,
+                             "solid": 0.5 + 0.1 * seed, "subject_consistency": 0.9, "wobble": 0.25 * seed,
+                             "fvd_variant": "toy-fvd@test | 4 videos"})
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_a_table_is_mean_and_std_over_seeds_with_every_metric_column(tmp_path):
+    table = render_table(str(results_csv(tmp_path / "results.csv")))
+    assert "| a | 1 | 1 | 111.0 ± 10.00 |" in table          # FVD: mean of 101, 111, 121 and their std
+    assert "0.600 ± 0.100" in table and "29.00 ± 1.000" in table  # solid, PSNR (which got worse with the seed)
+    for title in ("FVD", "PSNR", "solid", "subject consistency", "wobble"):  # wobble: no known layout, still shown
+        assert f" {title} |" in table, title
+    only = render_table(str(tmp_path / "results.csv"), methods=["b"], steps=[2], columns=["solid"])
+    assert only.splitlines()[2:] == ["| b | 2 | 2 | 0.600 ± 0.100 |"]
+
+
+def test_the_command_renders_a_template_and_check_tells_when_it_is_stale(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    results_csv(tmp_path / "results.csv")
+    (tmp_path / "t.md").write_text("# Doc\n\nProse.\n\n<!-- table: results.csv steps=2 columns=fvd,psnr -->\n")
+    (tmp_path / "shipped.md").write_text("| x | 1 |\n")
+    (tmp_path / "u.md").write_text("<!-- include: shipped.md -->\n")
+    assert main(["results", "--template", "t.md", "--out", "doc.md"]) == 0
+    doc = (tmp_path / "doc.md").read_text()
+    assert "Rendered from `results.csv`, steps 2:" in doc and "| a | 2 | 2 | 112.0 ± 10.00 | 29.00 ± 1.000 |" in doc
+    assert "| a | 1 |" not in doc
+    assert main(["results", "--template", "t.md", "--out", "doc.md", "--check"]) == 0
+    (tmp_path / "doc.md").write_text(doc.replace("112.0", "112.1"))
+    capsys.readouterr()
+    assert main(["results", "--template", "t.md", "--out", "doc.md", "--check"]) == 1
+    assert "doc.md" in capsys.readouterr().err
+    assert main(["results", "--template", "u.md", "--out", "v.md"]) == 0
+    assert "| x | 1 |" in (tmp_path / "v.md").read_text()
+
+
+def test_bad_markers_name_the_template_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    results_csv(tmp_path / "results.csv")
+    for marker, fragment in [("<!-- table: missing.csv -->", "missing.csv"),
+                             ("<!-- table: results.csv steps=3 -->", "no steps 3"),
+                             ("<!-- table: results.csv methods=c -->", "no method c"),
+                             ("<!-- table: results.csv colour=red -->", "unknown option 'colour'"),
+                             ("<!-- table results.csv -->", "malformed marker")]:
+        (tmp_path / "t.md").write_text(f"text\n{marker}\n")
+        assert main(["results", "--template", "t.md", "--out", "doc.md"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and fragment in err and "t.md:2" in err, err
+        assert not (tmp_path / "doc.md").exists()
+
+
+def test_the_shipped_results_doc_is_what_its_template_renders(root, monkeypatch, capsys):
+    monkeypatch.chdir(root)
+    assert main(["results", "--check"]) == 0, capsys.readouterr().err
+
+
+def test_the_readme_quotes_results_numbers_exactly(root):
+    """The README's headline numbers ('mean ± std') are strings of the rendered RESULTS.md."""
+    quoted = re.findall(r"\d[\d.]* ± \d[\d.]*\d", (root / "README.md").read_text())
+    results = (root / "experiments/toy/RESULTS.md").read_text()
+    assert quoted and [q for q in quoted if q not in results] == []
