@@ -46,13 +46,13 @@ ATTENTION = dict(batch=1, heads=2, head_dim=64, chunk=1024)
 
 def _tangent_calls(spec) -> dict:
     from workbench.models.jvp import velocity_and_tangent
-    from workbench.models.wan import PRESETS, Cond, build_flownet
+    from workbench.models.wan import PRESETS, Conditioning, build_flownet
     cfg = PRESETS[spec["preset"]]
     net = build_flownet(spec["preset"]).eval()
     B, C, T, H, W = spec["x"]
     mask_BMTHW = torch.zeros(B, cfg["in_channels"] - 2 * C - net.position_channels, T, H, W)
     mask_BMTHW[:, :, 0] = 1
-    cond = Cond(torch.randn(B, C, T, H, W), mask_BMTHW, torch.randn(B, spec["text"], cfg["text_dim"]),
+    cond = Conditioning(torch.randn(B, C, T, H, W), mask_BMTHW, torch.randn(B, spec["text"], cfg["text_dim"]),
                 torch.randn(B, spec["image"], cfg["image_dim"]) if spec["image"] else None)
     x_BCTHW, dxdt_BCTHW, t_B = torch.randn(B, C, T, H, W), torch.randn(B, C, T, H, W), torch.rand(B)
 
@@ -88,7 +88,7 @@ def _step_calls(spec) -> dict:
 
     from workbench.config import load_config
     from workbench.data import build_dataset, collate
-    from workbench.methods import build_method
+    from workbench.methods import TrainStep, build_method
     from workbench.models import build_backbone
     from workbench.train.loop import step_generator
     cfg = load_config(None, [f"train.batch_size={spec['batch']}", "distill.tangent_warmup=0"])
@@ -99,12 +99,12 @@ def _step_calls(spec) -> dict:
     for name in ("flow_matching", "ccd"):
         cfg.train.method = name
         methods[name] = build_method(copy.deepcopy(cfg), net, cond)
-        methods[name].ema = copy.deepcopy(net).requires_grad_(False)
 
     def step(name):
         def call():
             net.zero_grad(set_to_none=True)
-            loss = methods[name].losses(batch, 1, step_generator(0, 1)).losses["model"]
+            at = TrainStep(1, step_generator(0, 1), {"model": net}, frozenset({"model"}))
+            loss = methods[name].losses(batch, at).losses["model"]
             loss.backward()
             return {"loss": loss.detach()}
         return call

@@ -20,7 +20,8 @@ from workbench.config import load_config
 from workbench.data.synthetic import to_tensor, to_uint8
 from workbench.eval.fvd import fvd
 from workbench.eval.report import EvalSpec, Scorer
-from workbench.generate import generate, load_model, test_batch
+from workbench.generate import Model, generate, test_batch
+from workbench.runs import load_model
 from workbench.models import build_backbone
 
 
@@ -34,22 +35,21 @@ def main() -> None:
     ap.add_argument("--fvd-extractor", default="toy")
     args = ap.parse_args()
     if Path(args.checkpoint).exists():
-        net, cond, cfg = load_model(args.checkpoint)
+        model = load_model(args.checkpoint)
         source = args.checkpoint
     else:
         cfg = load_config(args.config)
         torch.manual_seed(0)
         net, cond = build_backbone(cfg.model)
-        net.eval()
+        model = Model(net.eval(), cond, cfg)
         source = f"untrained {args.config} (no {args.checkpoint})"
     scorer = Scorer(EvalSpec(fvd_extractor=args.fvd_extractor, cache=""))
-    batches = [test_batch(cfg, min(args.batch, args.clips - s), s) for s in range(0, args.clips, args.batch)]
+    batches = [test_batch(model.config, min(args.batch, args.clips - s), s) for s in range(0, args.clips, args.batch)]
     t = {"sampling": 0.0, "features": 0.0, "scoring": 0.0, "frechet": 0.0}
     fakes = []
     for b in batches:
         t0 = time.perf_counter()
-        fakes.append(np.stack([to_uint8(v) for v in generate(net, cond, b, args.steps, 0, cfg.sample.shift,
-                                                             cfg.sample.guidance)]))
+        fakes.append(np.stack([to_uint8(v) for v in generate(model, b, args.steps, 0)]))
         t["sampling"] += time.perf_counter() - t0
     feats = []
     for b, clips in zip(batches, fakes):

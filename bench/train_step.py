@@ -16,11 +16,11 @@ import torch
 
 from workbench.config import load_config
 from workbench.data import build_dataset, collate
-from workbench.methods import build_method
+from workbench.methods import TrainStep, build_method
 from workbench.models import PRESETS, build_backbone
 from workbench.pipeline import load_pipeline
-from workbench.sampling import euler
-from workbench.train.ema import EMA
+from workbench.models.ema import ema_update, frozen_copy
+from workbench.sampling import euler, schedule
 from workbench.train.loop import step_generator
 
 
@@ -36,17 +36,17 @@ def main() -> None:
     torch.manual_seed(0)
     net, cond = build_backbone(cfg.model)
     method = build_method(cfg, net, cond)
-    ema = EMA(net, cfg.train.ema_decay)
+    ema = frozen_copy(net)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.train.lr)
     ds = build_dataset(cfg.data, "train")
 
     def train_step(step: int) -> None:
         batch = collate([ds[i] for i in range(step * args.batch, (step + 1) * args.batch)])
-        loss = method.losses(batch, step, step_generator(0, step)).losses["model"]
+        loss = method.losses(batch, TrainStep(step, step_generator(0, step), {"model": net}, frozenset({"model"})))
         opt.zero_grad()
-        loss.backward()
+        loss.losses["model"].backward()
         opt.step()
-        ema.update(net)
+        ema_update(ema, net, cfg.train.ema_decay)
 
     train_step(0)  # warm-up
     t0 = time.perf_counter()
@@ -57,9 +57,9 @@ def main() -> None:
     batch = collate([ds[i] for i in range(args.batch)])
     x0, c = cond.prepare(batch["video"], batch["caption"])
     with torch.no_grad():
-        euler(net, torch.randn_like(x0), c, 1)
+        euler(net, torch.randn_like(x0), c, schedule(1))
         t0 = time.perf_counter()
-        euler(net, torch.randn_like(x0), c, 10)
+        euler(net, torch.randn_like(x0), c, schedule(10))
         sec_euler = (time.perf_counter() - t0) / 10
     tokens = 1
     for n, p in zip(x0.shape[2:], PRESETS[cfg.model.preset]["patch_size"]):

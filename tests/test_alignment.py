@@ -11,6 +11,7 @@ from transformers import Dinov2Config, Dinov2Model
 from workbench.config import load_config
 from workbench.data import build_dataset, collate
 from workbench.methods import build_method
+from workbench.train import steps_on_batch
 from workbench.methods.adversarial import Adversarial, hinge_discriminator, hinge_generator
 from workbench.methods.dpo import FlowDPO, dpo_loss
 from workbench.models import build_backbone
@@ -27,19 +28,13 @@ def dino(tmp_path_factory):
     return str(folder)
 
 
+ADAM = ["train.lr=1e-3", "train.warmup_steps=0", "train.schedule=constant", "train.grad_clip=0",
+        "train.betas=[0.9,0.999]", "train.weight_decay=0.01"]   # torch's AdamW defaults, constant
+
+
 def _steps(method, batch, steps: int):
-    """The training loop's update for each optimizer, in order, on a fixed batch."""
-    method.ema = copy.deepcopy(method.net).requires_grad_(False)
-    opts = {k: torch.optim.AdamW(v, lr=1e-3) for k, v in method.param_groups().items()}
-    logs = []
-    for step in range(steps):
-        out = method.losses(batch, step, torch.Generator().manual_seed(step))
-        for name, loss in out.losses.items():
-            opts[name].zero_grad(set_to_none=True)
-            loss.backward()
-            opts[name].step()
-        logs.append(out.logs)
-    return logs
+    """The training loop's update of every role due, `steps` times on a fixed batch."""
+    return steps_on_batch(method, method.cfg.train, batch, steps, lambda step: torch.Generator().manual_seed(step))
 
 
 def test_hinge_losses_on_known_logits():
@@ -54,20 +49,22 @@ def test_hinge_losses_on_known_logits():
 
 def test_da_trains_heads_and_student_but_never_the_feature_net(dino):
     cfg = load_config("experiments/micro/da.yaml", [f"adversarial.feature_net={dino}", "adversarial.warmup=1",
-                                                        "adversarial.layers=[1,2]"])
+                                                        "adversarial.layers=[1,2]", *ADAM])
     torch.manual_seed(0)
     net, cond = build_backbone(cfg.model)
     method = build_method(cfg, net, cond)
     assert isinstance(method, Adversarial)
-    feats, disc, student = (copy.deepcopy(m.state_dict()) for m in (method.features, method.disc, net))
+    term = method.adversarial
+    feats, disc, student = (copy.deepcopy(m.state_dict()) for m in (term.features, term.disc, net))
     batch = collate([build_dataset(cfg.data, "train")[i] for i in range(4)])
     logs = _steps(method, batch, 3)
     assert "loss_d" not in logs[0] and "loss_d" in logs[1]                       # N_warmup = 1 distillation step
-    assert all(p.grad is None and not p.requires_grad for p in method.features.parameters())
-    assert all(torch.equal(v, method.features.state_dict()[k]) for k, v in feats.items())
-    assert any(not torch.equal(v, method.disc.state_dict()[k]) for k, v in disc.items())
+    assert all(p.grad is None and not p.requires_grad for p in term.features.parameters())
+    assert all(torch.equal(v, term.features.state_dict()[k]) for k, v in feats.items())
+    assert any(not torch.equal(v, term.disc.state_dict()[k]) for k, v in disc.items())
     assert any(not torch.equal(v, net.state_dict()[k]) for k, v in student.items())
-    assert set(method.param_groups()) == {"model", "disc"}
+    roles = method.roles()
+    assert list(roles) == ["model", "disc"] and roles["model"].export and not roles["disc"].due(0) and roles["disc"].due(1)
 
 
 def test_dpo_loss_by_hand():
@@ -86,10 +83,10 @@ def _preference_batch(cfg, net, cond, n=4):
 
 
 def test_dpo_starts_at_log2_and_changes_only_lora():
-    cfg = load_config("experiments/micro/dpo.yaml", ["data.preferences=''"])
+    cfg = load_config("experiments/micro/dpo.yaml", ["data.preferences=''", *ADAM])
     torch.manual_seed(0)
     net, cond = build_backbone(cfg.model)
-    base = copy.deepcopy(net.transformer.state_dict())
+    base = {k.replace(".base_layer", ""): v.clone() for k, v in net.transformer.state_dict().items() if "lora_" not in k}
     method = build_method(cfg, net, cond)
     assert isinstance(method, FlowDPO)
     batch = _preference_batch(cfg, net, cond)
@@ -106,11 +103,11 @@ def test_dpo_starts_at_log2_and_changes_only_lora():
 
 
 def test_lora_round_trips_exactly_in_diffusers_format(tmp_path):
-    cfg = load_config("experiments/micro/dpo.yaml")
+    cfg = load_config("experiments/micro/dpo.yaml", ["model.lora.rank=0"])
     torch.manual_seed(0)
     net, _ = build_backbone(cfg.model)
     fresh = copy.deepcopy(net.transformer)
-    add_lora(net.transformer, 4, 8.0, cfg.dpo.lora_targets)
+    add_lora(net.transformer, 4, 8.0, cfg.model.lora.targets)
     with torch.no_grad():
         for n, p in net.transformer.named_parameters():
             if "lora_B" in n:
@@ -134,14 +131,14 @@ def test_wan_scale_da_and_ta_steps(tmp_path, dino):
 
     cfg = load_config(None, [*model, "train.method=adversarial", "adversarial.warmup=0",
                              f"adversarial.feature_net={dino}", "adversarial.layers=[1,2]",
-                             "distill.tangent_warmup=0"])
+                             "distill.tangent_warmup=0", *ADAM])
     net, cond = build_backbone(cfg.model)
     method = build_method(cfg, net, cond)
     logs = _steps(method, {"video": clip, "caption": captions}, 1)
     assert all(math.isfinite(v) for v in logs[0].values()) and "logit_fake" in logs[0]
-    assert all(p.grad is not None for p in method.disc.parameters() if p.requires_grad)
+    assert all(p.grad is not None for p in method.adversarial.disc.parameters())
 
-    cfg = load_config(None, [*model, "train.method=dpo", "dpo.lora_rank=2"])
+    cfg = load_config(None, [*model, "train.method=dpo", "model.lora.rank=2", *ADAM])
     net, cond = build_backbone(cfg.model)
     method = build_method(cfg, net, cond)
     x0, _ = cond.prepare(clip, captions)

@@ -110,7 +110,7 @@ def test_unreadable_weights_name_the_file(command, kind, run, tmp_path, capsys):
     if command == "export":  # a run whose newest checkpoint's EMA is bad
         src = tmp_path / "run"
         shutil.copytree(run, src)
-        bad = src / "checkpoints" / "step-000008" / "ema.safetensors"
+        bad = src / "checkpoints" / "step-000008" / "model-ema.safetensors"
     else:
         src = tmp_path / "model"
         shutil.copytree(run.parent / "model", src)
@@ -146,7 +146,7 @@ def test_resume_sets_aside_an_unreadable_newest_checkpoint_and_resumes_from_the_
     warning = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warning) == 1 and "step-000008" in warning[0] and "resuming from step-000004" in warning[0]
     assert (cut / "checkpoints" / ".unreadable-step-000008" / "state.json").is_file()  # kept for a look
-    for f in ("model", "ema", "optim-model", "rng"):  # steps 5-8 trained again: bitwise the uninterrupted run
+    for f in ("model", "model-ema", "optim-model", "rng"):  # steps 5-8 trained again: bitwise the uninterrupted run
         a = load_file(run / "checkpoints" / "step-000008" / f"{f}.safetensors")
         b = load_file(cut / "checkpoints" / "step-000008" / f"{f}.safetensors")
         assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
@@ -156,7 +156,7 @@ def test_resume_with_no_readable_checkpoint_refuses_and_moves_nothing(run, tmp_p
     cut = tmp_path / "run"
     shutil.copytree(run, cut)
     for c in ("step-000004", "step-000008"):
-        corrupt(cut / "checkpoints" / c / "ema.safetensors", "empty")
+        corrupt(cut / "checkpoints" / c / "model-ema.safetensors", "empty")
     before = snapshot(cut)
     one_line_error(*cli(capsys, "train", MICRO, "--out", cut, "--resume", "--set", "train.steps=8",
                         "--set", "train.ckpt_every=4", "--set", "train.keep_ckpts=5"), "step-000008", "unreadable")
@@ -270,9 +270,9 @@ def test_preferences_onto_a_file(run, tmp_path, capsys):
 def test_nan_stop_is_the_last_line_and_says_what_was_kept(bad_step, kept, tmp_path, capsys, monkeypatch):
     real = FlowMatching.losses
 
-    def poisoned(self, batch, step, generator):
-        out = real(self, batch, step, generator)
-        if step == bad_step:
+    def poisoned(self, batch, step):
+        out = real(self, batch, step)
+        if step.index == bad_step:
             out.losses["model"] = out.losses["model"] * float("nan")
         return out
 

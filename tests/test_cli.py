@@ -49,21 +49,23 @@ def test_eval_writes_a_table_per_steps_and_seed(micro_run, tmp_path):
 
 def test_same_seed_same_samples(micro_run):
     """Sampling is a pure function of (weights, clip, seed, steps)."""
-    from workbench.generate import generate, load_model, test_batch
+    from workbench.generate import generate, test_batch
+    from workbench.runs import load_model
     _, run = micro_run
-    net, cond, cfg = load_model(run)
-    batch = test_batch(cfg, 2)
-    a, b = generate(net, cond, batch, 2, seed=5), generate(net, cond, batch, 2, seed=5)
-    assert a.equal(b) and not a.equal(generate(net, cond, batch, 2, seed=6))
+    model = load_model(run)
+    batch = test_batch(model.config, 2)
+    a, b = generate(model, batch, 2, seed=5), generate(model, batch, 2, seed=5)
+    assert a.equal(b) and not a.equal(generate(model, batch, 2, seed=6))
 
 
 def test_exported_model_folder_samples_like_the_run(micro_run, tmp_path):
-    from workbench.generate import generate, load_model, test_batch
     from workbench.export import export_model
+    from workbench.generate import generate, test_batch
+    from workbench.runs import load_model
     _, run = micro_run
     folder = export_model(run, tmp_path / "model", "float16")
     assert {p.name for p in folder.iterdir()} == {"model.safetensors", "config.yaml", "metrics.jsonl", "export.json"}
-    (net32, cond, cfg), (net16, _, _) = load_model(run), load_model(folder)
-    batch = test_batch(cfg, 2)
-    a, b = generate(net32, cond, batch, 2), generate(net16, cond, batch, 2)
+    m32, m16 = load_model(run), load_model(folder)
+    batch = test_batch(m32.config, 2)
+    a, b = generate(m32, batch, 2), generate(m16, batch, 2)
     assert (a - b).abs().max() < 2e-2  # fp16 storage of the same EMA weights

@@ -201,7 +201,7 @@ def test_i3d_extractor_preprocessing_with_a_stand_in_model(tmp_path):
 
 def test_dinov2_frame_features_from_a_local_folder(tmp_path):
     from transformers import Dinov2Config, Dinov2Model
-    from workbench.eval.features import Dinov2FrameFeatures
+    from workbench.eval.feature_nets import Dinov2FrameFeatures
     Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                              image_size=224, patch_size=14)).save_pretrained(tmp_path / "dinov2")
     feats = Dinov2FrameFeatures(tmp_path / "dinov2")(torch.rand(3, 3, 24, 24) * 2 - 1)
@@ -222,7 +222,7 @@ def test_methods_and_models_do_not_use_the_fvd_network():
     for folder in ("methods", "models", "train"):
         for f in (ROOT / "workbench" / folder).rglob("*.py"):
             text = f.read_text()
-            assert "eval.features" not in text and "ToyFVDNet" not in text and "toy_fvd" not in text, f
+            assert "eval.feature_nets" not in text and "ToyFVDNet" not in text and "toy_fvd" not in text, f
 
 
 @needs_toy_fvd
@@ -239,7 +239,7 @@ def test_shipped_toy_fvd_net_is_small_accurate_and_separates_blur():
     fa = ext(a)
     assert fvd(fa, ext(b)) < fvd(fa, ext(blurred))
     video, _ = _toy_clip()
-    from workbench.eval.features import ToyFrameFeatures
+    from workbench.eval.feature_nets import ToyFrameFeatures
     nets = vbench.VBenchNets(ToyFrameFeatures(ext.net, "subject", ext.weight_hash),
                              ToyFrameFeatures(ext.net, "background", ext.weight_hash))
     static = to_tensor(np.repeat(video[:1], 8, 0))[None]

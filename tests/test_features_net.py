@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from workbench.models.features import (IMAGENET_MEAN, IMAGENET_STD, TOY_FOLDER, frame_tokens, load_feature_net,
+from workbench.models.dino import (IMAGENET_MEAN, IMAGENET_STD, TOY_FOLDER, frame_tokens, load_feature_net,
                                        preprocess, toy_dino_config, train_toy_dino)
 
 

@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from workbench.flow import denoise, euler_grid, interpolate, sample_timesteps, shift_timesteps, target_velocity
-from workbench.models.wan import Cond
-from workbench.sampling import euler, guided_velocity
+from workbench.flow import denoise, expand_t, interpolate, sample_timesteps, shift_timesteps, target_velocity
+from workbench.models.wan import Conditioning
+from workbench.sampling import SAMPLERS, consistency, euler, get_sampler, guided_velocity, schedule
 
 
 def test_path_identities():
@@ -34,12 +34,13 @@ def test_shift_and_grid():
     assert torch.allclose(shift_timesteps(t, 1.0), t)
     s = shift_timesteps(t, 3.0)
     assert s[0] == 0 and s[-1] == 1 and (s >= t).all()
-    grid = euler_grid(4)
+    grid = schedule(4)
     assert grid.tolist() == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
+    assert schedule(4, 3.0).tolist() == pytest.approx(shift_timesteps(torch.linspace(1, 0, 5), 3.0).tolist())
 
 
 def _cond(b):
-    return Cond(torch.zeros(b, 1, 1, 1, 1), torch.zeros(b, 1, 1, 1, 1), torch.zeros(b, 1, 1))
+    return Conditioning(torch.zeros(b, 1, 1, 1, 1), torch.zeros(b, 1, 1, 1, 1), torch.zeros(b, 1, 1))
 
 
 def test_euler_exact_for_straight_flow():
@@ -48,19 +49,63 @@ def test_euler_exact_for_straight_flow():
     model = lambda x, t, c: (x - x0) / t.view(-1, 1, 1, 1, 1)  # noqa: E731  (x - x0)/t = x1 - x0 on the path
     noise = torch.randn(2, 1, 1, 1, 1)
     for steps in (1, 3, 25):
-        assert torch.allclose(euler(model, noise, _cond(2), steps), x0, atol=1e-5)
+        assert torch.allclose(euler(model, noise, _cond(2), schedule(steps)), x0, atol=1e-5)
 
 
 def test_euler_converges_on_curved_field():
     """dx/dt = x integrates from t=1 back to 0 as x(0) = x(1) e^-1; Euler's error shrinks like 1/steps."""
     model = lambda x, t, c: x  # noqa: E731
     x1 = torch.ones(1, 1, 1, 1, 1)
-    errs = [abs(euler(model, x1, _cond(1), n).item() - math.exp(-1)) for n in (2, 8, 100)]
+    errs = [abs(euler(model, x1, _cond(1), schedule(n)).item() - math.exp(-1)) for n in (2, 8, 100)]
     assert errs[0] > errs[1] > errs[2] and errs[2] < 3e-3
 
 
+def _reference_euler(model, x, steps, shift):
+    """The sampler before samplers had names: Euler on the shifted uniform grid, written out."""
+    ts = shift_timesteps(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift).float()
+    for t, t_next in zip(ts[:-1], ts[1:]):
+        x = x + expand_t((t_next - t).expand(x.shape[0]), x) * model(x, t.expand(x.shape[0]), None)
+    return x
+
+
+@pytest.mark.parametrize("steps,shift", [(1, 1.0), (4, 1.0), (4, 3.0), (25, 5.0)])
+def test_euler_over_explicit_timesteps_equals_the_shifted_grid_sampler(steps, shift):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(1, 2, 1, 1, 1, generator=g)
+    model = lambda x, t, c: torch.sin(3 * x) * w + expand_t(t, x)  # noqa: E731  a curved, time-dependent field
+    x1 = torch.randn(3, 2, 2, 2, 2, generator=g)
+    assert euler(model, x1, _cond(3), schedule(steps, shift)).equal(_reference_euler(model, x1, steps, shift))
+
+
+def test_consistency_recovers_x0_of_an_exact_straight_flow_in_one_step():
+    """F = (x_t - x0)/t is the exact field of a straight flow to x0: one consistency step lands on x0 (Eq. 5),
+    and with more steps every re-noised point lies on a straight path to x0 again."""
+    x0 = torch.randn(2, 3, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    model = lambda x, t, c: (x - x0) / expand_t(t, x)  # noqa: E731
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(consistency(model, noise, _cond(2), schedule(1)), x0)
+    g = torch.Generator().manual_seed(3)
+    torch.testing.assert_close(consistency(model, noise, _cond(2), schedule(4), generator=g), x0, rtol=1e-5, atol=1e-5)
+
+
+def test_consistency_renoises_with_fresh_noise_from_the_noise_sampler():
+    """With a field that predicts x0 = 0 everywhere, each step's output is t_next * fresh noise."""
+    model = lambda x, t, c: x / expand_t(t, x)  # noqa: E731  x0_hat = x - t F = 0
+    fresh = [torch.full((1, 1, 1, 1, 1), float(i + 1)) for i in range(3)]
+    seen = []
+    step_noise = lambda i: seen.append(i) or fresh[i]  # noqa: E731
+    out = consistency(model, torch.ones(1, 1, 1, 1, 1), _cond(1), schedule(3), noise_sampler=step_noise)
+    assert seen == [0, 1] and out.item() == 0.0  # no noise after the last step (t_next = 0)
+
+
+def test_samplers_by_name():
+    assert set(SAMPLERS) == {"euler", "consistency"} and get_sampler("euler") is euler
+    with pytest.raises(KeyError, match="sample.sampler: unknown sampler 'heun'"):
+        get_sampler("heun")
+
+
 def test_guidance_combines_branches():
-    cond = Cond(torch.zeros(1, 1, 1, 1, 1), torch.zeros(1, 1, 1, 1, 1), torch.ones(1, 2, 3))
+    cond = Conditioning(torch.zeros(1, 1, 1, 1, 1), torch.zeros(1, 1, 1, 1, 1), torch.ones(1, 2, 3))
     model = lambda x, t, c: c.text_BLD.sum(dim=(1, 2)).view(-1, 1, 1, 1, 1) + 0 * x  # noqa: E731
     x = torch.zeros(1, 1, 1, 1, 1)
     v = guided_velocity(model, x, torch.ones(1), cond, guidance=3.0, null_text=torch.zeros(1, 2, 3))
@@ -79,7 +124,7 @@ def test_toy_net_tells_positions_apart_only_with_position_channels(positions):
     kw = dict(PRESETS["toy"], num_layers=1, in_channels=7 + (POSITION_CHANNELS if positions else 0))
     net = FlowNet(WanTransformer3DModel(**kw), positions=positions).eval()
     x_BCTHW = torch.full((1, 3, 8, 24, 24), 0.3)  # constant everywhere, the mask included
-    cond = Cond(torch.full_like(x_BCTHW, -0.2), torch.ones(1, 1, 8, 24, 24), torch.zeros(1, 4, 32))
+    cond = Conditioning(torch.full_like(x_BCTHW, -0.2), torch.ones(1, 1, 8, 24, 24), torch.zeros(1, 4, 32))
     with torch.no_grad():
         v = net(x_BCTHW, torch.tensor([0.5]), cond)
     ramps = position_ramps(x_BCTHW)
@@ -100,7 +145,7 @@ def test_x0_predicting_net_is_a_velocity_field():
     net = FlowNet(WanTransformer3DModel(**dict(PRESETS["toy"], num_layers=1)), positions=True, prediction="x0").eval()
     g = torch.Generator().manual_seed(0)
     x_BCTHW = torch.randn(3, 3, 8, 24, 24, generator=g)
-    cond = Cond(torch.randn(x_BCTHW.shape, generator=g), torch.ones(3, 1, 8, 24, 24), torch.zeros(3, 4, 32))
+    cond = Conditioning(torch.randn(x_BCTHW.shape, generator=g), torch.ones(3, 1, 8, 24, 24), torch.zeros(3, 4, 32))
     t = torch.tensor([0.01, 0.3, 0.9])
     with torch.no_grad():
         f = net(x_BCTHW, t, cond)

@@ -8,7 +8,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
 from workbench.models.jvp import chunked_attention, velocity_and_tangent
-from workbench.models.wan import Cond, build_flownet
+from workbench.models.wan import Conditioning, build_flownet
 
 # preset -> (latent channels, mask channels, latent T, H, W, image tokens): 8 tokens each.
 SIZES = {"tiny-wan": (4, 4, 2, 4, 4, 5), "toy": (3, 1, 4, 8, 8, 0)}
@@ -26,7 +26,7 @@ def make(preset: str, dtype=torch.float32, seed: int = 0, prediction: str = "vel
         x_BCTHW = torch.randn(2, C, T, H, W, generator=g, dtype=dtype)
         mask_BMTHW = torch.zeros(2, M, T, H, W, dtype=dtype)
         mask_BMTHW[:, :, 0] = 1
-        cond = Cond(torch.randn(x_BCTHW.shape, generator=g, dtype=dtype), mask_BMTHW,
+        cond = Conditioning(torch.randn(x_BCTHW.shape, generator=g, dtype=dtype), mask_BMTHW,
                     torch.randn(2, 7, 32, generator=g, dtype=dtype),
                     torch.randn(2, n_image, 32, generator=g, dtype=dtype) if n_image else None)
         dxdt_BCTHW = torch.randn(x_BCTHW.shape, generator=g, dtype=dtype)

@@ -8,9 +8,11 @@ import torch
 
 from workbench.__main__ import main
 from workbench.config import ConfigError
-from workbench.data.preferences import PreferenceDataset, build_preferences
-from workbench.generate import generate_latents, load_model
+from workbench.data.preferences import PreferenceDataset
+from workbench.generate import generate_latents, test_batch
 from workbench.pipeline import load_pipeline, run_pipeline
+from workbench.preferences import build_preferences
+from workbench.runs import load_model
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +50,10 @@ def test_pipeline_skips_finished_stages(pipeline_run, capsys):
 
 def test_exported_ta_model_equals_its_checkpoint_with_lora(pipeline_run):
     """model.safetensors (LoRA merged) samples what the run's last checkpoint (base + LoRA) samples."""
-    from workbench.generate import test_batch
-    merged, cond, cfg = load_model(pipeline_run / "ta1" / "model")
-    ckpt, _, _ = load_model(pipeline_run / "ta1")
-    batch = test_batch(cfg, 2)
-    a, b = (generate_latents(n, cond, batch, 2) for n in (merged, ckpt))
+    merged, ckpt = load_model(pipeline_run / "ta1" / "model"), load_model(pipeline_run / "ta1")
+    assert merged.config.model.lora.rank == 0 and ckpt.config.model.lora.rank == 0  # merged on loading, too
+    batch = test_batch(merged.config, 2)
+    a, b = (generate_latents(m, batch, 2) for m in (merged, ckpt))
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
@@ -61,11 +62,11 @@ def test_preference_pairs_are_the_models_own_samples(pipeline_run, tmp_path):
     out = build_preferences(model, tmp_path / "prefs", 5, 2, 1, batch_size=2, shard_size=2, progress=False)
     ds = PreferenceDataset(out)
     assert len(ds) == 5 and ds.meta["shards"] == 3
-    net, cond, cfg = load_model(model)
+    m = load_model(model)
     from workbench.data import build_dataset, collate
-    clips = collate([build_dataset(cfg.data, "train")[i] for i in range(5)])
+    clips = collate([build_dataset(m.config.data, "train")[i] for i in range(5)])
     clips["seed"] = list(range(5))
-    win, lose = generate_latents(net, cond, clips, 2), generate_latents(net, cond, clips, 1)
+    win, lose = generate_latents(m, clips, 2), generate_latents(m, clips, 1)
     for i in range(5):
         it = ds[i]
         torch.testing.assert_close(it["winner"], win[i])

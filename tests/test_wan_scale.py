@@ -14,17 +14,17 @@ from tests.tiny_wan import LATENTS_MEAN, LATENTS_STD, save_tiny_wan
 from workbench.config import ModelConfig
 from workbench.models import PRESETS, build_backbone
 from workbench.models.text import WAN_TEXT_LEN
-from workbench.sampling import euler
+from workbench.sampling import euler, schedule
 
 CAPTIONS = ["a red ball moving left", "a blue cat"]
 
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
-    """(ModelConfig kwargs, FlowNet in eval mode, Conditioner) over tiny random folders."""
+    """(ModelConfig kwargs, FlowNet in eval mode, Encoders) over tiny random folders."""
     paths = save_tiny_wan(tmp_path_factory.mktemp("tiny-wan"))
-    net, conditioner = build_backbone(ModelConfig(**paths))
-    return paths, net.eval(), conditioner
+    net, encoders = build_backbone(ModelConfig(**paths))
+    return paths, net.eval(), encoders
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +72,7 @@ def test_whole_i2v_path(tiny, clip):
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
     null = cond.null_text(2)
     assert null.shape == (2, WAN_TEXT_LEN, 32) and null[:, 1:].eq(0).all()   # "" -> just </s>
-    out = euler(net, noise, c, 2, guidance=2.0, null_text=null)
+    out = euler(net, noise, c, schedule(2), guidance=2.0, null_text=null)
     x = noise
     with torch.no_grad():
         for t, t_next in [(1.0, 0.5), (0.5, 0.0)]:

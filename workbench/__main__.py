@@ -151,7 +151,8 @@ def _run(args) -> int:
         print(f"run folder: {out}")
     elif args.cmd == "sample":
         from workbench.generate import write_samples
-        files = write_samples(args.checkpoint, args.out, args.steps, args.num, args.seed, args.set)
+        from workbench.runs import load_model
+        files = write_samples(load_model(args.checkpoint, args.set), args.out, args.steps, args.num, args.seed)
         print(f"wrote {len(files)} clips and contact_sheet.png to {args.out}")
     elif args.cmd == "eval":
         from workbench.eval.report import EvalSpec, evaluate
@@ -160,15 +161,15 @@ def _run(args) -> int:
                  names=args.names.split(",") if args.names else None, spec=spec, overrides=args.set)
         print((Path(args.out) / "table.md").read_text())
     elif args.cmd == "features" and args.features_cmd == "train" and args.kind == "fvd":
-        from workbench.eval.features import train_toy_fvd_net
+        from workbench.eval.feature_nets import train_toy_fvd_net
         out = train_toy_fvd_net(args.out or "experiments/toy/fvd", args.steps or 1000, args.batch or 48, seed=args.seed)
         print(f"toy FVD net: {out}")
     elif args.cmd == "features" and args.features_cmd == "train":
-        from workbench.models.features import train_toy_dino
+        from workbench.models.dino import train_toy_dino
         out = train_toy_dino(args.out or "experiments/toy/dino", args.steps or 3000, args.batch or 64, seed=args.seed)
         print(f"toy DINOv2 feature net: {out}")
     elif args.cmd == "preferences":
-        from workbench.data.preferences import build_preferences
+        from workbench.preferences import build_preferences
         out = build_preferences(args.model, args.out, args.num, args.win_steps, args.lose_steps, args.winners,
                                 args.seed, overrides=args.set)
         print(f"preference pairs: {out}")

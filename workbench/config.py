@@ -13,14 +13,25 @@ from pathlib import Path
 
 import yaml
 
-from workbench.data.synthetic import ToySpec
-
 
 class ConfigError(ValueError):
     """A config file or override is wrong; the message names the file and key."""
 
 
 # A config class may set RANGES = {field: (min, max)} (None = open): load_config refuses values outside.
+
+
+@dataclass
+class ToySpec:
+    """The toy benchmark's clips (data/synthetic.py renders them)."""
+    size: int = 24                      # frame height = width, pixels
+    frames: int = 8                     # T
+    objects: tuple[int, int] = (1, 1)   # min, max objects per clip
+    object_size: tuple[int, int] = (8, 8)  # min, max side in pixels (inclusive)
+    speeds: tuple[int, ...] = (4,)      # pixels per frame; the caption names the speed only if several
+    grid: int = 4                       # start positions are multiples of this (1 = anywhere)
+    p_state_direction: float = 0.5      # chance the caption states the direction
+    p_state_speed: float = 0.5          # chance the caption states the speed (when there are several)
 
 
 @dataclass
@@ -48,6 +59,15 @@ class DataConfig:
 
 
 @dataclass
+class LoraConfig:
+    """A LoRA on the transformer (peft): any method trains only it when rank > 0, and every loader adds it."""
+    rank: int = 0                  # 0 = no LoRA
+    alpha: float = 16.0
+    targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2")
+    RANGES = {"rank": (0, None), "alpha": (0, None)}
+
+
+@dataclass
 class ModelConfig:
     preset: str = "toy"            # "toy", "tiny-wan" (tests) or "wan2.1-fun-1.3b-inp"
     weights: str = ""              # safetensors file of the transformer (e.g. the shipped teacher); "" = preset init
@@ -57,12 +77,15 @@ class ModelConfig:
     image_encoder_path: str = ""   # local folder of CLIPVisionModel + processor ("" = no image tokens)
     dtype: str = "float32"         # weights dtype of frozen parts: float32 or bfloat16
     prediction: str = "velocity"   # what the transformer outputs: "velocity" (Eq. 2) or "x0" (F = (x_t - x0) / t)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
 class SampleConfig:
-    steps: int = 25                # Euler steps
-    shift: float = 1.0             # timestep shift (1 = uniform grid)
+    """How the model is sampled; saved with it, so `sample`, `eval`, notebooks and the app sample it alike."""
+    sampler: str = "euler"         # a name in workbench.sampling.SAMPLERS: "euler" or "consistency"
+    steps: int = 25                # steps (number of network evaluations without guidance)
+    shift: float = 1.0             # timestep shift of the grid (1 = uniform)
     guidance: float = 1.0          # classifier-free guidance scale (1 = off)
     RANGES = {"steps": (1, None), "shift": (1e-6, None)}
 
@@ -91,8 +114,9 @@ class DistillConfig:
     jvp_chunk: int = 1024            # query/key chunk of the chunked attention JVP
     fd_eps: float = 1e-4             # finite-difference step in t (Wan embeds 1000 t: 1e-3 is already 1 rad at its top frequency)
     delta_t: float = 0.05            # DCD only: the teacher's Euler step between adjacent times (Eq. 3)
+    target_decay: float = 0.95       # mu of the target network theta^- (Algorithm 1 line 11; the paper's 0.95)
     RANGES = {"p_std": (0, None), "tangent_warmup": (0, None), "tangent_norm_c": (0, None), "jvp_chunk": (1, None),
-              "fd_eps": (1e-9, 0.5), "delta_t": (1e-6, 1)}
+              "fd_eps": (1e-9, 0.5), "delta_t": (1e-6, 1), "target_decay": (0, 1)}
 
 
 @dataclass
@@ -111,17 +135,13 @@ class AdversarialConfig:
 
 @dataclass
 class DPOConfig:
-    """Trajectory alignment (TA): Flow-DPO (Eq. 11) + reflow regulariser on winners, LoRA on the transformer."""
+    """Trajectory alignment (TA): Flow-DPO (Eq. 11) + reflow regulariser on winners; trains the LoRA of model.lora."""
     beta: float = 2500.0             # beta of Eq. (11); errors are per-element means
     lambda_rf: float = 2.0           # weight of the reflow loss ||v_w - v_theta(x_t^w, t)||^2 (0 = DPO alone)
     timesteps: str = "uniform"       # t sampler: "uniform" or "logit_normal"
     p_mean: float = 0.0
     p_std: float = 1.0
-    lora_rank: int = 16
-    lora_alpha: float = 16.0
-    lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2")
-    RANGES = {"beta": (0, None), "lambda_rf": (0, None), "p_std": (0, None), "lora_rank": (1, None),
-              "lora_alpha": (0, None)}
+    RANGES = {"beta": (0, None), "lambda_rf": (0, None), "p_std": (0, None)}
 
 
 @dataclass
@@ -136,7 +156,7 @@ class TrainConfig:
     schedule: str = "cosine"       # "constant" or "cosine" (to min_lr_ratio * lr)
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0         # max global grad norm (0 = off)
-    ema_decay: float = 0.999       # EMA of the trained network (sampling; the CCD target)
+    ema_decay: float = 0.999       # EMA of the exported network (samples, export); CCD's target is distill.target_decay
     mixed_precision: str = "no"    # accelerate: "no", "bf16" or "fp16"
     seed: int = 0
     log_every: int = 10            # steps between metrics.jsonl rows

@@ -1,6 +1,6 @@
 """Export a run's EMA weights as a shippable model folder, never touching anything that is not an export.
 
-    <out>/  model.safetensors  config.yaml  metrics.jsonl  export.json  (lora/ for a TA run)
+    <out>/  model.safetensors  config.yaml  metrics.jsonl  export.json  (lora/ for a LoRA run such as TA)
 
 The folder is written under a temporary sibling name and renamed into place. An existing `out` is
 refused unless `force` is given and `out` holds `export.json` (the marker of an earlier export); then
@@ -15,11 +15,13 @@ import tempfile
 from pathlib import Path
 
 import torch
+import yaml
 from safetensors.torch import save_file
 
-from workbench.generate import load_model
+from workbench.config import load_config, to_dict
 from workbench.models.lora import merge_lora, save_lora
 from workbench.models.weights import read_weights
+from workbench.runs import exported_weights, load_model
 from workbench.train.checkpoint import complete_checkpoints
 
 MARKER = "export.json"
@@ -38,33 +40,36 @@ def check_export_target(out: Path, force: bool) -> None:
 
 
 def export_model(run_or_ckpt: str | Path, out: str | Path, dtype: str = "float16", force: bool = False) -> Path:
-    """A shippable model folder: the EMA weights (cast to `dtype`), config.yaml, metrics.jsonl, export.json.
-
-    A TA checkpoint's LoRA is merged into model.safetensors and also written to lora/ in diffusers' format.
-    """
+    """A shippable model folder: the exported role's EMA weights (cast to `dtype`), config.yaml, metrics.jsonl,
+    export.json. A LoRA run's adapter is merged into model.safetensors (config.yaml then says model.lora.rank: 0)
+    and also written to lora/ in diffusers' format."""
     run_or_ckpt, out = Path(run_or_ckpt), Path(out)
     if dtype not in DTYPES:
         raise ValueError(f"--dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
     ckpts = complete_checkpoints(run_or_ckpt / "checkpoints") if (run_or_ckpt / "checkpoints").is_dir() else [run_or_ckpt]
-    if not ckpts or not (ckpts[-1] / "ema.safetensors").is_file():
-        raise FileNotFoundError(f"{run_or_ckpt}: no complete checkpoint with ema.safetensors")
+    if not ckpts or not (ckpts[-1] / "state.json").is_file():
+        raise FileNotFoundError(f"{run_or_ckpt}: not a run folder with a complete checkpoint, nor a checkpoint")
     ckpt = ckpts[-1]
     run = ckpt.parent.parent
     check_export_target(out, force)
-    weights = read_weights(ckpt / "ema.safetensors")
+    weights = read_weights(exported_weights(ckpt))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))  # ours alone: safe to remove
     try:
-        if any("lora_" in k for k in weights):
-            net, _, _ = load_model(ckpt, merge_lora_weights=False)
-            save_lora(net.transformer, tmp / "lora")
-            merge_lora(net.transformer)
-            weights = net.transformer.state_dict()
+        cfg_text = (run / "config.yaml").read_text() if (run / "config.yaml").is_file() else None
+        if any("lora_" in k for k in weights):  # written as diffusers' LoRA file, and merged into the weights
+            model = load_model(ckpt, merge_lora_weights=False)
+            save_lora(model.net.transformer, tmp / "lora")
+            merge_lora(model.net.transformer)
+            weights = model.net.transformer.state_dict()
+            merged = load_config(run / "config.yaml", ["model.lora.rank=0"])
+            cfg_text = yaml.safe_dump(to_dict(merged), sort_keys=False)
         weights = {k: v.to(DTYPES[dtype]).contiguous() for k, v in weights.items()}
         save_file(weights, tmp / "model.safetensors", metadata={"source": str(ckpt), "dtype": dtype})
-        for name in ("config.yaml", "metrics.jsonl"):
-            if (run / name).is_file():
-                shutil.copy(run / name, tmp / name)
+        if cfg_text is not None:
+            (tmp / "config.yaml").write_text(cfg_text)
+        if (run / "metrics.jsonl").is_file():
+            shutil.copy(run / "metrics.jsonl", tmp / "metrics.jsonl")
         step = json.loads((ckpt / "state.json").read_text())["step"] if (ckpt / "state.json").is_file() else None
         (tmp / MARKER).write_text(json.dumps({"source": str(ckpt.resolve()), "step": step, "dtype": dtype}, indent=1))
         _publish(tmp, out)

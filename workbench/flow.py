@@ -50,10 +50,3 @@ def sample_timesteps(n: int, kind: str = "logit_normal", *, p_mean: float = 0.0,
 def shift_timesteps(t: torch.Tensor, shift: float) -> torch.Tensor:
     """Timestep shift of SD3 / Wan: t' = s t / (1 + (s - 1) t); s > 1 spends more steps near noise."""
     return shift * t / (1 + (shift - 1) * t)
-
-
-def euler_grid(steps: int, shift: float = 1.0) -> torch.Tensor:
-    """steps + 1 times from 1 (noise) down to 0 (data), shifted."""
-    if not 1 <= steps <= 1000:
-        raise ValueError(f"steps must be in [1, 1000], got {steps}")
-    return shift_timesteps(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift).float()

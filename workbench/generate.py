@@ -1,93 +1,69 @@
-"""Sample test clips from a trained network: tensors, mp4 files and contact sheets.
+"""Sample test clips from a model: tensors, mp4 files and contact sheets.
 
-Every clip's noise comes from a generator seeded by (seed, clip seed), so any two models, step
-counts or batch sizes see the same noise for the same test clip.
+A `Model` is a network with its encoders and config; `cfg.sample` names its sampler, shift and guidance,
+so every caller samples a model the way its method needs. Every clip's noise comes from a generator seeded by
+(seed, clip seed), so any two models, step counts or batch sizes see the same noise for the same test clip.
 """
 from __future__ import annotations
 
-import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 
-from workbench.config import Config, load_config, saved_config
+from workbench.config import Config
 from workbench.data import build_dataset, collate
 from workbench.data.io import contact_sheet, write_mp4
 from workbench.data.synthetic import to_uint8
-from workbench.models import build_backbone
-from workbench.models.lora import add_lora, merge_lora
-from workbench.models.weights import load_weights, tensor_names
-from workbench.sampling import euler
-from workbench.train.checkpoint import complete_checkpoints
+from workbench.sampling import get_sampler, schedule
 
 
-def resolve_weights(path: str | Path) -> tuple[Path, Path]:
-    """(weights file, config file) of a run folder, a checkpoint folder, or a shipped model folder."""
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no such checkpoint, run or model folder")
-    if (p / "checkpoints").is_dir():
-        ckpts = complete_checkpoints(p / "checkpoints")
-        if not ckpts:
-            raise FileNotFoundError(f"{p}: run folder has no complete checkpoint")
-        return resolve_weights(ckpts[-1])
-    for name in ("ema.safetensors", "model.safetensors"):
-        if (p / name).is_file():
-            cfg = saved_config(p)
-            if cfg is None:
-                raise FileNotFoundError(f"{p}: no config.yaml beside the weights or in the run folder")
-            return p / name, cfg
-    raise FileNotFoundError(f"{p}: expected ema.safetensors or model.safetensors (or a run folder)")
+@dataclass
+class Model:
+    """A network ready to sample (eval mode, no grad) with its frozen encoders and the config it was trained by."""
+    net: torch.nn.Module
+    encoders: object                  # models.Encoders: pixels <-> latents, captions, first frames
+    config: Config
+    source: Path | None = None        # the weights file it was loaded from
+
+    @property
+    def sampler(self) -> str:
+        return self.config.sample.sampler
 
 
-def load_model(path: str | Path, overrides: list[str] = (), merge_lora_weights: bool = True
-               ) -> tuple[torch.nn.Module, object, Config]:
-    """Network (eval mode) + conditioner + config of a checkpoint, ready to sample (a TA LoRA merged unless asked)."""
-    weights, cfg_path = resolve_weights(path)
-    cfg = load_config(cfg_path, [f"model.weights={weights}", *overrides])
-    if not lora_keys(weights):
-        net, conditioner = build_backbone(cfg.model)
-        return net.eval().requires_grad_(False), conditioner, cfg
-    net, conditioner = build_backbone(dataclasses.replace(cfg.model, weights=""))  # a TA checkpoint: base + LoRA
-    add_lora(net.transformer, cfg.dpo.lora_rank, cfg.dpo.lora_alpha, cfg.dpo.lora_targets)
-    load_weights(net.transformer, weights, "LoRA checkpoint")
-    if merge_lora_weights:
-        merge_lora(net.transformer)
-    return net.eval().requires_grad_(False), conditioner, cfg
+def seeded_generator(*seeds: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(seeds)).generate_state(1)[0]))
 
 
-def lora_keys(weights: str | Path) -> list[str]:
-    """Names of LoRA tensors in a safetensors state dict (a TA checkpoint holds base + adapter)."""
-    return [k for k in tensor_names(weights) if "lora_" in k]
+def clip_noise(seeds: list[int], shape_CTHW: tuple[int, ...], seed: int, draw: int = 0) -> torch.Tensor:
+    """Noise per clip from a generator seeded by (seed, clip seed[, draw]): the same for every model and batch.
 
-
-def clip_noise(seeds: list[int], shape_CTHW: tuple[int, ...], seed: int) -> torch.Tensor:
-    """x1 per clip from a generator seeded by (seed, clip seed): the same for every model and batch."""
-    out = []
-    for s in seeds:
-        g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, s]).generate_state(1)[0]))
-        out.append(torch.randn(shape_CTHW, generator=g))
-    return torch.stack(out)
+    Draw 0 is x1; a stochastic sampler's fresh noise at its step i is draw i + 1.
+    """
+    keys = [(seed, s) if draw == 0 else (seed, s, draw) for s in seeds]
+    return torch.stack([torch.randn(shape_CTHW, generator=seeded_generator(*k)) for k in keys])
 
 
 @torch.no_grad()
-def generate_latents(net, conditioner, batch: dict, steps: int, seed: int = 0, shift: float = 1.0,
-                     guidance: float = 1.0) -> torch.Tensor:
+def generate_latents(model: Model, batch: dict, steps: int, seed: int = 0) -> torch.Tensor:
     """Latents (B, C, T', H', W') continuing each batch clip's first frame under its caption, on the net's device."""
-    device = next(net.parameters()).device
-    x0, cond = conditioner.prepare(batch["video"].to(device), batch["caption"])
-    noise = clip_noise(batch["seed"], tuple(x0.shape[1:]), seed).to(x0)
-    null = conditioner.null_text(x0.shape[0]).to(device) if guidance != 1.0 else None
-    return euler(net, noise, cond, steps, shift=shift, guidance=guidance, null_text=null)
+    device = next(model.net.parameters()).device
+    sc = model.config.sample
+    x0, cond = model.encoders.prepare(batch["video"].to(device), batch["caption"])
+    shape = tuple(x0.shape[1:])
+    noise = clip_noise(batch["seed"], shape, seed).to(x0)
+    null = model.encoders.null_text(x0.shape[0]).to(device) if sc.guidance != 1.0 else None
+    fresh = lambda i: clip_noise(batch["seed"], shape, seed, draw=i + 1).to(x0)  # noqa: E731
+    return get_sampler(sc.sampler)(model.net, noise, cond, schedule(steps, sc.shift), guidance=sc.guidance,
+                                   null_text=null, noise_sampler=fresh)
 
 
 @torch.no_grad()
-def generate(net, conditioner, batch: dict, steps: int, seed: int = 0, shift: float = 1.0,
-             guidance: float = 1.0) -> torch.Tensor:
+def generate(model: Model, batch: dict, steps: int, seed: int = 0) -> torch.Tensor:
     """Pixels (B, 3, T, H, W) in [-1, 1] on the CPU (see `generate_latents`)."""
-    return conditioner.decode(generate_latents(net, conditioner, batch, steps, seed, shift, guidance)).cpu()
+    return model.encoders.decode(generate_latents(model, batch, steps, seed)).cpu()
 
 
 def test_batch(cfg: Config, num: int, start: int = 0) -> dict:
@@ -100,29 +76,26 @@ def test_batch(cfg: Config, num: int, start: int = 0) -> dict:
     return collate(items)
 
 
-def sample_sheet(net, conditioner, cfg: Config, path: Path, steps_list=None, num: int | None = None,
-                 seed: int = 0) -> Path:
+def sample_sheet(model: Model, path: Path, steps_list=None, num: int | None = None, seed: int = 0) -> Path:
     """PNG: for each test clip, the real clip then one row per step count."""
-    return comparison_sheet({"": (net, conditioner, cfg, steps_list or cfg.train.sample_steps)}, path,
-                            num or cfg.train.sample_num, seed)
+    cfg = model.config
+    return comparison_sheet({"": (model, steps_list or cfg.train.sample_steps)}, path, num or cfg.train.sample_num, seed)
 
 
-def comparison_sheet(models: dict, path: Path, num: int, seed: int = 0) -> Path:
+def comparison_sheet(models: dict[str, tuple[Model, list[int]]], path: Path, num: int, seed: int = 0) -> Path:
     """PNG comparing models on the same test clips and noise.
 
-    `models`: {label: (net, conditioner, cfg, steps_list)}; per clip, the real clip, then a row per
-    (model, steps). The first model's config chooses the test clips.
+    `models`: {label: (model, steps_list)}; per clip, the real clip, then a row per (model, steps). The first
+    model's config chooses the test clips.
     """
-    first_cfg = next(iter(models.values()))[2]
-    batch = test_batch(first_cfg, num)
+    batch = test_batch(next(iter(models.values()))[0].config, num)
     outs = {}
-    for label, (net, conditioner, cfg, steps_list) in models.items():
-        was_training = net.training
-        net.eval()
+    for label, (model, steps_list) in models.items():
+        was_training = model.net.training
+        model.net.eval()
         for s in steps_list:
-            name = f"{label} {s} steps".strip()
-            outs[name] = generate(net, conditioner, batch, s, seed, cfg.sample.shift, cfg.sample.guidance)
-        net.train(was_training)
+            outs[f"{label} {s} step{'s' * (s != 1)}".strip()] = generate(model, batch, s, seed)
+        model.net.train(was_training)
     rows, labels = [], []
     for i in range(batch["video"].shape[0]):
         rows.append(to_uint8(batch["video"][i]))
@@ -135,13 +108,12 @@ def comparison_sheet(models: dict, path: Path, num: int, seed: int = 0) -> Path:
     return path
 
 
-def write_samples(path: str | Path, out: str | Path, steps: int, num: int, seed: int, overrides=()) -> list[Path]:
+def write_samples(model: Model, out: str | Path, steps: int, num: int, seed: int) -> list[Path]:
     """`python -m workbench sample`: mp4 per clip (tiny clips enlarged), a contact sheet, and captions.yaml."""
     if Path(out).exists() and not Path(out).is_dir():
         raise FileExistsError(f"--out {out}: is a file; expected a folder for the clips")
-    net, conditioner, cfg = load_model(path, overrides)
-    batch = test_batch(cfg, num)
-    video = generate(net, conditioner, batch, steps, seed, cfg.sample.shift, cfg.sample.guidance)
+    batch = test_batch(model.config, num)
+    video = generate(model, batch, steps, seed)
     out = Path(out)
     H = video.shape[-2]
     scale = 1 if H >= 128 else 2 * -(-64 // H)  # enlarge tiny clips for viewing, keeping sides even

@@ -70,7 +70,7 @@ def load_pipeline(path: str | Path, overrides: list[str] = ()) -> PipelineConfig
 
 def run_stage(stage: Stage, run: Path, init: Path | None, teacher: Path | None = None, log=print) -> Path:
     """Train one stage (or reuse/skip it); returns its model folder."""
-    from workbench.data.preferences import build_preferences
+    from workbench.preferences import build_preferences
     from workbench.train import train
     from workbench.export import export_model
     from workbench.train.checkpoint import complete_checkpoints
@@ -120,15 +120,13 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path | None = None) -> Path:
 
 def evaluate_stages(cfg: PipelineConfig, out: Path, models: dict[str, Path]) -> None:
     from workbench.eval.report import evaluate
-    from workbench.generate import comparison_sheet, load_model
+    from workbench.generate import comparison_sheet
+    from workbench.runs import load_model
     e = cfg.eval
     names = e.models or list(models)
     evaluate([str(models[n]) for n in names], list(e.steps), e.num, list(e.seeds), out / "eval", names=names,
              sheet_num=0)
-    sheet = {}
-    for n in names:
-        net, conditioner, mcfg = load_model(models[n])
-        sheet[n] = (net, conditioner, mcfg, [e.sheet_steps])
+    sheet = {n: (load_model(models[n]), [e.sheet_steps]) for n in names}
     comparison_sheet(sheet, out / "eval" / f"stages_{e.sheet_steps}steps.png", e.sheet_num)
     write_curves(cfg, out, models)
 

@@ -1,14 +1,24 @@
-"""Pure samplers: same signature, randomness only from an explicit torch.Generator.
+"""Samplers by name, one signature (k-diffusion's style), randomness only from an explicit generator.
 
-    sample(model, cond, shape, steps, generator=g, shift=1.0, guidance=1.0, null_text=None)
-`model(x_t, t, cond) -> v` is any velocity field (teacher or student: a consistency student is
-sampled the same way, f = x_t - t F at each step, Eq. 5).
+    sampler(model, x_BCTHW, cond, timesteps, *, guidance=1.0, null_text=None, generator=None, noise_sampler=None)
+
+`x_BCTHW` is the noise at timesteps[0] (= 1); `timesteps` falls to 0 (`schedule` makes Wan's shifted grid);
+`model(x_t, t, cond) -> F` is any velocity field, teacher or student (a consistency student predicts x0 as
+x_t - t F, Eq. 5). A sampler keeps autograd's state: under torch.no_grad it samples, with grad enabled it is
+the rollout core that training-time backward simulation differentiates through.
 """
 from __future__ import annotations
 
 import torch
 
-from workbench.flow import euler_grid, expand_t
+from workbench.flow import denoise, expand_t, interpolate, shift_timesteps
+
+
+def schedule(steps: int, shift: float = 1.0) -> torch.Tensor:
+    """steps + 1 times from 1 (noise) down to 0 (data), uniform then shifted (SD3 / Wan)."""
+    if not 1 <= steps <= 1000:
+        raise ValueError(f"steps must be in [1, 1000], got {steps}")
+    return shift_timesteps(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift).float()
 
 
 def guided_velocity(model, x_t, t_B, cond, guidance: float = 1.0, null_text=None) -> torch.Tensor:
@@ -17,34 +27,40 @@ def guided_velocity(model, x_t, t_B, cond, guidance: float = 1.0, null_text=None
         return model(x_t, t_B, cond)
     if null_text is None:
         raise ValueError("guidance != 1 needs null_text (the empty caption's tokens)")
-    both = model(torch.cat([x_t, x_t]), torch.cat([t_B, t_B]),
-                 _stack(cond, cond.with_text(null_text.to(cond.text_BLD))))
+    both = model(torch.cat([x_t, x_t]), torch.cat([t_B, t_B]), cond.stacked(cond.with_text(null_text.to(cond.text_BLD))))
     v_c, v_u = both.chunk(2)
     return v_u + guidance * (v_c - v_u)
 
 
-def _stack(a, b):
-    from workbench.models.wan import Cond
-    cat = lambda x, y: None if x is None else torch.cat([x, y])  # noqa: E731
-    return Cond(cat(a.first_BCTHW, b.first_BCTHW), cat(a.mask_BMTHW, b.mask_BMTHW),
-                cat(a.text_BLD, b.text_BLD), cat(a.image_BND, b.image_BND))
-
-
-@torch.no_grad()
-def euler(model, noise_BCTHW: torch.Tensor, cond, steps: int, *, shift: float = 1.0, guidance: float = 1.0,
-          null_text=None) -> torch.Tensor:
-    """Euler integration of dx/dt = v from t = 1 (noise) to t = 0 (data) in `steps` steps."""
-    x = noise_BCTHW
-    ts = euler_grid(steps, shift).to(x.device)
+def euler(model, x_BCTHW, cond, timesteps, *, guidance=1.0, null_text=None, generator=None, noise_sampler=None):
+    """Euler integration of dx/dt = F from timesteps[0] to timesteps[-1] (deterministic)."""
+    x = x_BCTHW
+    ts = timesteps.to(x.device)
     for t, t_next in zip(ts[:-1], ts[1:]):
-        t_B = t.expand(x.shape[0])
-        v = guided_velocity(model, x, t_B, cond, guidance, null_text)
+        v = guided_velocity(model, x, t.expand(x.shape[0]), cond, guidance, null_text)
         x = x + expand_t((t_next - t).expand(x.shape[0]), x) * v
     return x
 
 
-def sample(model, cond, shape_BCTHW: tuple[int, ...], steps: int, *, generator: torch.Generator,
-           shift: float = 1.0, guidance: float = 1.0, null_text=None) -> torch.Tensor:
-    """Draw x1 ~ N(0, I) from `generator`, then integrate with `euler`."""
-    noise = torch.randn(shape_BCTHW, generator=generator).to(cond.first_BCTHW.device)
-    return euler(model, noise, cond, steps, shift=shift, guidance=guidance, null_text=null_text)
+def consistency(model, x_BCTHW, cond, timesteps, *, guidance=1.0, null_text=None, generator=None,
+                noise_sampler=None):
+    """Multistep consistency sampling (Song et al. 2023, Alg. 1): x0_hat = x_t - t F, re-noised to the next time
+    with fresh noise (from `noise_sampler(i)`, else drawn from `generator`)."""
+    x = x_BCTHW
+    ts = timesteps.to(x.device)
+    for i, (t, t_next) in enumerate(zip(ts[:-1], ts[1:])):
+        t_B = t.expand(x.shape[0])
+        x = denoise(x, guided_velocity(model, x, t_B, cond, guidance, null_text), t_B)    # Eq. (5)
+        if t_next > 0:
+            noise = noise_sampler(i) if noise_sampler else torch.randn(x.shape, generator=generator).to(x)
+            x = interpolate(x, noise, t_next.expand(x.shape[0]))                           # Eq. (1)
+    return x
+
+
+SAMPLERS = {"euler": euler, "consistency": consistency}
+
+
+def get_sampler(name: str):
+    if name not in SAMPLERS:
+        raise KeyError(f"sample.sampler: unknown sampler {name!r} (known: {', '.join(SAMPLERS)})")
+    return SAMPLERS[name]

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from workbench.config import ToySpec
+
 SHAPES = ("square", "circle", "triangle")
 COLOURS = {  # bright, mutually distinct; backgrounds are drawn dark and desaturated
     "red": (235, 45, 45), "green": (60, 220, 70), "blue": (60, 110, 255),
@@ -25,18 +27,6 @@ COLOURS = {  # bright, mutually distinct; backgrounds are drawn dark and desatur
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 SPEED_WORDS = ("slowly", "quickly")  # slowest and fastest of ToySpec.speeds
 TEST_SEED_OFFSET = 1_000_000_000  # test clips use seeds from here on; train clips from 0
-
-
-@dataclass
-class ToySpec:
-    size: int = 24                      # frame height = width, pixels
-    frames: int = 8                     # T
-    objects: tuple[int, int] = (1, 1)   # min, max objects per clip
-    object_size: tuple[int, int] = (8, 8)  # min, max side in pixels (inclusive)
-    speeds: tuple[int, ...] = (4,)      # pixels per frame; the caption names the speed only if several
-    grid: int = 4                       # start positions are multiples of this (1 = anywhere)
-    p_state_direction: float = 0.5      # chance the caption states the direction
-    p_state_speed: float = 0.5          # chance the caption states the speed (when there are several)
 
 
 # One large object at a time with every speed: the clips the toy feature networks (FVD net, DA feature net)

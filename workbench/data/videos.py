@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
+from torch.nn import functional as nnf
 
 from workbench.data.io import VideoReadError, read_frames
 
@@ -53,7 +53,7 @@ class VideoCSVDataset(torch.utils.data.Dataset):
         x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # T, 3, H, W
         scale = max(s.height / x.shape[2], s.width / x.shape[3])
         size = (max(s.height, round(x.shape[2] * scale)), max(s.width, round(x.shape[3] * scale)))
-        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        x = nnf.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
         top, left = (size[0] - s.height) // 2, (size[1] - s.width) // 2
         x = x[:, :, top:top + s.height, left:left + s.width]
         return x.permute(1, 0, 2, 3).div(127.5).sub(1.0).clamp(-1, 1)

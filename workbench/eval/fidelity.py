@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch.nn import functional as nnf
 
 PSNR_CAP = 100.0  # dB, the PSNR of identical frames (MSE floor 255^2 / 10^10)
 
@@ -33,7 +33,7 @@ def ssim_map(x_N1HW: torch.Tensor, y_N1HW: torch.Tensor, data_range: float = 255
              sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
     """SSIM (Wang et al. 2004): Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03, population moments, valid region."""
     g = gaussian_window(size, sigma).to(x_N1HW)
-    blur = lambda z: F.conv2d(F.conv2d(z, g.view(1, 1, 1, -1)), g.view(1, 1, -1, 1))  # noqa: E731 (separable)
+    blur = lambda z: nnf.conv2d(nnf.conv2d(z, g.view(1, 1, 1, -1)), g.view(1, 1, -1, 1))  # noqa: E731 (separable)
     mu_x, mu_y = blur(x_N1HW), blur(y_N1HW)
     var_x = blur(x_N1HW * x_N1HW) - mu_x ** 2
     var_y = blur(y_N1HW * y_N1HW) - mu_y ** 2

@@ -1,7 +1,7 @@
 """Frechet video distance: a numerically stable Frechet distance and video feature extractors behind one interface.
 
 An extractor maps clips (B, 3, T, H, W) in [-1, 1] to features (B, D) and names its variant:
-  ToyFVDExtractor  the toy FVD net shipped in experiments/toy/fvd (workbench.eval.features); clips resized to
+  ToyFVDExtractor  the toy FVD net shipped in experiments/toy/fvd (workbench.eval.feature_nets); clips resized to
                    its 8 x 24 x 24 input; the 64-d video embedding its linear heads read.
   I3DExtractor     Kinetics-400 I3D as the StyleGAN-V TorchScript `i3d_torchscript.pt`, from a local file only;
                    frames resized to 224 x 224 (bilinear, as the original FVD), [-1, 1], at least 16 frames;
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch.nn import functional as nnf
 
 import workbench
 
@@ -86,10 +86,10 @@ class VideoExtractor(abc.ABC):
 
 
 class ToyFVDExtractor(VideoExtractor):
-    """The toy FVD net's video embedding (workbench.eval.features.ToyFVDNet)."""
+    """The toy FVD net's video embedding (workbench.eval.feature_nets.ToyFVDNet)."""
 
     def __init__(self, path: str | Path = TOY_FVD_WEIGHTS, device: str = "cpu"):
-        from workbench.eval.features import load_toy_fvd_net
+        from workbench.eval.feature_nets import load_toy_fvd_net
         self.path = require_file(path, "toy FVD network weights (rebuild: python -m workbench features train)")
         self.net = load_toy_fvd_net(self.path).to(device)
         self.name, self.weight_hash, self.device = "toy-fvd", file_hash(self.path), device
@@ -119,7 +119,7 @@ class I3DExtractor(VideoExtractor):
         if T < self.min_frames:
             raise ValueError(f"I3D FVD needs at least {self.min_frames} frames per clip, got {T}")
         frames = video_BCTHW.float().permute(0, 2, 1, 3, 4).reshape(B * T, C, H, W)
-        frames = F.interpolate(frames, size=self.size, mode="bilinear", align_corners=False)
+        frames = nnf.interpolate(frames, size=self.size, mode="bilinear", align_corners=False)
         return frames.reshape(B, T, C, *self.size).permute(0, 2, 1, 3, 4).clamp(-1, 1)
 
     @torch.no_grad()

@@ -30,7 +30,8 @@ import torch
 from workbench.data.synthetic import DIRECTIONS, ObjectTruth, caption_of, path, to_uint8
 from workbench.eval.oracle import first_move_follows, solid_by_frame
 from workbench.flow import denoise, interpolate
-from workbench.generate import clip_noise, generate, load_model, test_batch
+from workbench.generate import Model, clip_noise, generate, test_batch
+from workbench.runs import load_model
 
 
 def _captions(truths: list[list[dict]], direction: str | None) -> list[str]:
@@ -41,11 +42,11 @@ def _captions(truths: list[list[dict]], direction: str | None) -> list[str]:
 
 
 @torch.no_grad()
-def direction_sensitivity(net, conditioner, batch: dict, ts=(0.95, 0.7, 0.4), seed: int = 0) -> dict:
+def direction_sensitivity(net, encoders, batch: dict, ts=(0.95, 0.7, 0.4), seed: int = 0) -> dict:
     """{t: {"left_vs_right", "caption_vs_empty"}} of x0_hat on one batch of toy clips."""
-    x0, _ = conditioner.prepare(batch["video"], _captions(batch["truth"], None))
+    x0, _ = encoders.prepare(batch["video"], _captions(batch["truth"], None))
     x1 = clip_noise(batch["seed"], tuple(x0.shape[1:]), seed).to(x0)
-    conds = {k: conditioner.prepare(batch["video"], caps)[1] for k, caps in {
+    conds = {k: encoders.prepare(batch["video"], caps)[1] for k, caps in {
         "left": _captions(batch["truth"], "left"), "right": _captions(batch["truth"], "right"),
         "empty": [""] * x0.shape[0]}.items()}
     out = {}
@@ -67,26 +68,25 @@ def follows_word(videos_THWC: list[np.ndarray], truths: list[list[dict]], word: 
     return float(np.mean(hits))
 
 
-def sampled_clips(net, conditioner, cfg, batch: dict, steps: int, seed: int) -> list[np.ndarray]:
-    """The batch's samples as uint8 (T, H, W, 3) clips, with the model's own shift and guidance."""
-    videos = generate(net, conditioner, batch, steps, seed, cfg.sample.shift, cfg.sample.guidance)
-    return [to_uint8(v) for v in videos]
+def sampled_clips(model: Model, batch: dict, steps: int, seed: int) -> list[np.ndarray]:
+    """The batch's samples as uint8 (T, H, W, 3) clips, with the model's own sampler, shift and guidance."""
+    return [to_uint8(v) for v in generate(model, batch, steps, seed)]
 
 
-def direction_following(net, conditioner, cfg, batch: dict, steps: int, seeds=(0,)) -> dict[str, float]:
+def direction_following(model: Model, batch: dict, steps: int, seeds=(0,)) -> dict[str, float]:
     """{word: share of objects that follow it} with every clip's caption stating `word`, over the seeds."""
     out = {}
     for word in DIRECTIONS:
         worded = dict(batch, caption=_captions(batch["truth"], word))
-        out[word] = float(np.mean([follows_word(sampled_clips(net, conditioner, cfg, worded, steps, seed),
+        out[word] = float(np.mean([follows_word(sampled_clips(model, worded, steps, seed),
                                                 batch["truth"], word) for seed in seeds]))
     return out
 
 
-def solid_per_frame(net, conditioner, cfg, batch: dict, steps: int, seeds=(0,)) -> list[float]:
+def solid_per_frame(model: Model, batch: dict, steps: int, seeds=(0,)) -> list[float]:
     """Share of solid objects in each generated frame 1..T-1, averaged over the batch's clips and the seeds."""
     rows = [solid_by_frame(clip, truth) for seed in seeds
-            for clip, truth in zip(sampled_clips(net, conditioner, cfg, batch, steps, seed), batch["truth"])]
+            for clip, truth in zip(sampled_clips(model, batch, steps, seed), batch["truth"])]
     return np.mean(rows, axis=0).round(3).tolist()
 
 
@@ -101,19 +101,19 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--seeds", default=None, help="noise seeds (default 0,1,2 with --per-frame, 0 with --follow)")
     args = ap.parse_args()
-    net, conditioner, cfg = load_model(args.model)  # eval mode, no grad
+    model = load_model(args.model)  # eval mode, no grad
     num = args.num or (64 if args.per_frame or args.follow else 16)
-    batch = test_batch(cfg, num)
+    batch = test_batch(model.config, num)
     seeds = [int(x) for x in (args.seeds or ("0,1,2" if args.per_frame else "0")).split(",")]
     if args.per_frame:
-        solid = solid_per_frame(net, conditioner, cfg, batch, args.steps, seeds)
+        solid = solid_per_frame(model, batch, args.steps, seeds)
         out = {"steps": args.steps, "seeds": seeds, "solid_by_frame": dict(enumerate(solid, start=1))}
     elif args.follow:
-        follows = direction_following(net, conditioner, cfg, batch, args.steps, seeds)
+        follows = direction_following(model, batch, args.steps, seeds)
         out = {"steps": args.steps, "seeds": seeds, "follows_word": follows,
                "mean": float(np.mean(list(follows.values())))}
     else:
-        out = {"x0_hat_mean_abs_diff": direction_sensitivity(net, conditioner, batch,
+        out = {"x0_hat_mean_abs_diff": direction_sensitivity(model.net, model.encoders, batch,
                                                              [float(x) for x in args.t.split(",")])}
     print(json.dumps({"model": args.model, "num": num, **out}, indent=1))
 

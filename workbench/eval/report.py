@@ -24,14 +24,15 @@ import workbench
 from workbench.config import to_dict
 from workbench.data.io import write_mp4
 from workbench.data.synthetic import to_tensor, to_uint8
-from workbench.eval.features import Dinov2FrameFeatures, ToyFrameFeatures
+from workbench.eval.feature_nets import Dinov2FrameFeatures, ToyFrameFeatures
 from workbench.eval.fidelity import psnr, ssim
 from workbench.eval.fvd import TOY_FVD_WEIGHTS, ToyFVDExtractor, fvd, load_extractor
 from workbench.eval.oracle import clip_metrics
 from workbench.eval.vbench import VBenchNets, quality_groups, run_vbench, vbench_available, vbench_clips
-from workbench.generate import generate, load_model, resolve_weights, sample_sheet, test_batch
+from workbench.generate import generate, sample_sheet, test_batch
 from workbench.models.weights import tensor_names
 from workbench.plots import metric_vs_steps
+from workbench.runs import load_model, resolve_weights
 
 METRIC_ORDER = ["colour_mass", "solid", "shape_iou", "count_ok", "path_accel", "first_frame_mae",
                 "direction_agree", "speed_agree", "sharpness"]          # the oracle's columns
@@ -139,7 +140,7 @@ def _reference(scorer: Scorer, cache: Cache, cfg, batches: list[dict], num: int)
     return feats, row
 
 
-def _samples(net, conditioner, cfg, batches, steps, seed, cache: Cache, key: str, max_mb: int):
+def _samples(model, batches, steps, seed, cache: Cache, key: str, max_mb: int):
     """Yield uint8 sample batches (from the cache or the sampler); the last item is seconds per clip."""
     hit = cache.load("samples", key)
     if hit is not None:
@@ -153,7 +154,7 @@ def _samples(net, conditioner, cfg, batches, steps, seed, cache: Cache, key: str
     kept, secs = [], 0.0
     for b in batches:
         t0 = time.perf_counter()
-        fake = generate(net, conditioner, b, steps, seed, cfg.sample.shift, cfg.sample.guidance)
+        fake = generate(model, b, steps, seed)
         secs += time.perf_counter() - t0
         clips = np.stack([to_uint8(v) for v in fake])
         kept.append(clips)
@@ -197,7 +198,8 @@ def evaluate(checkpoints: list[str], steps_list: list[int], num: int, seeds: lis
         tensor_names(resolve_weights(ckpt)[0])
     rows, refs = [], []
     for k, ckpt in enumerate(checkpoints):
-        net, conditioner, cfg = load_model(ckpt, overrides)
+        model = load_model(ckpt, overrides)
+        cfg = model.config
         name = names[k] if names else cfg.name
         batches = [test_batch(cfg, min(batch_size, num - s), s) for s in range(0, num, batch_size)]
         ref_feats, ref_row = _reference(scorer, cache, cfg, batches, num)
@@ -215,12 +217,12 @@ def evaluate(checkpoints: list[str], steps_list: list[int], num: int, seeds: lis
                 key = _key({"weights": [str(weights), weights.stat().st_size, weights.stat().st_mtime_ns],
                             "steps": steps, "seed": seed, "num": num, "data": to_dict(cfg.data),
                             "sample": to_dict(cfg.sample)})
-                samples = _samples(net, conditioner, cfg, batches, steps, seed, cache, key, spec.max_cached_mb)
+                samples = _samples(model, batches, steps, seed, cache, key, spec.max_cached_mb)
                 rows.append({"method": name, "steps": steps, "nfe": steps * nfe_per_step, "seed": seed, "num": num,
                              **_score(scorer, samples, batches, ref_feats, spec.device, bar), **variant})
         bar.close()
         if sheet_num:
-            sample_sheet(net, conditioner, cfg, out / f"contact_sheet_{name}.png", steps_list, min(sheet_num, num))
+            sample_sheet(model, out / f"contact_sheet_{name}.png", steps_list, min(sheet_num, num))
     df = pd.DataFrame(rows)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "results.csv", index=False)

@@ -33,10 +33,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch.nn import functional as nnf
 from scipy import ndimage
 
-from workbench.eval.features import FrameFeatures
+from workbench.eval.feature_nets import FrameFeatures
 
 NORMALIZE = {"subject_consistency": (0.1462, 1.0), "background_consistency": (0.2615, 1.0),
              "temporal_flickering": (0.6293, 1.0), "motion_smoothness": (0.706, 0.9975),
@@ -56,7 +56,7 @@ class VBenchNets:
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return F.cosine_similarity(a, b, dim=-1).clamp_min(0)
+    return nnf.cosine_similarity(a, b, dim=-1).clamp_min(0)
 
 
 def consistency(f_BTD: torch.Tensor) -> np.ndarray:
@@ -79,7 +79,7 @@ def temporal_flickering(px_BTCHW: torch.Tensor) -> np.ndarray:
 def _box(x: torch.Tensor, w: int) -> torch.Tensor:
     """Sum over the w x w window around each pixel (zero outside), by integral image."""
     r = w // 2
-    c = F.pad(x, (r + 1, r, r + 1, r)).cumsum(-1).cumsum(-2)
+    c = nnf.pad(x, (r + 1, r, r + 1, r)).cumsum(-1).cumsum(-2)
     return c[..., w:, w:] - c[..., :-w, w:] - c[..., w:, :-w] + c[..., :-w, :-w]
 
 
@@ -89,7 +89,7 @@ def block_match(a: torch.Tensor, b: torch.Tensor, radius: int, symmetric: bool =
     the matched midpoint (a + b) / 2 (N, C, H, W): the interpolated frame when symmetric."""
     N, C, H, W = a.shape
     r = radius
-    ap, bp = F.pad(a, [r] * 4, mode="replicate"), F.pad(b, [r] * 4, mode="replicate")
+    ap, bp = nnf.pad(a, [r] * 4, mode="replicate"), nnf.pad(b, [r] * 4, mode="replicate")
     best = torch.full((N, 1, H, W), float("inf"), dtype=a.dtype)
     flow, mid = torch.zeros(N, 2, H, W, dtype=a.dtype), torch.zeros_like(a)
     for dy in range(-r, r + 1):
@@ -110,7 +110,7 @@ def _work_scale(px_BTCHW: torch.Tensor, short: int = 32) -> torch.Tensor:
     s = min(1.0, short / min(H, W))
     if s == 1.0:
         return px_BTCHW
-    x = F.interpolate(px_BTCHW.reshape(B * T, C, H, W), scale_factor=s, mode="area")
+    x = nnf.interpolate(px_BTCHW.reshape(B * T, C, H, W), scale_factor=s, mode="area")
     return x.reshape(B, T, C, *x.shape[-2:])
 
 

@@ -1,18 +1,16 @@
 """Training methods: one file each, one signature.
 
-A method is built as `Method(cfg, net, conditioner)` and exposes
-    losses(batch, step, generator) -> LossOut    # one scalar loss per optimizer + logs
-    param_groups() -> {optimizer name: parameters}
-The training loop knows no method by name; it looks it up here.
+A method is built as `Method(cfg, net, encoders)`; methods/base.py says what it exposes (roles, frozen
+networks, state, losses per role due). The training loop knows no method by name; it looks it up here.
 """
 from workbench.methods.adversarial import Adversarial
-from workbench.methods.base import Distillation, LossOut, Method
+from workbench.methods.base import Distillation, LossOut, Method, Role, TrainStep
 from workbench.methods.ccd import CCD
 from workbench.methods.dcd import DCD
 from workbench.methods.dpo import FlowDPO
 from workbench.methods.flow_matching import FlowMatching
 
-__all__ = ["METHODS", "Distillation", "LossOut", "Method", "build_method"]
+__all__ = ["METHODS", "Distillation", "LossOut", "Method", "Role", "TrainStep", "build_method"]
 
 METHODS: dict[str, type[Method]] = {
     "flow_matching": FlowMatching,
@@ -23,8 +21,8 @@ METHODS: dict[str, type[Method]] = {
 }
 
 
-def build_method(cfg, net, conditioner) -> Method:
+def build_method(cfg, net, encoders) -> Method:
     name = cfg.train.method
     if name not in METHODS:
         raise KeyError(f"train.method: unknown method {name!r} (known: {', '.join(METHODS)})")
-    return METHODS[name](cfg, net, conditioner)
+    return METHODS[name](cfg, net, encoders)

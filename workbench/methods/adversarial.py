@@ -3,8 +3,8 @@
 The discriminator reads x0_hat = x_t - t F_theta(x_t, t) (Eq. 5), decoded to pixels, and real clips x0
 through a frozen DINOv2 (a local `Dinov2Model`; at toy scale the shipped experiments/toy/dino), with
 trainable StyleGAN-T style heads: per chosen layer, a spatial head over each frame's patch tokens and a
-temporal head over the sequence of per-frame CLS tokens. The generator's adversarial term (weight
-lambda_adv) joins the distillation loss after N_warmup steps; both optimizers step every step after that.
+temporal head over the sequence of per-frame CLS tokens (`AdversarialTerm`). The generator's adversarial term
+(weight lambda_adv) joins the distillation loss after N_warmup steps, when the discriminator role starts to update.
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from workbench.flow import denoise
-from workbench.methods.base import Distillation, LossOut
-from workbench.methods.ccd import CCD
-from workbench.methods.dcd import DCD
-from workbench.models.features import frame_tokens, load_feature_net
+from workbench.methods.base import Distillation, LossOut, Role
+from workbench.methods.ccd import ccd_loss
+from workbench.methods.dcd import dcd_loss
+from workbench.models.dino import frame_tokens, load_feature_net
 
 
 def hinge_generator(fake_logits: list[torch.Tensor]) -> torch.Tensor:
@@ -62,57 +62,77 @@ def frames_of(video_BCTHW: torch.Tensor) -> torch.Tensor:
     return video_BCTHW.permute(0, 2, 1, 3, 4).reshape(B * T, C, H, W)
 
 
-class Adversarial(Distillation):
-    """L^G = L_distill + lambda_adv * hinge_G (after N_warmup steps), L^D = hinge_D (Eq. 10)."""
+class AdversarialTerm:
+    """Hinge GAN over frozen features (Eq. 10): the discriminator (a role of its method) and both hinge losses.
 
-    def __init__(self, cfg, net, conditioner):
-        super().__init__(cfg, net, conditioner)
-        a = cfg.adversarial
-        distill = {"ccd": CCD.student_loss, "dcd": DCD.student_loss, "none": Adversarial._no_distillation}
-        if a.distill not in distill:
-            raise KeyError(f"adversarial.distill: expected one of {', '.join(distill)}, got {a.distill!r}")
-        self._distill = distill[a.distill]
+    Reusable by any method whose generator makes pixels: DA here; OSV's and DMD2's GAN heads.
+    """
+
+    def __init__(self, a):
         self.features = load_feature_net(a.feature_net)                  # frozen: eval, requires_grad False
         depth = self.features.config.num_hidden_layers
         if not a.layers or not all(0 <= k <= depth for k in a.layers):
             raise ValueError(f"adversarial.layers: {list(a.layers)} must be hidden states 0..{depth} of {a.feature_net}")
         self.disc = Discriminator(self.features.config.hidden_size, a.layers, a.head_width, a.temporal_heads)
 
-    def _no_distillation(self, x_t, t, cond, step):
-        """DA alone (Table 2a): no distillation term; the student's velocity only feeds x0_hat."""
-        F = self.net(x_t, t, cond)
-        return F.sum() * 0.0, F, {}
-
-    def student_loss(self, x_t, t, cond, step):
-        return self._distill(self, x_t, t, cond, step)
-
-    def param_groups(self):
-        lr = self.cfg.adversarial.lr or self.cfg.train.lr
-        return {**super().param_groups(), "disc": [{"params": list(self.disc.parameters()), "lr": lr}]}
-
-    def modules_to_save(self):
-        return {"disc": self.disc}
-
     def tokens(self, video_BCTHW: torch.Tensor) -> list[torch.Tensor]:
         return frame_tokens(self.features, frames_of(video_BCTHW), self.disc.layers)
 
-    def losses(self, batch, step, generator):
-        a = self.cfg.adversarial
-        x0, x_t, t, cond = self.noisy_batch(batch, generator)
-        distill_loss, F, logs = self.student_loss(x_t, t, cond, step)
-        if step < a.warmup:                                               # N_warmup: distillation only
-            return LossOut({"model": distill_loss}, {**logs, "loss_distill": distill_loss.item()})
-        B = x0.shape[0]
-        fake = self.cond.decode(denoise(x_t, F, t))                       # x0_hat in pixels, B,3,T,H,W
-        fake_tokens = self.tokens(fake)                                   # graph to theta through frozen features
-        adv_g = hinge_generator(self.disc(fake_tokens, B))
+    def generator_loss(self, disc, fake_BCTHW: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(hinge_G on the fakes, their feature tokens); the graph reaches the generator through frozen features."""
+        fake_tokens = self.tokens(fake_BCTHW)
+        return hinge_generator(disc(fake_tokens, fake_BCTHW.shape[0])), fake_tokens
+
+    def discriminator_loss(self, disc, real_BCTHW: torch.Tensor, fake_tokens: list[torch.Tensor]
+                           ) -> tuple[torch.Tensor, dict]:
+        """(hinge_D on real clips and the detached fakes, logs with the mean logits)."""
+        B = real_BCTHW.shape[0]
         with torch.no_grad():
-            real_tokens = self.tokens(batch["video"])
-        real_logits = self.disc(real_tokens, B)
-        fake_logits = self.disc([tok.detach() for tok in fake_tokens], B)
-        loss_d = hinge_discriminator(real_logits, fake_logits)
-        loss_g = distill_loss + a.lambda_adv * adv_g
-        logs.update({"loss_distill": distill_loss.item(), "loss_adv_g": adv_g.item(), "loss_d": loss_d.item(),
-                     "logit_real": torch.cat([r.flatten() for r in real_logits]).mean().item(),
-                     "logit_fake": torch.cat([f.flatten() for f in fake_logits]).mean().item()})
-        return LossOut({"model": loss_g, "disc": loss_d}, logs)
+            real_tokens = self.tokens(real_BCTHW)
+        real_logits = disc(real_tokens, B)
+        fake_logits = disc([tok.detach() for tok in fake_tokens], B)
+        return hinge_discriminator(real_logits, fake_logits), {
+            "logit_real": torch.cat([r.flatten() for r in real_logits]).mean().item(),
+            "logit_fake": torch.cat([f.flatten() for f in fake_logits]).mean().item()}
+
+
+def no_distillation(student, target, teacher_velocity, x_t, t, cond, step, d):
+    """DA alone (Table 2a): no distillation term; the student's velocity only feeds x0_hat."""
+    F = student(x_t, t, cond)
+    return F.sum() * 0.0, F, {}
+
+
+DISTILL_LOSSES = {"ccd": ccd_loss, "dcd": dcd_loss, "none": no_distillation}
+
+
+class Adversarial(Distillation):
+    """L^G = L_distill + lambda_adv * hinge_G, L^D = hinge_D (Eq. 10); the discriminator joins after N_warmup."""
+
+    def __init__(self, cfg, net, encoders):
+        super().__init__(cfg, net, encoders)
+        a = cfg.adversarial
+        if a.distill not in DISTILL_LOSSES:
+            raise KeyError(f"adversarial.distill: expected one of {', '.join(DISTILL_LOSSES)}, got {a.distill!r}")
+        self.distill_loss = DISTILL_LOSSES[a.distill]
+        self.adversarial = AdversarialTerm(a)
+
+    def roles(self):
+        a = self.cfg.adversarial
+        return {**super().roles(),
+                "disc": Role(self.adversarial.disc, lr=a.lr or None, when=lambda step: step >= a.warmup)}
+
+    def frozen(self):
+        return {**super().frozen(), "features": self.adversarial.features}
+
+    def losses(self, batch, step):
+        a = self.cfg.adversarial
+        x0, x_t, t, cond = self.noisy_batch(batch, step.generator)
+        distill_loss, F, logs = self.student_loss(step.nets["model"], x_t, t, cond, step.index)
+        logs["loss_distill"] = distill_loss.item()
+        if "disc" not in step.due:                                        # N_warmup: distillation only
+            return LossOut({"model": distill_loss}, logs)
+        fake = self.encoders.decode(denoise(x_t, F, t))                   # x0_hat in pixels, B,3,T,H,W
+        adv_g, fake_tokens = self.adversarial.generator_loss(step.nets["disc"], fake)
+        loss_d, d_logs = self.adversarial.discriminator_loss(step.nets["disc"], batch["video"], fake_tokens)
+        logs.update({"loss_adv_g": adv_g.item(), "loss_d": loss_d.item(), **d_logs})
+        return LossOut({"model": distill_loss + a.lambda_adv * adv_g, "disc": loss_d}, logs)

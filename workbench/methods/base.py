@@ -1,76 +1,133 @@
+"""What a method is to the training loop: the roles it trains, the frozen networks it reads, its losses.
+
+    roles()   -> {name: Role}     trainable networks, in the order the loop steps them
+    frozen()  -> {name: Module}   networks the loop places on the device and never trains (teacher, features)
+    state()   -> {name: Module}   method-owned state the loop checkpoints (CCD's target network)
+    losses(batch, step: TrainStep) -> LossOut     a scalar loss for each role due at this step, and only those
+    after_update(step)            e.g. CCD's target EMA (Algorithm 1 line 11)
+The loop knows roles, never a method by name, and writes nothing into a method.
+"""
 from __future__ import annotations
 
 import abc
-import copy
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from workbench.flow import interpolate, sample_timesteps
 from workbench.models import check_prediction_fits
+from workbench.models.ema import ema_update, frozen_copy
 from workbench.models.weights import load_weights
 from workbench.sampling import guided_velocity
 
 
 @dataclass
+class Role:
+    """A network a method trains, with its own optimizer, update schedule, EMA and export (FastVideo's roles)."""
+    net: nn.Module                                # the loop prepares it with accelerate (DDP wraps it)
+    params: list[nn.Parameter] | None = None      # trained parameters (default: net's that require grad; a LoRA's)
+    lr: float | None = None                       # None: train.lr; likewise betas, weight_decay, grad_clip
+    betas: tuple[float, float] | None = None
+    weight_decay: float | None = None
+    grad_clip: float | None = None                # max grad norm (0 = off)
+    every: int = 1                                # updated at steps where step % every == offset ...
+    offset: int = 0
+    when: Callable[[int], bool] | None = None     # ... or where this predicate of the step holds
+    ema: float | None = None                      # decay of an EMA updated after each of its updates (None: none)
+    export: bool = False                          # the network `export` writes and `sample` loads
+
+    def __post_init__(self):
+        if self.params is None:
+            self.params = [p for p in self.net.parameters() if p.requires_grad]
+
+    def due(self, step: int) -> bool:
+        return self.when(step) if self.when is not None else step % self.every == self.offset
+
+
+@dataclass
+class TrainStep:
+    """What the loop hands `losses` at one step."""
+    index: int                                    # the optimizer step, from 0
+    generator: torch.Generator                    # the step's only source of randomness
+    nets: Mapping[str, nn.Module]                 # each role's network as prepared (forward through these)
+    due: frozenset[str]                           # roles updated at this step
+
+
+@dataclass
 class LossOut:
-    losses: dict[str, torch.Tensor]              # optimizer name -> scalar loss to minimise
+    losses: dict[str, torch.Tensor]               # role name -> scalar loss to minimise
     logs: dict[str, float] = field(default_factory=dict)
 
 
 class Method(abc.ABC):
-    """The trained network is `self.net`; the loop sets `self.ema` to its EMA copy before step 0."""
+    """A method trains `net` (the FlowNet built from cfg.model) as its role "model", the one exported."""
 
-    def __init__(self, cfg, net, conditioner):
-        self.cfg, self.net, self.cond = cfg, net, conditioner
-        self.ema: torch.nn.Module | None = None
+    def __init__(self, cfg, net, encoders):
+        self.cfg, self.net, self.encoders = cfg, net, encoders
 
-    def param_groups(self) -> dict[str, list[torch.nn.Parameter]]:
-        return {"model": [p for p in self.net.parameters() if p.requires_grad]}
+    def roles(self) -> dict[str, Role]:
+        return {"model": Role(self.net, ema=self.cfg.train.ema_decay, export=True)}
 
-    def modules_to_save(self) -> dict[str, torch.nn.Module]:
-        """The method's own trained networks besides `net` (a discriminator, say): checkpointed and resumed."""
+    def frozen(self) -> dict[str, nn.Module]:
         return {}
 
-    def to(self, device) -> "Method":
-        """Move the method's own frozen networks (a teacher, say); the loop places net and EMA itself."""
-        for name, value in vars(self).items():
-            if isinstance(value, torch.nn.Module) and name not in ("net", "ema"):
-                value.to(device)
-        return self
+    def state(self) -> dict[str, nn.Module]:
+        return {}
 
     @abc.abstractmethod
-    def losses(self, batch: dict, step: int, generator: torch.Generator) -> LossOut:
-        """Scalar loss per optimizer for one batch; `generator` is the step's only source of randomness."""
+    def losses(self, batch: dict, step: TrainStep) -> LossOut:
+        """A scalar loss per role due at `step`; `step.generator` is the only source of randomness."""
+
+    def after_update(self, step: TrainStep) -> None:
+        """Called after the due roles have stepped."""
+
+
+# A distillation loss: (student, target, teacher velocity, x_t, t, cond, step, distill config)
+#   -> (loss, the student's F_theta(x_t, t) with its graph, logs)
+DistillLoss = Callable[..., tuple[torch.Tensor, torch.Tensor, dict]]
 
 
 class Distillation(Method):
     """A student distilled from a frozen teacher F_pretrain: `distill.teacher`, else `model.weights` (Alg. 1 line 2).
 
-    A distillation method implements `student_loss` on one noisy batch and returns the student's velocity
-    F_theta(x_t, t) with it, so that other losses on the same forward (DA's x0_hat) can reuse it.
+    Subclasses name their loss (`distill_loss`); the target network theta^- is the method's own EMA of the
+    student with decay `distill.target_decay` (Algorithm 1 line 11), separate from the exported EMA.
     """
+    distill_loss: DistillLoss
 
-    def __init__(self, cfg, net, conditioner):
-        super().__init__(cfg, net, conditioner)
-        self.teacher = copy.deepcopy(net).requires_grad_(False).eval()
+    def __init__(self, cfg, net, encoders):
+        super().__init__(cfg, net, encoders)
+        self.teacher = frozen_copy(net)
         if cfg.distill.teacher:                           # e.g. DA after CCD: the student is the CCD model
             load_weights(self.teacher.transformer, cfg.distill.teacher, "distill.teacher")
             check_prediction_fits(cfg.distill.teacher, cfg.model.prediction, "distill.teacher")
+        self.target = frozen_copy(net)
 
-    def losses(self, batch, step, generator):
-        _, x_t, t, cond = self.noisy_batch(batch, generator)
-        loss, _, logs = self.student_loss(x_t, t, cond, step)
+    def frozen(self):
+        return {"teacher": self.teacher, "target": self.target}
+
+    def state(self):
+        return {"target": self.target}
+
+    def losses(self, batch, step):
+        _, x_t, t, cond = self.noisy_batch(batch, step.generator)
+        loss, _, logs = self.student_loss(step.nets["model"], x_t, t, cond, step.index)
         return LossOut({"model": loss}, logs)
 
-    @abc.abstractmethod
-    def student_loss(self, x_t, t, cond, step: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def student_loss(self, student, x_t, t, cond, step: int):
         """(distillation loss, F_theta(x_t, t) with its graph, logs) for latents x_t (B,C,T,H,W) at times t (B,)."""
+        return self.distill_loss(student, self.target, self.teacher_velocity, x_t, t, cond, step, self.cfg.distill)
+
+    def after_update(self, step):
+        if "model" in step.due:
+            ema_update(self.target, step.nets["model"], self.cfg.distill.target_decay)  # line 11
 
     def noisy_batch(self, batch: dict, generator: torch.Generator):
         """x0 ~ D, x1 ~ N(0, I), t ~ the distill sampler, x_t (Algorithm 1 lines 4-5); latents B,C,T,H,W."""
         d = self.cfg.distill
-        x0, cond = self.cond.prepare(batch["video"], batch["caption"])
+        x0, cond = self.encoders.prepare(batch["video"], batch["caption"])
         x1 = torch.randn(x0.shape, generator=generator).to(x0)
         t = sample_timesteps(x0.shape[0], d.timesteps, p_mean=d.p_mean, p_std=d.p_std, generator=generator).to(x0)
         return x0, interpolate(x0, x1, t), t, cond
@@ -79,5 +136,5 @@ class Distillation(Method):
     def teacher_velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
         """dx_t/dt = F_pretrain(x_t, t), with classifier-free guidance when distill.guidance != 1."""
         w = self.cfg.distill.guidance
-        null = self.cond.null_text(x_t.shape[0]) if w != 1.0 else None
+        null = self.encoders.null_text(x_t.shape[0]) if w != 1.0 else None
         return guided_velocity(self.teacher, x_t, t, cond, w, null)

@@ -16,9 +16,9 @@ def tangent_warmup(step: int, warmup_steps: int) -> float:
     return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
 
 
-def ccd_tangent(dxdt: torch.Tensor, F_ema: torch.Tensor, dF_dt: torch.Tensor, t_B: torch.Tensor, r: float):
+def ccd_tangent(dxdt: torch.Tensor, F_target: torch.Tensor, dF_dt: torch.Tensor, t_B: torch.Tensor, r: float):
     """g = dx_t/dt - F_theta-(x_t, t) - r t sg(dF_theta-/dt) (Algorithm 1 line 7, Eq. 9)."""
-    return dxdt - F_ema - r * expand_t(t_B, dxdt) * dF_dt.detach()
+    return dxdt - F_target - r * expand_t(t_B, dxdt) * dF_dt.detach()
 
 
 def normalize_tangent(g_BCTHW: torch.Tensor, c: float) -> torch.Tensor:
@@ -27,18 +27,21 @@ def normalize_tangent(g_BCTHW: torch.Tensor, c: float) -> torch.Tensor:
     return g_BCTHW / expand_t(norm + c, g_BCTHW)
 
 
+def ccd_loss(student, target, teacher_velocity, x_t, t, cond, step: int, d):
+    """Algorithm 1 lines 5-9 on latents x_t (B,C,T,H,W) at times t (B,): (loss, F_theta with its graph, logs)."""
+    with torch.no_grad():
+        dxdt = teacher_velocity(x_t, t, cond)                                      # line 5
+        F_target, dF_dt = velocity_and_tangent(target, x_t, t, cond, dxdt, mode=d.jvp,  # Eq. (8), (14)
+                                               attention=d.jvp_attention, chunk=d.jvp_chunk, fd_eps=d.fd_eps)
+        r = tangent_warmup(step, d.tangent_warmup)                                 # line 6
+        g_raw = ccd_tangent(dxdt, F_target, dF_dt, t, r)                           # line 7
+        g = normalize_tangent(g_raw, d.tangent_norm_c)                             # line 8
+    F = student(x_t, t, cond)
+    loss = (F.float() - F_target.float() - g.float()).pow(2).flatten(1).sum(1).mean()  # line 9, Eq. (7)
+    logs = {"loss": loss.item(), "r": r, "tangent_norm": g_raw.flatten(1).norm(dim=1).mean().item(),
+            "t_dFdt_norm": (expand_t(t, dF_dt) * dF_dt).flatten(1).norm(dim=1).mean().item()}
+    return loss, F, logs
+
+
 class CCD(Distillation):
-    def student_loss(self, x_t, t, cond, step):                                   # x_t, t: lines 4-5
-        d = self.cfg.distill
-        with torch.no_grad():
-            dxdt = self.teacher_velocity(x_t, t, cond)                             # line 5
-            F_ema, dF_dt = velocity_and_tangent(self.ema, x_t, t, cond, dxdt, mode=d.jvp,  # Eq. (8), (14)
-                                                attention=d.jvp_attention, chunk=d.jvp_chunk, fd_eps=d.fd_eps)
-            r = tangent_warmup(step, d.tangent_warmup)                             # line 6
-            g_raw = ccd_tangent(dxdt, F_ema, dF_dt, t, r)                          # line 7
-            g = normalize_tangent(g_raw, d.tangent_norm_c)                         # line 8
-        F = self.net(x_t, t, cond)
-        loss = (F.float() - F_ema.float() - g.float()).pow(2).flatten(1).sum(1).mean()  # line 9, Eq. (7)
-        logs = {"loss": loss.item(), "r": r, "tangent_norm": g_raw.flatten(1).norm(dim=1).mean().item(),
-                "t_dFdt_norm": (expand_t(t, dF_dt) * dF_dt).flatten(1).norm(dim=1).mean().item()}
-        return loss, F, logs
+    distill_loss = staticmethod(ccd_loss)

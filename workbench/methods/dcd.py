@@ -11,14 +11,17 @@ from workbench.flow import denoise, expand_t
 from workbench.methods.base import Distillation
 
 
+def dcd_loss(student, target, teacher_velocity, x_t, t, cond, step: int, d):
+    """Eq. (3) with d = ||.||^2, w = 1: (loss, F_theta(x_t, t) with its graph, logs)."""
+    with torch.no_grad():
+        t_prev = (t - d.delta_t).clamp(min=0.0)
+        x_prev = x_t + expand_t(t_prev - t, x_t) * teacher_velocity(x_t, t, cond)    # the teacher's Euler step
+        f_target = denoise(x_prev, target(x_prev, t_prev, cond), t_prev)              # f_theta-(x_{t-dt}, t-dt)
+    F = student(x_t, t, cond)
+    f = denoise(x_t, F, t)                                                           # f_theta(x_t, t), Eq. (5)
+    loss = (f.float() - f_target.float()).pow(2).flatten(1).sum(1).mean()
+    return loss, F, {"loss": loss.item()}
+
+
 class DCD(Distillation):
-    def student_loss(self, x_t, t, cond, step):
-        dt = self.cfg.distill.delta_t
-        with torch.no_grad():
-            t_prev = (t - dt).clamp(min=0.0)
-            x_prev = x_t + expand_t(t_prev - t, x_t) * self.teacher_velocity(x_t, t, cond)  # Euler teacher step
-            target = denoise(x_prev, self.ema(x_prev, t_prev, cond), t_prev)              # f_theta-(x_{t-dt}, t-dt)
-        F = self.net(x_t, t, cond)
-        f = denoise(x_t, F, t)                                                             # f_theta(x_t, t), Eq. (5)
-        loss = (f.float() - target.float()).pow(2).flatten(1).sum(1).mean()                # Eq. (3), d = ||.||^2, w = 1
-        return loss, F, {"loss": loss.item()}
+    distill_loss = staticmethod(dcd_loss)

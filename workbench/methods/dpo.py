@@ -9,43 +9,41 @@ Win Diff = e_w - e_w^ref (Figure 8): above 0, the model fits the preferred traje
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+from torch.nn.functional import logsigmoid
 
 from workbench.flow import interpolate, sample_timesteps, target_velocity
 from workbench.methods.base import LossOut, Method
-from workbench.models.lora import adapters_disabled, add_lora
+from workbench.models.lora import adapters_disabled
 
 
 def dpo_loss(err_w: torch.Tensor, err_l: torch.Tensor, ref_w: torch.Tensor, ref_l: torch.Tensor,
              beta: float) -> torch.Tensor:
     """Eq. (11) on per-sample errors (B,): -E log sigmoid(-beta/2 ((e_w - r_w) - (e_l - r_l)))."""
-    return -F.logsigmoid(-0.5 * beta * ((err_w - ref_w) - (err_l - ref_l))).mean()
+    return -logsigmoid(-0.5 * beta * ((err_w - ref_w) - (err_l - ref_l))).mean()
 
 
 class FlowDPO(Method):
-    def __init__(self, cfg, net, conditioner):
-        super().__init__(cfg, net, conditioner)
-        d = cfg.dpo
-        self.lora = add_lora(net.transformer, d.lora_rank, d.lora_alpha, d.lora_targets)  # base frozen
+    """Trains the LoRA of model.lora (its only trainable parameters); the reference is the network, adapters off."""
 
-    def param_groups(self):
-        return {"model": self.lora}
+    def __init__(self, cfg, net, encoders):
+        super().__init__(cfg, net, encoders)
+        if not cfg.model.lora.rank:
+            raise ValueError("model.lora.rank: Flow-DPO trains a LoRA; set a rank >= 1 (e.g. 16)")
 
-    def losses(self, batch, step, generator):
+    def losses(self, batch, step):
         d = self.cfg.dpo
         x_w, x_l = batch["winner"], batch["loser"]                          # B, C, T, H, W latents
         B = x_w.shape[0]
         with torch.no_grad():
-            cond = self.cond.condition(batch["first"], batch["caption"], batch["frames"][0])
-        x1 = torch.randn(x_w.shape, generator=generator).to(x_w)
-        t = sample_timesteps(B, d.timesteps, p_mean=d.p_mean, p_std=d.p_std, generator=generator).to(x_w)
+            cond = self.encoders.condition(batch["first"], batch["caption"], batch["frames"][0])
+        x1 = torch.randn(x_w.shape, generator=step.generator).to(x_w)
+        t = sample_timesteps(B, d.timesteps, p_mean=d.p_mean, p_std=d.p_std, generator=step.generator).to(x_w)
         x0, x1, t = torch.cat([x_w, x_l]), torch.cat([x1, x1]), torch.cat([t, t])   # same t, noise for w and l
         cond = cond.select(torch.arange(B).repeat(2))
         x_t, v = interpolate(x0, x1, t), target_velocity(x0, x1)
-        err = (v - self.net(x_t, t, cond)).float().pow(2).flatten(1).mean(1)
-        base = getattr(self.net, "module", self.net)                        # unwrapped from DDP
-        with torch.no_grad(), adapters_disabled(base.transformer):
-            ref = (v - base(x_t, t, cond)).float().pow(2).flatten(1).mean(1)
+        err = (v - step.nets["model"](x_t, t, cond)).float().pow(2).flatten(1).mean(1)
+        with torch.no_grad(), adapters_disabled(self.net.transformer):     # the reference: base weights
+            ref = (v - self.net(x_t, t, cond)).float().pow(2).flatten(1).mean(1)
         err_w, err_l = err.chunk(2)
         ref_w, ref_l = ref.chunk(2)
         loss_dpo = dpo_loss(err_w, err_l, ref_w, ref_l, d.beta)

@@ -14,12 +14,11 @@ def drop_captions(captions: list[str], p: float, generator: torch.Generator) -> 
 
 
 class FlowMatching(Method):
-    def losses(self, batch, step, generator):
-        fm = self.cfg.flow_matching
-        x0, cond = self.cond.prepare(batch["video"], drop_captions(batch["caption"], fm.caption_dropout, generator))
-        x1 = torch.randn(x0.shape, generator=generator).to(x0)
-        t = sample_timesteps(x0.shape[0], fm.timesteps, p_mean=fm.p_mean, p_std=fm.p_std,
-                             generator=generator).to(x0)
-        v = self.net(interpolate(x0, x1, t), t, cond)
+    def losses(self, batch, step):
+        fm, g = self.cfg.flow_matching, step.generator
+        x0, cond = self.encoders.prepare(batch["video"], drop_captions(batch["caption"], fm.caption_dropout, g))
+        x1 = torch.randn(x0.shape, generator=g).to(x0)
+        t = sample_timesteps(x0.shape[0], fm.timesteps, p_mean=fm.p_mean, p_std=fm.p_std, generator=g).to(x0)
+        v = step.nets["model"](interpolate(x0, x1, t), t, cond)
         loss = (v.float() - target_velocity(x0, x1).float()).pow(2).mean()  # Eq. (2)
         return LossOut({"model": loss}, {"loss": loss.item()})

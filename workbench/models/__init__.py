@@ -1,4 +1,4 @@
-"""Build the backbone at any scale: a trainable `FlowNet` and a frozen `Conditioner`."""
+"""Build the backbone at any scale: a trainable `FlowNet` and its frozen `Encoders` (which build a `Conditioning`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,18 +8,20 @@ import torch
 from workbench.config import ModelConfig, load_config, saved_config
 from workbench.models.codec import PixelCodec, WanVAECodec
 from workbench.models.text import CLIPImageEncoder, ToyTextEncoder, UMT5TextEncoder
-from workbench.models.wan import PRESETS, Cond, FlowNet, build_flownet
+from workbench.models.lora import add_lora
+from workbench.models.wan import PRESETS, Conditioning, FlowNet, build_flownet
+from workbench.models.weights import load_weights, tensor_names
 
-__all__ = ["Cond", "Conditioner", "FlowNet", "PRESETS", "build_backbone", "check_prediction_fits"]
+__all__ = ["Conditioning", "Encoders", "FlowNet", "PRESETS", "build_backbone", "check_prediction_fits"]
 
 
-class Conditioner:
-    """Frozen parts: pixels <-> latents, captions -> text tokens, first frame -> image tokens."""
+class Encoders:
+    """The frozen parts: pixels <-> latents, captions -> text tokens, first frame -> image tokens (a `Conditioning`)."""
 
     def __init__(self, codec, text_encoder, image_encoder=None):
         self.codec, self.text_encoder, self.image_encoder = codec, text_encoder, image_encoder
 
-    def to(self, device) -> "Conditioner":
+    def to(self, device) -> "Encoders":
         """Move the frozen networks (VAE, UMT5, CLIP) to `device`; the toy parts have none."""
         for part in (getattr(self.codec, "vae", None), getattr(self.text_encoder, "model", None),
                      getattr(self.image_encoder, "model", None)):
@@ -33,7 +35,7 @@ class Conditioner:
     def decode(self, latents_BCTHW: torch.Tensor) -> torch.Tensor:
         return self.codec.decode(latents_BCTHW)
 
-    def condition(self, first_B3HW: torch.Tensor, captions: list[str], frames: int) -> Cond:
+    def condition(self, first_B3HW: torch.Tensor, captions: list[str], frames: int) -> Conditioning:
         """Fun-InP conditioning for clips of `frames` pixel frames starting at `first_B3HW`."""
         B, C, H, W = first_B3HW.shape
         video = torch.cat([first_B3HW[:, :, None], first_B3HW.new_zeros(B, C, frames - 1, H, W)], dim=2)
@@ -42,13 +44,13 @@ class Conditioner:
         mask[:, :, 0] = 1.0                                               # first latent frame is given
         text = self.text_encoder(list(captions)).to(first.device)
         image = None if self.image_encoder is None else self.image_encoder(first_B3HW).to(first.device)
-        return Cond(first, mask, text, image)
+        return Conditioning(first, mask, text, image)
 
     def null_text(self, batch_size: int) -> torch.Tensor:
         """Tokens of the empty caption: the unconditional branch of classifier-free guidance."""
         return self.text_encoder([""] * batch_size)
 
-    def prepare(self, video_BCTHW: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, Cond]:
+    def prepare(self, video_BCTHW: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, Conditioning]:
         """A batch of clips -> (x0 latents B,C',T',H',W', its conditioning)."""
         with torch.no_grad():
             x0 = self.encode_video(video_BCTHW)
@@ -56,18 +58,26 @@ class Conditioner:
         return x0, cond
 
 
-def build_backbone(cfg: ModelConfig) -> tuple[FlowNet, Conditioner]:
+def build_backbone(cfg: ModelConfig) -> tuple[FlowNet, Encoders]:
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(cfg.dtype)
     if dtype is None:
         raise ValueError(f"model.dtype: expected float32 or bfloat16, got {cfg.dtype!r}")
-    net = build_flownet(cfg.preset, cfg.transformer_path, cfg.weights, cfg.prediction)
+    with_lora = bool(cfg.weights) and any("lora_" in k for k in tensor_names(cfg.weights, "model.weights"))
+    net = build_flownet(cfg.preset, cfg.transformer_path, "" if with_lora else cfg.weights, cfg.prediction)
     codec = WanVAECodec.from_folder(cfg.vae_path, dtype) if cfg.vae_path else PixelCodec()
     text_dim = net.transformer.config.text_dim
     text = UMT5TextEncoder(cfg.text_encoder_path, dtype) if cfg.text_encoder_path else ToyTextEncoder(dim=text_dim)
     image = CLIPImageEncoder(cfg.image_encoder_path, dtype) if cfg.image_encoder_path else None
     _check_parts_fit(cfg, net, codec, text, image)
     check_prediction_fits(cfg.weights, cfg.prediction)
-    return net, Conditioner(codec, text, image)
+    if with_lora and not cfg.lora.rank:
+        raise ValueError(f"model.weights: {cfg.weights} holds a LoRA adapter; set model.lora.rank (and alpha, targets) "
+                         f"as its run did")
+    if cfg.lora.rank:  # base frozen, a fresh adapter (B = 0: the base model's function) trained or loaded
+        add_lora(net.transformer, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets)
+    if with_lora:      # a checkpoint of a LoRA run holds base + adapter
+        load_weights(net.transformer, cfg.weights, "model.weights")
+    return net, Encoders(codec, text, image)
 
 
 def check_prediction_fits(weights: str, prediction: str, key: str = "model.weights") -> None:

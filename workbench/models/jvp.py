@@ -17,11 +17,11 @@ import math
 from contextlib import contextmanager, nullcontext
 
 import torch
-import torch.nn.functional as F
+from torch.nn import functional as nnf
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
-from workbench.models.wan import Cond, FlowNet
+from workbench.models.wan import Conditioning, FlowNet
 
 MODES = ("whole", "blockwise", "reverse", "reverse_blockwise", "finite_difference")
 ATTENTIONS = ("math", "chunked")
@@ -29,7 +29,7 @@ ATTENTIONS = ("math", "chunked")
 _JVP = {"forward": torch.func.jvp, "reverse": torch.autograd.functional.jvp}
 
 
-def velocity_and_tangent(net: FlowNet, x_t_BCTHW: torch.Tensor, t_B: torch.Tensor, cond: Cond,
+def velocity_and_tangent(net: FlowNet, x_t_BCTHW: torch.Tensor, t_B: torch.Tensor, cond: Conditioning,
                          dxdt_BCTHW: torch.Tensor, *, mode: str = "blockwise", attention: str = "math",
                          chunk: int = 1024, fd_eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
     """F(x_t, t) and dF/dt = grad_x F . dx/dt + d_t F (Eq. 8, 14), tangents (dx/dt, 1) on (x_t, t).
@@ -60,7 +60,7 @@ def velocity_and_tangent(net: FlowNet, x_t_BCTHW: torch.Tensor, t_B: torch.Tenso
     return f.detach(), dfdt.detach()
 
 
-def _blockwise(net: FlowNet, x_BCTHW, t_B, cond: Cond, v_BCTHW, v_B, jvp):
+def _blockwise(net: FlowNet, x_BCTHW, t_B, cond: Conditioning, v_BCTHW, v_B, jvp):
     """Algorithm 2 on Wan's forward, with FlowNet's I2V glue (channels, text padding, timestep = 1000 t)."""
     wan = net.transformer
     B, _, T, H, W = x_BCTHW.shape
@@ -98,7 +98,7 @@ def _blockwise(net: FlowNet, x_BCTHW, t_B, cond: Cond, v_BCTHW, v_B, jvp):
 def attention_for_jvp(attention: str = "math", chunk: int = 1024):
     """Scaled dot-product attention with a forward-mode derivative, inside this context only.
 
-    "math" forces PyTorch's math SDPA backend. "chunked" routes every `F.scaled_dot_product_attention`
+    "math" forces PyTorch's math SDPA backend. "chunked" routes every `scaled_dot_product_attention`
     call (diffusers' native Wan attention makes them) to `chunked_attention` through a thread-local
     `TorchFunctionMode`: no module, processor or global is changed, and leaving the context removes it.
     """
@@ -119,14 +119,14 @@ class _ChunkedAttentionMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is F.scaled_dot_product_attention:
+        if func is nnf.scaled_dot_product_attention:
             return chunked_attention(*args, **kwargs, chunk=self.chunk)
         return func(*args, **kwargs)
 
 
 def chunked_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                       enable_gqa=False, *, chunk: int = 1024):
-    """`F.scaled_dot_product_attention` on (B, heads, N, D) whose JVP needs O(chunk^2) extra memory, not O(N^2)."""
+    """`scaled_dot_product_attention` on (B, heads, N, D) whose JVP needs O(chunk^2) extra memory, not O(N^2)."""
     if attn_mask is not None or dropout_p or is_causal or enable_gqa:
         raise ValueError("chunked_attention supports plain attention only (no mask, dropout, causal, gqa)")
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
@@ -142,7 +142,7 @@ class _ChunkedJvpAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(query, key, value, scale, chunk):
-        return F.scaled_dot_product_attention(query, key, value, scale=scale)
+        return nnf.scaled_dot_product_attention(query, key, value, scale=scale)
 
     @staticmethod
     def setup_context(ctx, inputs, output):

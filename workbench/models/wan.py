@@ -48,19 +48,25 @@ POSITION_CHANNELS = 3
 
 
 @dataclass
-class Cond:
+class Conditioning:
     """Everything the velocity field is conditioned on, already encoded."""
     first_BCTHW: torch.Tensor        # latents of [first frame, zeros...], the clip's latent shape
     mask_BMTHW: torch.Tensor         # 1 on the first latent frame, 0 elsewhere
     text_BLD: torch.Tensor           # text tokens (zero-padded)
     image_BND: torch.Tensor | None = None  # CLIP image tokens (Wan scale) or None
 
-    def select(self, idx) -> "Cond":
-        return Cond(self.first_BCTHW[idx], self.mask_BMTHW[idx], self.text_BLD[idx],
+    def select(self, idx) -> "Conditioning":
+        return Conditioning(self.first_BCTHW[idx], self.mask_BMTHW[idx], self.text_BLD[idx],
                     None if self.image_BND is None else self.image_BND[idx])
 
-    def with_text(self, text_BLD: torch.Tensor) -> "Cond":
-        return Cond(self.first_BCTHW, self.mask_BMTHW, text_BLD, self.image_BND)
+    def with_text(self, text_BLD: torch.Tensor) -> "Conditioning":
+        return Conditioning(self.first_BCTHW, self.mask_BMTHW, text_BLD, self.image_BND)
+
+    def stacked(self, other: "Conditioning") -> "Conditioning":
+        """This batch, then `other`'s, on the batch axis (one forward for both branches of guidance)."""
+        cat = lambda a, b: None if a is None else torch.cat([a, b])  # noqa: E731
+        return Conditioning(cat(self.first_BCTHW, other.first_BCTHW), cat(self.mask_BMTHW, other.mask_BMTHW),
+                    cat(self.text_BLD, other.text_BLD), cat(self.image_BND, other.image_BND))
 
 
 def build_transformer(preset: str, transformer_path: str = "", weights: str = "") -> WanTransformer3DModel:
@@ -112,7 +118,7 @@ class FlowNet(torch.nn.Module):
         """Wan's timestep: 1000 t as a float tensor (so a tangent on t flows through the time embedding)."""
         return (1000.0 * t_B).to(self.transformer.patch_embedding.weight.dtype)
 
-    def wan_inputs(self, x_t_BCTHW: torch.Tensor, cond: Cond):
+    def wan_inputs(self, x_t_BCTHW: torch.Tensor, cond: Conditioning):
         """(cat([x_t, mask, first(, positions)]) on channels, text tokens, image tokens or None) in the weights' dtype."""
         dtype = self.transformer.patch_embedding.weight.dtype
         parts = [x_t_BCTHW, cond.mask_BMTHW.to(x_t_BCTHW), cond.first_BCTHW.to(x_t_BCTHW)]
@@ -132,7 +138,7 @@ class FlowNet(torch.nn.Module):
         out = out_BCTHW.to(x_t_BCTHW.dtype)
         return velocity_from_x0(x_t_BCTHW, out, t_B) if self.prediction == "x0" else out
 
-    def forward(self, x_t_BCTHW: torch.Tensor, t_B: torch.Tensor, cond: Cond) -> torch.Tensor:
+    def forward(self, x_t_BCTHW: torch.Tensor, t_B: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         inp, text, image = self.wan_inputs(x_t_BCTHW, cond)
         out = self.transformer(inp, self.wan_timestep(t_B), text, encoder_hidden_states_image=image, return_dict=False)[0]
         return self.velocity(out, x_t_BCTHW, t_B)

@@ -1,3 +1,3 @@
-from workbench.train.loop import NonFiniteLossError, train
+from workbench.train.loop import NonFiniteLossError, steps_on_batch, train
 
-__all__ = ["NonFiniteLossError", "train"]
+__all__ = ["NonFiniteLossError", "steps_on_batch", "train"]

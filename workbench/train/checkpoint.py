@@ -1,7 +1,8 @@
 """Checkpoints: safetensors + JSON in a folder written under a temporary name and renamed when complete.
 
-    checkpoints/step-000500/  model.safetensors  ema.safetensors  optim-<name>.safetensors  state.json
-                              module-<name>.safetensors (a method's own trained networks, e.g. the discriminator)
+    checkpoints/step-000500/  <role>.safetensors  <role>-ema.safetensors  optim-<role>.safetensors
+                              state-<name>.safetensors (a method's own state, e.g. CCD's target network)
+                              rng.safetensors  state.json (step, the exported role, optimizer and schedule state)
 A folder named step-* is complete by construction; `.tmp-*` folders are leftovers of a killed run.
 A complete folder can still be unreadable later (a disk error, a hand edit): `load_checkpoint` reads and
 checks every file before it changes anything, so the caller can fall back to an older checkpoint.
@@ -38,26 +39,31 @@ def _unflat_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(root: Path, step: int, model: torch.nn.Module, ema: torch.nn.Module,
-                    optimizers: dict, schedulers: dict, extra: dict, keep: int = 2,
-                    modules: dict | None = None) -> Path:
+def weights_module(net: torch.nn.Module) -> torch.nn.Module:
+    """What a checkpoint holds of a network: a FlowNet's transformer (a diffusers module, loadable alone)."""
+    return getattr(net, "transformer", net)
+
+
+def save_checkpoint(root: Path, step: int, roles: dict, state: dict, extra: dict, keep: int = 2) -> Path:
+    """`roles`: {name: (net, ema or None, optimizer, scheduler, exported)}; `state`: the method's {name: module}."""
     root = Path(root)
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-    save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, tmp / "ema.safetensors")
-    for name, module in (modules or {}).items():
-        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, tmp / f"module-{name}.safetensors")
     meta = {}
-    for name, opt in optimizers.items():
+    for name, (net, ema, opt, sched, exported) in roles.items():
+        save_file(_tensors(weights_module(net)), tmp / f"{name}.safetensors")
+        if ema is not None:
+            save_file(_tensors(weights_module(ema)), tmp / f"{name}-ema.safetensors")
         tensors, m = _flat_optimizer(opt.state_dict())
         save_file(tensors, tmp / f"optim-{name}.safetensors")
-        meta[name] = {"optimizer": m, "scheduler": schedulers[name].state_dict()}
-    rng = torch.get_rng_state()
-    save_file({"torch": rng}, tmp / "rng.safetensors")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "optimizers": meta, **extra}, indent=1))
+        meta[name] = {"optimizer": m, "scheduler": sched.state_dict(), "ema": ema is not None}
+    for name, module in state.items():
+        save_file(_tensors(weights_module(module)), tmp / f"state-{name}.safetensors")
+    save_file({"torch": torch.get_rng_state()}, tmp / "rng.safetensors")
+    export = next(name for name, r in roles.items() if r[4])
+    (tmp / "state.json").write_text(json.dumps({"step": step, "export": export, "roles": meta, **extra}, indent=1))
     for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
@@ -66,6 +72,10 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module, ema: torch.nn
     os.replace(tmp, final)
     prune_checkpoints(root, keep)  # only after the new one is complete
     return final
+
+
+def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.contiguous() for k, v in module.state_dict().items()}
 
 
 def prune_checkpoints(root: Path, keep: int) -> None:
@@ -83,24 +93,27 @@ class CheckpointError(ValueError):
     """A complete checkpoint folder whose files cannot be read or do not fit the run."""
 
 
-def load_checkpoint(path: Path, model, ema, optimizers: dict, schedulers: dict, modules: dict | None = None) -> dict:
-    """Restore a run's state from `path`; raises CheckpointError, having changed nothing, if any file is bad."""
+def load_checkpoint(path: Path, roles: dict, state: dict) -> dict:
+    """Restore what `save_checkpoint` wrote into the same structures; raises CheckpointError, having changed
+    nothing, if any file is missing, unreadable or misfits."""
     path = Path(path)
     try:
-        state = json.loads((path / "state.json").read_text())
-        nets = {"model": model, "ema": ema, **{f"module-{n}": m for n, m in (modules or {}).items()}}
-        weights = {name: read_weights(path / f"{name}.safetensors") for name in nets}
-        for name, net in nets.items():
-            check_fits(net, weights[name], str(path / f"{name}.safetensors"))
+        saved = json.loads((path / "state.json").read_text())
+        modules = {name: weights_module(net) for name, (net, *_rest) in roles.items()}
+        modules.update({f"{name}-ema": weights_module(r[1]) for name, r in roles.items() if r[1] is not None})
+        modules.update({f"state-{name}": weights_module(m) for name, m in state.items()})
+        weights = {name: read_weights(path / f"{name}.safetensors") for name in modules}
+        for name, module in modules.items():
+            check_fits(module, weights[name], str(path / f"{name}.safetensors"))
         optim = {name: _unflat_optimizer(read_weights(path / f"optim-{name}.safetensors"),
-                                         state["optimizers"][name]["optimizer"]) for name in optimizers}
+                                         saved["roles"][name]["optimizer"]) for name in roles}
         rng = read_weights(path / "rng.safetensors")["torch"]
     except (OSError, ValueError, KeyError, WeightsError) as e:  # JSONDecodeError and WeightsError are ValueErrors
         raise CheckpointError(f"{path}: unreadable checkpoint ({e})") from None
-    for name, net in nets.items():
-        net.load_state_dict(weights[name])
-    for name, opt in optimizers.items():
+    for name, module in modules.items():
+        module.load_state_dict(weights[name])
+    for name, (_, _, opt, sched, _) in roles.items():
         opt.load_state_dict(optim[name])
-        schedulers[name].load_state_dict(state["optimizers"][name]["scheduler"])
+        sched.load_state_dict(saved["roles"][name]["scheduler"])
     torch.set_rng_state(rng)
-    return state
+    return saved

@@ -1,8 +1,11 @@
-"""The only training loop. It knows no method by name: `build_method` supplies losses per optimizer.
+"""The only training loop. It knows roles, never a method by name (methods/base.py says what a method is).
 
-Exact resume: the batch of step s and the step's random generator are pure functions of (seed, s),
-and a checkpoint holds model, EMA, optimizers, schedulers and the global RNG, so a run killed at any
-point and resumed from its last checkpoint ends bitwise equal to an uninterrupted run (on CPU).
+Each step: the roles due (Role.every / when), their losses from `method.losses`, then each due role's update in
+declared order (zero_grad, backward, clip, AdamW, LR schedule in its own updates, EMA), then the method's
+`after_update`. Roles not due have requires_grad off, so no graph is built through them.
+Exact resume: the batch of step s and the step's random generator are pure functions of (seed, s), and a
+checkpoint holds every role's weights, optimizer, schedule and EMA, the method's state and the global RNG, so a
+run killed at any point and resumed from its last checkpoint ends bitwise equal to an uninterrupted run (on CPU).
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +26,12 @@ from tqdm.auto import tqdm
 
 from workbench.config import Config, ConfigError, load_config, to_dict
 from workbench.data import build_dataset, collate
-from workbench.methods import build_method
+from workbench.generate import Model, sample_sheet
+from workbench.methods import Role, TrainStep, build_method
 from workbench.models import build_backbone
+from workbench.models.ema import ema_update, frozen_copy
 from workbench.train.checkpoint import (CheckpointError, complete_checkpoints, load_checkpoint, prune_checkpoints,
                                        save_checkpoint)
-from workbench.train.ema import EMA
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -66,16 +71,87 @@ class StepBatchSampler(torch.utils.data.Sampler):
             yield idx[self.lo:self.hi]
 
 
-def lr_lambda(cfg, step: int) -> float:
-    tc = cfg.train
-    if step < tc.warmup_steps:
-        return (step + 1) / tc.warmup_steps
+def lr_lambda(tc, updates: int, total: int) -> float:
+    """The LR factor after `updates` of a role's own updates, out of the `total` it makes in the run."""
+    if updates < tc.warmup_steps:
+        return (updates + 1) / tc.warmup_steps
     if tc.schedule == "constant":
         return 1.0
     if tc.schedule == "cosine":
-        p = (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps)
+        p = (updates - tc.warmup_steps) / max(1, total - tc.warmup_steps)
         return tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
     raise ValueError(f"train.schedule: expected 'constant' or 'cosine', got {tc.schedule!r}")
+
+
+@dataclass
+class Trained:
+    """The loop's side of a role: its prepared network, optimizer, LR schedule (in its own updates) and EMA."""
+    role: Role
+    net: torch.nn.Module                      # as prepared by accelerate (role.net is the unwrapped module)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: torch.nn.Module | None
+
+
+def build_trained(roles: dict[str, Role], tc, accelerator) -> dict[str, Trained]:
+    """An AdamW and LR schedule per role (its settings over train's), every role prepared by accelerate."""
+    out = {}
+    for name, role in roles.items():
+        total = sum(role.due(s) for s in range(tc.steps))
+        opt = torch.optim.AdamW(role.params, lr=tc.lr if role.lr is None else role.lr,
+                                betas=role.betas or tc.betas,
+                                weight_decay=tc.weight_decay if role.weight_decay is None else role.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda u, total=total: lr_lambda(tc, u, total))
+        ema = frozen_copy(role.net) if role.ema is not None else None
+        out[name] = Trained(role, role.net, opt, sched, ema)
+    prepared = accelerator.prepare(*[t.net for t in out.values()], *[t.optimizer for t in out.values()])
+    for i, t in enumerate(out.values()):
+        t.net, t.optimizer = prepared[i], prepared[len(out) + i]
+        if t.ema is not None:
+            t.ema.to(accelerator.device)
+    return out
+
+
+def update_roles(method, trained: dict[str, Trained], batch: dict, step: TrainStep, accelerator, tc) -> tuple[dict, dict]:
+    """One step: the due roles' losses, then each due role's update in declared order; (losses, logs)."""
+    for name, t in trained.items():  # no graph through a role that does not update now
+        for p in t.role.params:
+            p.requires_grad_(name in step.due)
+    with accelerator.autocast():
+        res = method.losses(batch, step)
+    if set(res.losses) != set(step.due):
+        raise RuntimeError(f"{type(method).__name__}.losses returned losses for {sorted(res.losses)} at step "
+                           f"{step.index}, but the roles due are {sorted(step.due)}")
+    logs = dict(res.logs)
+    for name, t in trained.items():
+        if name not in step.due:
+            continue
+        t.optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(res.losses[name])
+        clip = tc.grad_clip if t.role.grad_clip is None else t.role.grad_clip
+        if clip > 0:
+            logs[f"grad_norm/{name}"] = accelerator.clip_grad_norm_(t.role.params, clip).item()
+        t.optimizer.step()
+        t.scheduler.step()
+        if t.ema is not None:
+            ema_update(t.ema, t.role.net, t.role.ema)
+    method.after_update(step)
+    return res.losses, logs
+
+
+def steps_on_batch(method, tc, batch: dict, steps: int, generator=None) -> list[dict]:
+    """The loop's update `steps` times on one fixed batch: no data loader, checkpoints or files (tests, notebooks).
+
+    `generator(i)` gives step i's generator (default: the loop's step_generator)."""
+    accelerator = Accelerator(cpu=True)
+    trained = build_trained(method.roles(), tc, accelerator)
+    logs = []
+    for i in range(steps):
+        due = frozenset(name for name, t in trained.items() if t.role.due(i))
+        g = generator(i) if generator else step_generator(tc.seed, i)
+        logs.append(update_roles(method, trained, batch, TrainStep(i, g, {n: t.net for n, t in trained.items()}, due),
+                                 accelerator, tc)[1])
+    return logs
 
 
 def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False, progress: bool = True) -> Path:
@@ -93,78 +169,68 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False, 
         AcceleratorState._reset_state()
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=tc.mixed_precision)
     torch.manual_seed(tc.seed)
-    net, conditioner = build_backbone(cfg.model)
-    method = build_method(cfg, net, conditioner)
-    ema = EMA(net, tc.ema_decay)
-    method.ema = ema.net
-    optimizers = {name: torch.optim.AdamW(params, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
-                  for name, params in method.param_groups().items()}
-    schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(cfg, s))
-                  for name, opt in optimizers.items()}
+    net, encoders = build_backbone(cfg.model)
+    method = build_method(cfg, net, encoders)
+    roles = method.roles()
+    exported = [name for name, r in roles.items() if r.export]
+    if len(exported) != 1:
+        raise ValueError(f"train.method={tc.method}: exactly one role must be exported, got {exported}")
     dataset = build_dataset(cfg.data, "train")
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    start = _resume(ckpts, net.transformer, ema.net.transformer, optimizers, schedulers, method.modules_to_save())
+    rank, world = accelerator.process_index, accelerator.num_processes
+    trained = build_trained(roles, tc, accelerator)
+    for module in method.frozen().values():
+        module.to(accelerator.device)
+    encoders.to(accelerator.device)
+    start = _resume(ckpts, trained, method.state())
     prune_checkpoints(ckpt_root, tc.keep_ckpts)        # a run killed before its pruning left one more
     _truncate_metrics(out / "metrics.jsonl", start)    # rows logged after that checkpoint are logged again
-    rank, world = accelerator.process_index, accelerator.num_processes
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=StepBatchSampler(len(dataset), tc.batch_size, tc.seed, start, tc.steps, rank, world),
         collate_fn=collate, num_workers=tc.num_workers,
         generator=torch.Generator().manual_seed(tc.seed))  # its own seed draw: the global RNG stays untouched
-    net, *opts = accelerator.prepare(net, *optimizers.values())
-    optimizers = dict(zip(optimizers, opts))
-    ema.net.to(accelerator.device)
-    conditioner.to(accelerator.device)
-    method.to(accelerator.device).net = net
+    shown = trained[exported[0]]
+    sampled = Model(shown.ema if shown.ema is not None else shown.role.net, encoders, cfg)
 
     bar = tqdm(total=tc.steps, initial=start, desc=cfg.name, disable=not progress or not accelerator.is_main_process)
     t0 = time.time()
     with open(out / "metrics.jsonl", "a") as metrics:
-        for step, batch in zip(range(start, tc.steps), loader):
+        for index, batch in zip(range(start, tc.steps), loader):
             batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            with accelerator.autocast():
-                res = method.losses(batch, step, step_generator(tc.seed, step, rank))
-            for name, loss in res.losses.items():
+            due = frozenset(name for name, t in trained.items() if t.role.due(index))
+            step = TrainStep(index, step_generator(tc.seed, index, rank), {n: t.net for n, t in trained.items()}, due)
+            losses, logs = update_roles(method, trained, batch, step, accelerator, tc)
+            for name, loss in losses.items():
                 if not torch.isfinite(loss):
                     bar.close()
                     kept = complete_checkpoints(ckpt_root)
                     raise NonFiniteLossError(
-                        f"step {step}: loss '{name}' is {loss.item()}; run stopped, "
+                        f"step {index}: loss '{name}' is {loss.item()}; run stopped, "
                         + (f"last good checkpoint kept: {kept[-1]}" if kept else "no checkpoint had been written"))
-            grad_norms = {}
-            for name, loss in res.losses.items():
-                opt = optimizers[name]
-                opt.zero_grad(set_to_none=True)
-                accelerator.backward(loss)
-                params = [p for g in opt.param_groups for p in g["params"]]
-                if world > 1:
-                    _average_grads_outside(net, params)
-                if tc.grad_clip > 0:
-                    grad_norms[f"grad_norm/{name}"] = accelerator.clip_grad_norm_(params, tc.grad_clip).item()
-                opt.step()
-                schedulers[name].step()
-            ema.update(accelerator.unwrap_model(net))
-            done = step + 1
+            done = index + 1
             bar.update(1)
             if done % tc.log_every == 0 or done == tc.steps:
-                row = {"step": done, **res.logs, **grad_norms, "lr": schedulers[next(iter(schedulers))].get_last_lr()[0],
+                lrs = {f"lr/{n}": t.scheduler.get_last_lr()[0] for n, t in trained.items()}
+                row = {"step": done, **logs, "lr": next(iter(lrs.values())), **(lrs if len(lrs) > 1 else {}),
                        "elapsed_s": round(time.time() - t0, 3)}
                 metrics.write(json.dumps(row) + "\n")
                 metrics.flush()
-                bar.set_postfix({k: f"{v:.4g}" for k, v in res.logs.items()})
+                bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if not k.startswith("grad_norm")})
             # The step's outputs first, its checkpoint last: a run killed in between redoes the step on resume.
             if accelerator.is_main_process and (done == tc.steps or (tc.sample_every and done % tc.sample_every == 0)):
-                from workbench.generate import sample_sheet
-                sample_sheet(ema.net, conditioner, cfg, out / "samples" / f"step-{done:06d}.png")
+                sample_sheet(sampled, out / "samples" / f"step-{done:06d}.png")
             if accelerator.is_main_process and (done % tc.ckpt_every == 0 or done == tc.steps):
-                save_checkpoint(ckpt_root, done, accelerator.unwrap_model(net).transformer, ema.net.transformer,
-                                optimizers, schedulers, {"name": cfg.name}, keep=tc.keep_ckpts,
-                                modules=method.modules_to_save())
+                save_checkpoint(ckpt_root, done, _role_files(trained), method.state(), {"name": cfg.name},
+                                keep=tc.keep_ckpts)
     bar.close()
     accelerator.wait_for_everyone()
     return out
+
+
+def _role_files(trained: dict[str, Trained]) -> dict:
+    return {name: (t.role.net, t.ema, t.optimizer, t.scheduler, t.role.export) for name, t in trained.items()}
 
 
 # Keys a resumed run may change: they decide what is logged, kept or drawn, not what is trained.
@@ -194,12 +260,12 @@ def _flat(d: dict, prefix: str = "") -> dict:
             for k2, v2 in (_flat(v, f"{prefix}{k}.").items() if isinstance(v, dict) else [(f"{prefix}{k}", v)])}
 
 
-def _resume(ckpts: list[Path], model, ema, optimizers: dict, schedulers: dict, modules: dict) -> int:
+def _resume(ckpts: list[Path], trained: dict[str, Trained], state: dict) -> int:
     """Load the newest readable checkpoint (step 0 if there is none); newer unreadable ones are set aside."""
     errors = []
     for ckpt in reversed(ckpts):
         try:
-            step = load_checkpoint(ckpt, model, ema, optimizers, schedulers, modules)["step"]
+            step = load_checkpoint(ckpt, _role_files(trained), state)["step"]
         except CheckpointError as e:
             errors.append((ckpt, e))
             continue
@@ -211,14 +277,6 @@ def _resume(ckpts: list[Path], model, ema, optimizers: dict, schedulers: dict, m
     if errors:
         raise errors[0][1]
     return 0
-
-
-def _average_grads_outside(ddp_net, params) -> None:
-    """DDP averages the prepared net's gradients; average a method's own networks' (a discriminator) here."""
-    inside = {id(p) for p in ddp_net.parameters()}
-    for p in params:
-        if id(p) not in inside and p.grad is not None:
-            torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.AVG)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch.nn import functional as nnf
 from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -70,11 +70,11 @@ class ToyFVDNet(nn.Module):
         target = (self.frames, self.size, self.size)
         if tuple(video_BCTHW.shape[2:]) == target:
             return video_BCTHW.float()
-        return F.interpolate(video_BCTHW.float(), size=target, mode="trilinear", align_corners=False)
+        return nnf.interpolate(video_BCTHW.float(), size=target, mode="trilinear", align_corners=False)
 
     def frame_maps(self, frames_N3HW: torch.Tensor) -> torch.Tensor:
         if tuple(frames_N3HW.shape[-2:]) != (self.size, self.size):
-            frames_N3HW = F.interpolate(frames_N3HW.float(), size=(self.size, self.size), mode="bilinear",
+            frames_N3HW = nnf.interpolate(frames_N3HW.float(), size=(self.size, self.size), mode="bilinear",
                                         align_corners=False)
         return self.trunk(frames_N3HW.float())                                     # N, w2, 6, 6
 
@@ -145,10 +145,10 @@ def toy_batch(seeds: list[int], spec: ToySpec = FEATURE_SPEC) -> tuple[torch.Ten
 
 def _losses(out: dict, y: dict) -> tuple[torch.Tensor, dict]:
     T = out["subject"].shape[1]
-    logs = {k: F.cross_entropy(out[k], y[k]) for k in ("shape", "colour", "direction", "speed")}
+    logs = {k: nnf.cross_entropy(out[k], y[k]) for k in ("shape", "colour", "direction", "speed")}
     for k in ("shape", "colour"):
-        logs[f"frame_{k}"] = F.cross_entropy(out[f"frame_{k}"], y[k].repeat_interleave(T))
-    logs["background"] = F.mse_loss(out["background"], y["background"][:, None].expand_as(out["background"])) * 10
+        logs[f"frame_{k}"] = nnf.cross_entropy(out[f"frame_{k}"], y[k].repeat_interleave(T))
+    logs["background"] = nnf.mse_loss(out["background"], y["background"][:, None].expand_as(out["background"])) * 10
     return sum(logs.values()), logs
 
 
@@ -243,7 +243,7 @@ class Dinov2FrameFeatures(FrameFeatures):
 
     @torch.no_grad()
     def __call__(self, frames_N3HW: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(frames_N3HW.float(), size=(224, 224), mode="bicubic", align_corners=False)
+        x = nnf.interpolate(frames_N3HW.float(), size=(224, 224), mode="bicubic", align_corners=False)
         mean = torch.tensor(self.MEAN).view(1, 3, 1, 1)
         std = torch.tensor(self.STD).view(1, 3, 1, 1)
         x = (((x.clamp(-1, 1) + 1) / 2 - mean) / std).to(self.device, self.dtype)

@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from torch.nn import functional as nnf
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import Dinov2Config, Dinov2Model
@@ -40,7 +40,7 @@ def preprocess(frames_N3HW: torch.Tensor, image_size: int) -> torch.Tensor:
     """Frames in [-1, 1] -> ImageNet-normalised pixel values (N, 3, image_size, image_size); differentiable."""
     x_N3HW = (frames_N3HW.float().clamp(-1, 1) + 1) / 2                           # [0, 1]
     if tuple(x_N3HW.shape[-2:]) != (image_size, image_size):
-        x_N3HW = F.interpolate(x_N3HW, size=(image_size, image_size), mode="bicubic", align_corners=False,
+        x_N3HW = nnf.interpolate(x_N3HW, size=(image_size, image_size), mode="bicubic", align_corners=False,
                                antialias=True)
     mean = x_N3HW.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = x_N3HW.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -103,10 +103,10 @@ class _Heads(nn.Module):
 
 
 def _losses(pred: dict, frames_N3HW: torch.Tensor, y: dict, patch: int) -> tuple[torch.Tensor, dict]:
-    logs = {"mask": F.binary_cross_entropy_with_logits(pred["mask"], _patches(y["mask"], patch)),
-            "rgb": F.mse_loss(pred["rgb"], _patches(frames_N3HW, patch).unflatten(2, (3, -1)).mean(-1)) * 10,
-            "shape": F.cross_entropy(pred["shape"], y["shape"]),
-            "colour": F.cross_entropy(pred["colour"], y["colour"])}
+    logs = {"mask": nnf.binary_cross_entropy_with_logits(pred["mask"], _patches(y["mask"], patch)),
+            "rgb": nnf.mse_loss(pred["rgb"], _patches(frames_N3HW, patch).unflatten(2, (3, -1)).mean(-1)) * 10,
+            "shape": nnf.cross_entropy(pred["shape"], y["shape"]),
+            "colour": nnf.cross_entropy(pred["colour"], y["colour"])}
     return sum(logs.values()), logs
 
 

@@ -1,0 +1,18 @@
+"""Exponential moving average of a network: theta^- <- mu theta^- + (1 - mu) theta (Algorithm 1 line 11)."""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+
+def frozen_copy(net: torch.nn.Module) -> torch.nn.Module:
+    """A copy that trains nothing: the start of an EMA, a target or a teacher."""
+    return copy.deepcopy(net).requires_grad_(False).eval()
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None:
+    """ema <- decay ema + (1 - decay) net, parameter by parameter (a DDP wrapper has the same parameters)."""
+    for ema_p, p in zip(ema.parameters(), net.parameters()):
+        ema_p.lerp_(p.detach(), 1.0 - decay)

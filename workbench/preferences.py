@@ -1,0 +1,75 @@
+"""Build the synthetic preference dataset of trajectory alignment (TA): {caption, first frame, x0^w, x0^l}.
+
+For each train clip (its caption and first frame) and a noise seed, the aligned model samples the same
+noise with `win_steps` (winner) and `lose_steps` (loser) steps ("Trajectory Alignment": 8 vs 4 in round 1,
+4 vs 2 in round 2). Ablation (Figure 6, blue line): `winners="real"` takes the real clip instead.
+Stored as latents (what DPO trains on) in safetensors shards plus pairs.json, written to a temporary
+folder and renamed when complete, so a killed build is never read (data/preferences.py reads it).
+
+    folder/  pairs.json  pairs-00000.safetensors (winner B,C,T,H,W; loser; first B,3,H,W) ...
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from workbench.data import build_dataset, collate
+from workbench.generate import generate_latents
+from workbench.runs import load_model
+
+
+def build_preferences(model: str | Path, out: str | Path, num_pairs: int, win_steps: int = 8, lose_steps: int = 4,
+                      winners: str = "sampled", seed: int = 0, batch_size: int = 32, shard_size: int = 256,
+                      overrides=(), progress: bool = True) -> Path:
+    """Sample `num_pairs` preference pairs from the model at `model` (run, checkpoint or model folder)."""
+    if winners not in ("sampled", "real"):
+        raise ValueError(f"winners: expected 'sampled' or 'real', got {winners!r}")
+    out = Path(out)
+    if (out / "pairs.json").is_file():
+        raise FileExistsError(f"{out}: already holds a preference dataset")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"--out {out}: exists and is not an empty folder; choose a new one")
+    m = load_model(model, overrides)
+    cfg = m.config
+    source = build_dataset(dataclasses.replace(cfg.data, preferences=""), "train")  # the clips, not earlier pairs
+    if num_pairs > len(source):
+        raise ValueError(f"num_pairs={num_pairs} exceeds the {len(source)} train clips")
+    tmp = out.with_name(f".tmp-{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    items, shard, n_shards = [], {"winner": [], "loser": [], "first": []}, 0
+
+    def flush():
+        nonlocal shard, n_shards
+        if shard["winner"]:
+            save_file({k: torch.cat(v).contiguous() for k, v in shard.items()}, tmp / f"pairs-{n_shards:05d}.safetensors")
+            n_shards += 1
+            shard = {"winner": [], "loser": [], "first": []}
+
+    sample = lambda b, steps: generate_latents(m, b, steps, seed).cpu()  # noqa: E731
+    for start in tqdm(range(0, num_pairs, batch_size), desc="preference pairs", disable=not progress):
+        idx = list(range(start, min(start + batch_size, num_pairs)))
+        batch = collate([source[i] for i in idx])
+        batch["seed"] = idx                                               # the noise of pair i: (seed, i)
+        loser = sample(batch, lose_steps)
+        with torch.no_grad():
+            winner = m.encoders.encode_video(batch["video"]).cpu() if winners == "real" else sample(batch, win_steps)
+        for k, v in (("winner", winner), ("loser", loser), ("first", batch["video"][:, :, 0])):
+            shard[k].append(v.float())
+        items += [{"caption": c, "clip": i, "shard": n_shards} for c, i in zip(batch["caption"], idx)]
+        if sum(len(w) for w in shard["winner"]) >= shard_size:
+            flush()
+    flush()
+    meta = {"model": str(model), "num_pairs": num_pairs, "win_steps": win_steps, "lose_steps": lose_steps,
+            "winners": winners, "seed": seed, "frames": int(source[0]["video"].shape[1]), "shards": n_shards}
+    (tmp / "pairs.json").write_text(json.dumps({"meta": meta, "items": items}, indent=0))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
