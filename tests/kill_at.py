@@ -1,6 +1,6 @@
 """Run `python -m workbench ARGS` and SIGKILL it at an exact point of its N-th call of a checkpoint function.
 
-    python tests/kill_at.py POINT N ARGS...
+    python tests/kill_at.py POINT N ARGS...      (POINT "none": no kill; the test method `two_roles` is registered)
 
 POINT: before-checkpoint (the N-th save_checkpoint is called; nothing of it written), mid-checkpoint (the
 N-th safetensors file of the run's checkpoints is written, the folder still .tmp-*), before-prune (the N-th
@@ -10,16 +10,23 @@ has returned).
 import os
 import signal
 import sys
+from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1])]  # this checkout's workbench, whatever pip installed
 
 import workbench.train.checkpoint as checkpoint
 import workbench.train.loop as loop
 from workbench.__main__ import main
+
+import two_roles  # noqa: F401,E402  registers the test method `two_roles`
 
 POINTS = {"before-checkpoint": (loop, "save_checkpoint", True), "mid-checkpoint": (checkpoint, "save_file", False),
           "before-prune": (checkpoint, "prune_checkpoints", True), "after-checkpoint": (loop, "save_checkpoint", False)}
 
 
 def kill_at(point: str, n: int) -> None:
+    if point == "none":
+        return
     module, name, before = POINTS[point]
     real, calls = getattr(module, name), [0]
 

@@ -2,8 +2,10 @@
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from workbench.data.io import read_frames
 
@@ -69,3 +71,42 @@ def test_exported_model_folder_samples_like_the_run(micro_run, tmp_path):
     batch = test_batch(m32.config, 2)
     a, b = generate(m32, batch, 2), generate(m16, batch, 2)
     assert (a - b).abs().max() < 2e-2  # fp16 storage of the same EMA weights
+
+
+def test_a_model_saved_with_a_sampler_is_sampled_with_it_by_sample_and_eval(tmp_path, root):
+    """sample.sampler in the run's config reaches `sample` and `eval` without a flag."""
+    from PIL import Image
+
+    from workbench.data.io import contact_sheet
+    from workbench.data.synthetic import to_uint8
+    from workbench.generate import clip_noise, generate, test_batch
+    from workbench.runs import load_model
+    from workbench.sampling import consistency, schedule
+    run = tmp_path / "run"
+    cli = lambda *a: subprocess.run([sys.executable, "-m", "workbench", *map(str, a)], cwd=root,  # noqa: E731
+                                    capture_output=True, text=True)
+    r = cli("train", "experiments/micro/teacher.yaml", "--out", run, "--set", "train.steps=4",
+            "--set", "sample.sampler=consistency")
+    assert r.returncode == 0, r.stderr[-2000:]
+    model = load_model(run)
+    assert model.sampler == "consistency"
+    batch = test_batch(model.config, 3)
+    x0, cond = model.encoders.prepare(batch["video"], batch["caption"])
+    by_hand = consistency(model.net, clip_noise(batch["seed"], tuple(x0.shape[1:]), 1), cond, schedule(2),
+                          noise_sampler=lambda i: clip_noise(batch["seed"], tuple(x0.shape[1:]), 1, draw=i + 1))
+    ours = generate(model, batch, 2, seed=1)
+    torch.testing.assert_close(ours, model.encoders.decode(by_hand))
+    euler_model = load_model(run, ["sample.sampler=euler"])
+    assert not generate(euler_model, batch, 2, seed=1).equal(ours)
+
+    assert cli("sample", run, "--steps", "2", "--num", "3", "--seed", "1", "--out", tmp_path / "s").returncode == 0
+    sheet = np.asarray(Image.open(tmp_path / "s" / "contact_sheet.png"))
+    want = np.asarray(contact_sheet([to_uint8(v) for v in ours], ["0", "1", "2"]))
+    assert np.array_equal(sheet, want)
+
+    evals = {}
+    for name, extra in (("saved", []), ("euler", ["--set", "sample.sampler=euler"])):
+        r = cli("eval", run, "--steps", "2", "--num", "2", "--seeds", "1", "--cache", "", "--out", tmp_path / name, *extra)
+        assert r.returncode == 0, r.stderr[-2000:]
+        evals[name] = pd.read_csv(tmp_path / name / "results.csv")
+    assert evals["saved"]["psnr"].iloc[0] != evals["euler"]["psnr"].iloc[0]

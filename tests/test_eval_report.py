@@ -55,7 +55,7 @@ def test_second_run_reads_cached_samples_and_reference(evaluated, monkeypatch):
 
 
 def test_figures_from_the_summary(evaluated):
-    from workbench.eval.report import summarise
+    from workbench.eval.tables import summarise
     from workbench.plots import ablation_table, method_bars, metric_vs_steps
     _, _, df = evaluated
     summary = summarise(df)

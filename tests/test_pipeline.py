@@ -9,7 +9,8 @@ import torch
 from workbench.__main__ import main
 from workbench.config import ConfigError
 from workbench.data.preferences import PreferenceDataset
-from workbench.generate import generate_latents, test_batch
+from workbench.generate import generate_latents
+from workbench.generate import test_batch as make_test_batch
 from workbench.pipeline import load_pipeline, run_pipeline
 from workbench.preferences import build_preferences
 from workbench.runs import load_model
@@ -52,7 +53,7 @@ def test_exported_ta_model_equals_its_checkpoint_with_lora(pipeline_run):
     """model.safetensors (LoRA merged) samples what the run's last checkpoint (base + LoRA) samples."""
     merged, ckpt = load_model(pipeline_run / "ta1" / "model"), load_model(pipeline_run / "ta1")
     assert merged.config.model.lora.rank == 0 and ckpt.config.model.lora.rank == 0  # merged on loading, too
-    batch = test_batch(merged.config, 2)
+    batch = make_test_batch(merged.config, 2)
     a, b = (generate_latents(m, batch, 2) for m in (merged, ckpt))
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 

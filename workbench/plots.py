@@ -10,6 +10,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 from PIL import Image
 
+from workbench.eval.tables import display
+
 
 def read_metrics(run: str | Path) -> pd.DataFrame:
     """A run's metrics.jsonl as a DataFrame (one row per logged step)."""
@@ -41,7 +43,6 @@ def image_figure(png: str | Path, title: str = "") -> go.Figure:
 
 
 def _label(metric: str) -> str:
-    from workbench.eval.report import display
     return display(metric)
 
 

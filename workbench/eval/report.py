@@ -31,18 +31,9 @@ from workbench.eval.oracle import clip_metrics
 from workbench.eval.vbench import VBenchNets, quality_groups, run_vbench, vbench_available, vbench_clips
 from workbench.generate import generate, sample_sheet, test_batch
 from workbench.models.weights import tensor_names
+from workbench.eval.tables import report_markdown, summarise
 from workbench.plots import metric_vs_steps
 from workbench.runs import load_model, resolve_weights
-
-METRIC_ORDER = ["colour_mass", "solid", "shape_iou", "count_ok", "path_accel", "first_frame_mae",
-                "direction_agree", "speed_agree", "sharpness"]          # the oracle's columns
-TABLE1 = ["sec_per_clip", "fvd", "temporal_quality", "frame_quality", "i2v_subject", "i2v_background", "psnr", "ssim"]
-DIMENSIONS = ["subject_consistency", "background_consistency", "temporal_flickering", "motion_smoothness",
-              "dynamic_degree", "aesthetic_quality", "imaging_quality"]
-NAMES = {"sec_per_clip": "s/clip", "fvd": "FVD", "psnr": "PSNR", "ssim": "SSIM", "i2v_subject": "I2V Subject",
-         "i2v_background": "I2V Background"}
-IDS = ["method", "steps", "nfe", "seed", "num"]
-
 
 @dataclass
 class EvalSpec:
@@ -52,12 +43,6 @@ class EvalSpec:
     cache: str = "runs/eval-cache"  # reference features and sample sets, relative to the repository ("" = off)
     max_cached_mb: int = 256        # sample sets larger than this are not cached
     device: str = "cpu"
-
-
-def display(key: str) -> str:
-    """Column title: 'temporal_quality_proxy' -> 'Temporal Quality (proxy)'."""
-    base, proxy = (key[:-6], " (proxy)") if key.endswith("_proxy") else (key, "")
-    return NAMES.get(base, base.replace("_", " ").title() if base in TABLE1 else base.replace("_", " ")) + proxy
 
 
 def _key(obj) -> str:
@@ -231,59 +216,3 @@ def evaluate(checkpoints: list[str], steps_list: list[int], num: int, seeds: lis
     (out / "table.md").write_text(report_markdown(df, reference))
     metric_vs_steps(summarise(df), "fvd").write_html(out / "fvd_vs_steps.html", include_plotlyjs="cdn")
     return df
-
-
-def metric_columns(df: pd.DataFrame) -> list[str]:
-    """Numeric metric columns in table order: Table 1, VBench dimensions, oracle, anything else."""
-    order = [*TABLE1, *DIMENSIONS, *METRIC_ORDER]
-    rank = {k: i for i, k in enumerate(order)}
-    cols = [c for c in df.columns if c not in IDS and pd.api.types.is_numeric_dtype(df[c])]
-    return sorted(cols, key=lambda c: (rank.get(c.removesuffix("_proxy"), len(order)), c))
-
-
-def summarise(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean and standard deviation over seeds per (method, steps)."""
-    g = df.groupby(["method", "steps", "nfe"], sort=False)[metric_columns(df)]
-    mean, std = g.mean(), g.std(ddof=1).fillna(0.0)
-    return pd.concat({"mean": mean, "std": std}, axis=1).reset_index()
-
-
-def _fmt(x: float) -> str:
-    if not np.isfinite(x):
-        return "-"
-    return f"{x:.1f}" if abs(x) >= 100 else f"{x:.2f}" if abs(x) >= 10 else f"{x:.3f}"
-
-
-def to_markdown(summary: pd.DataFrame, metrics: list[str] | None = None, reference: pd.DataFrame | None = None) -> str:
-    """A markdown table: method, steps, NFE, then 'mean ± std' per metric (and the real clips' values, if given)."""
-    metrics = metrics or list(summary["mean"].columns)
-    head = "| method | steps | NFE | " + " | ".join(display(m) for m in metrics) + " |\n"
-    head += "|---" * (3 + len(metrics)) + "|\n"
-    lines = []
-    for _, r in summary.iterrows():
-        cells = [f"{_fmt(r[('mean', m)])} ± {_fmt(r[('std', m)])}" if np.isfinite(r[("mean", m)]) else "-"
-                 for m in metrics]
-        lines.append(f"| {r[('method', '')]} | {r[('steps', '')]} | {r[('nfe', '')]} | " + " | ".join(cells) + " |")
-    for _, r in (reference if reference is not None else pd.DataFrame()).iterrows():
-        lines.append(f"| {r['method']} | - | - | " + " | ".join(_fmt(r.get(m, np.nan)) for m in metrics) + " |")
-    return head + "\n".join(lines) + "\n"
-
-
-def report_markdown(df: pd.DataFrame, reference: pd.DataFrame | None = None) -> str:
-    """table.md: the Table 1 layout (with oracle columns), the VBench dimensions, and every metric's variant."""
-    summary = summarise(df)
-    cols = metric_columns(df)
-    main = [c for c in cols if c.removesuffix("_proxy") in TABLE1 + METRIC_ORDER]
-    dims = [c for c in cols if c.removesuffix("_proxy") in DIMENSIONS]
-    seeds = ",".join(str(s) for s in sorted(df["seed"].unique()))
-    text = (f"## Results: mean ± std over seeds {seeds}, {int(df['num'].iloc[0])} test clips each\n\n"
-            + to_markdown(summary, main, reference) + "\n")
-    if dims:
-        text += "## VBench-I2V dimensions\n\n" + to_markdown(summary, dims, reference) + "\n"
-    for col in ("fvd_variant", "vbench", "vbench_features"):
-        if col in df:
-            text += f"- {col}: " + "; ".join(sorted(df[col].astype(str).unique())) + "\n"
-    text += ("- (proxy): a built-in stand-in for a network the toy lacks (AMT, RAFT, LAION aesthetic, MUSIQ); "
-             "definitions in workbench/eval/vbench.py. Oracle columns: workbench/eval/oracle.py. "
-             "PSNR/SSIM: frames 1..T-1 against the real continuation (PSNR capped at 100 dB).\n")
-    return text

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from workbench.eval.report import DIMENSIONS, METRIC_ORDER, TABLE1, metric_columns, report_markdown, summarise, \
+from workbench.eval.tables import DIMENSIONS, METRIC_ORDER, TABLE1, metric_columns, report_markdown, summarise, \
     to_markdown
 
 MARKER = re.compile(r"^<!--\s*(table|include):\s*(\S+)((?:\s+\w+=\S+)*)\s*-->$")
