@@ -20,7 +20,6 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-import workbench
 from workbench.config import to_dict
 from workbench.data.io import write_mp4
 from workbench.data.synthetic import to_tensor, to_uint8
@@ -40,7 +39,7 @@ class EvalSpec:
     fvd_extractor: str = "toy"      # "toy" (experiments/toy/fvd), a toy net .safetensors, or an I3D TorchScript file
     frame_features: str = "toy"     # VBench frame features: "toy" (the toy FVD net) or a local DINOv2 folder
     vbench: str = "auto"            # "auto": the vbench package where it and its weights are installed; "builtin"
-    cache: str = "runs/eval-cache"  # reference features and sample sets, relative to the repository ("" = off)
+    cache: str = "runs/eval-cache"  # reference features and sample sets ("" = off)
     max_cached_mb: int = 256        # sample sets larger than this are not cached
     device: str = "cpu"
 
@@ -95,7 +94,7 @@ class Cache:
     """npz files keyed by a hash of everything their content depends on ('' = no cache)."""
 
     def __init__(self, folder: str):
-        self.root = (workbench.ROOT / folder) if folder else None
+        self.root = Path(folder) if folder else None
 
     def load(self, kind: str, key: str) -> dict | None:
         path = self.root / kind / f"{key}.npz" if self.root else None
