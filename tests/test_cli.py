@@ -110,3 +110,22 @@ def test_a_model_saved_with_a_sampler_is_sampled_with_it_by_sample_and_eval(tmp_
         assert r.returncode == 0, r.stderr[-2000:]
         evals[name] = pd.read_csv(tmp_path / name / "results.csv")
     assert evals["saved"]["psnr"].iloc[0] != evals["euler"]["psnr"].iloc[0]
+
+
+def test_run_api_reads_a_run_folder_without_knowing_its_layout(micro_run, tmp_path, monkeypatch):
+    """workbench.runs.Run: config, metrics, checkpoints, weights, samples, eval tables; paths relative to the
+    caller's working directory."""
+    from workbench.runs import Run, load_model
+    root, run = micro_run
+    monkeypatch.chdir(run.parent)                     # a relative path works from wherever the caller is
+    r = Run(run.name)
+    assert r.config.name == "micro-teacher" and r.config.train.steps == 4
+    assert list(r.metrics["step"]) == [2, 4] and "loss" in r.metrics
+    assert [c.name for c in r.checkpoints] == ["step-000004"]
+    assert r.weights == r.checkpoints[-1] / "model-ema.safetensors"   # the exported role's EMA
+    assert [p.name for p in r.samples] == ["step-000004.png"]
+    model = r.load_model()
+    assert model.source == r.weights and model.sampler == "euler" and not model.net.training
+    assert load_model(run.name).config.model.weights == str(r.weights)
+    with pytest.raises(FileNotFoundError, match="not a run folder"):
+        Run(tmp_path)

@@ -139,13 +139,14 @@ CURVES = {"training_curves": ("loss", "loss_distill", "loss_adv_g", "loss_d", "l
 def write_curves(cfg: PipelineConfig, out: Path, models: dict[str, Path]) -> None:
     """<out>/eval/<figure>.html for each group of CURVES some stage logged; a reused stage contributes the
     curves of the run it was exported from (<run>/model -> <run>/metrics.jsonl)."""
-    from workbench.plots import read_metrics, training_curves
+    from workbench.plots import training_curves
+    from workbench.runs import Run
     runs = {}
     for s in cfg.stages:
         run = out / s.name if (out / s.name / "metrics.jsonl").is_file() else models[s.name].parent
         if (run / "metrics.jsonl").is_file():                         # a shipped model folder's parent has none
             runs[s.name] = run
-    logged = {name: set(read_metrics(run).columns) for name, run in runs.items()}
+    logged = {name: set(Run(run).metrics.columns) for name, run in runs.items()}
     for figure, keys in CURVES.items():
         having = {name: runs[name] for name in runs if logged[name] & set(keys)}
         if having:

@@ -1,7 +1,6 @@
-"""Plotly figures from run folders (metrics.jsonl) and result tables. No computation lives here."""
+"""Plotly figures from run folders (through workbench.runs) and result tables. No computation lives here."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,21 +10,14 @@ import plotly.graph_objects as go
 from PIL import Image
 
 from workbench.eval.tables import display
-
-
-def read_metrics(run: str | Path) -> pd.DataFrame:
-    """A run's metrics.jsonl as a DataFrame (one row per logged step)."""
-    path = Path(run) / "metrics.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no metrics.jsonl (is this a run folder?)")
-    return pd.DataFrame([json.loads(r) for r in path.read_text().splitlines() if r.strip()])
+from workbench.runs import Run
 
 
 def training_curves(runs: dict[str, str | Path], keys: tuple[str, ...] = ("loss",), log_y: bool = True) -> go.Figure:
     """One line per (run, key) against step."""
     frames = []
     for name, run in runs.items():
-        df = read_metrics(run)
+        df = Run(run).metrics
         for key in keys:
             if key in df:
                 frames.append(pd.DataFrame({"step": df["step"], "value": df[key], "curve": f"{name}: {key}"}))

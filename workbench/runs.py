@@ -68,7 +68,8 @@ def load_model(path: str | Path, overrides: list[str] = (), merge_lora_weights: 
 
 
 class Run:
-    """A run folder, read-only: config, metrics, checkpoints, weights, sample sheets and eval tables."""
+    """A run folder (or a model folder, which keeps its run's config and metrics), read-only: config, metrics,
+    checkpoints, weights, sample sheets and eval tables."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -84,10 +85,11 @@ class Run:
 
     @property
     def metrics(self) -> pd.DataFrame:
-        """One row per logged step (metrics.jsonl); empty before the first row."""
+        """One row per logged step (metrics.jsonl)."""
         f = self.path / "metrics.jsonl"
-        rows = [json.loads(r) for r in f.read_text().splitlines() if r.strip()] if f.is_file() else []
-        return pd.DataFrame(rows)
+        if not f.is_file():
+            raise FileNotFoundError(f"{f}: no metrics.jsonl (is this a run folder?)")
+        return pd.DataFrame([json.loads(r) for r in f.read_text().splitlines() if r.strip()])
 
     @property
     def checkpoints(self) -> list[Path]:
