@@ -7,7 +7,7 @@ where there are several) only some of the time, so the continuation of a first f
 (4 directions): exactly what few-step samplers average into faded, blurred or doubled objects.
 By default objects sit on a 4 px grid and move one grid cell per frame, so that the toy backbone's
 4x4 patches see whole object cells: a 2-core CPU then learns solid, coherently moving objects in
-minutes (with free sub-patch positions it did not; see the README).
+minutes (with free sub-patch positions it did not; experiments/toy/RESULTS.md, "Why the grid").
 Every clip carries its ground truth (shape, colour, size, speed, direction, position per frame).
 """
 from __future__ import annotations

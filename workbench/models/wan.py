@@ -42,7 +42,7 @@ PRESETS = {
 
 # Presets whose inputs end with absolute (t, y, x) ramps in [-1, 1]. Wan's attention sees only relative
 # positions (RoPE) and pixel-space toy patches carry no border cue, so without them the toy net cannot tell
-# a token's frame index or the walls an object bounces off (README, "The teacher, investigated").
+# a token's frame index or the walls an object bounces off (RESULTS.md, "The teacher, investigated").
 POSITION_PRESETS = {"toy"}
 POSITION_CHANNELS = 3
 
