@@ -32,20 +32,19 @@ def count(text: str) -> int:
     return value
 
 
-@argtype("comma-separated list of whole numbers >= 1")
-def counts(text: str) -> list[int]:
-    values = [count(x) for x in text.split(",") if x.strip()]
-    if not values:
-        raise ValueError(text)
-    return values
+def int_list(words: str, lowest: int | None = None):
+    """A parser of comma-separated integers (at least one, none below `lowest`), named `words` in errors."""
+    @argtype(words)
+    def parse(text: str) -> list[int]:
+        values = [int(x) for x in text.split(",") if x.strip()]
+        if not values or (lowest is not None and min(values) < lowest):
+            raise ValueError(text)
+        return values
+    return parse
 
 
-@argtype("comma-separated list of integer seeds")
-def seeds(text: str) -> list[int]:
-    values = [int(x) for x in text.split(",") if x.strip()]
-    if not values:
-        raise ValueError(text)
-    return values
+counts = int_list("comma-separated list of whole numbers >= 1", lowest=1)
+seeds = int_list("comma-separated list of integer seeds")
 
 
 def main(argv: list[str] | None = None) -> int:
