@@ -169,9 +169,9 @@ def test_resume_refuses_a_changed_optimizer_and_keeps_the_recorded_config(run, t
     before = snapshot(cut)
     one_line_error(*cli(capsys, "train", MICRO, "--out", cut, "--resume", "--set", "train.steps=8",
                         "--set", "train.ckpt_every=4", "--set", "train.keep_ckpts=5", "--set", "train.lr=5e-4"),
-                   "--resume: train.lr is 0.0005", "0.001", "config.yaml")
+                   "--resume: this config changes what", "train.lr: 0.001 -> 0.0005", "config.yaml")
     one_line_error(*cli(capsys, "train", MICRO, "--out", cut, "--resume", "--set", "train.steps=16"),
-                   "train.steps is 16")
+                   "train.steps: 8 -> 16")
     assert snapshot(cut) == before
 
 

@@ -91,3 +91,23 @@ def test_bad_pipeline_and_preference_input(tmp_path, capsys):
     assert main(["train", "experiments/micro/dpo.yaml", "--set", f"data.preferences={tmp_path}/none",
                  "--out", str(tmp_path / "run")]) == 2
     assert "pairs.json not found" in capsys.readouterr().err
+
+
+def test_a_finished_stage_or_pair_set_made_otherwise_is_refused_not_reused(pipeline_run, capsys):
+    """A stage whose config changed, or cached pairs made from other settings, give one line naming the keys."""
+    from workbench.pipeline import Stage, run_stage
+    from workbench.preferences import cached_preferences
+    stage = Stage(name="ccd", config="experiments/micro/ccd.yaml", set=["train.lr=0.5"])
+    with pytest.raises(ConfigError, match=r"stage ccd: .* was trained with another config \(.*train\.lr: .* -> 0\.5"):
+        run_stage(stage, pipeline_run / "ccd", init=pipeline_run / "teacher" / "model")
+    prefs = pipeline_run / "ta1" / "preferences"
+    meta = json.loads((prefs / "pairs.json").read_text())["meta"]
+    same = cached_preferences(pipeline_run / "ccd_da" / "model", prefs, meta["num_pairs"], meta["win_steps"],
+                              meta["lose_steps"], meta["winners"], meta["seed"])
+    assert same == prefs and "reused" in capsys.readouterr().out
+    with pytest.raises(FileExistsError, match=r"made otherwise \(num_pairs: 8 -> 9\)"):
+        cached_preferences(pipeline_run / "ccd_da" / "model", prefs, 9, meta["win_steps"], meta["lose_steps"])
+    with pytest.raises(FileExistsError, match=r"model: .* -> .*teacher/model.*weights"):
+        cached_preferences(pipeline_run / "teacher" / "model", prefs, meta["num_pairs"], meta["win_steps"],
+                           meta["lose_steps"])
+

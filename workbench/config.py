@@ -307,3 +307,22 @@ def to_dict(cfg) -> dict:
             return {k: plain(v) for k, v in x.items()}
         return x
     return plain(dataclasses.asdict(cfg))
+
+
+# Keys that decide what is logged, kept or drawn, not what is trained: a resumed or reused run may differ in them.
+UNTRAINED_KEYS = {"out", "train.log_every", "train.ckpt_every", "train.keep_ckpts", "train.sample_every",
+                  "train.sample_num", "train.sample_steps", "train.num_workers"}
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+    """{"train": {"lr": 1}} -> {"train.lr": 1}."""
+    return {k2: v2 for k, v in d.items()
+            for k2, v2 in (flat(v, f"{prefix}{k}.").items() if isinstance(v, dict) else [(f"{prefix}{k}", v)])}
+
+
+def trained_changes(saved: Config, new: Config) -> list[str]:
+    """'key: saved -> new' for every key that changes what is trained (all but UNTRAINED_KEYS)."""
+    a, b = flat(to_dict(saved)), flat(to_dict(new))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
+            if k not in UNTRAINED_KEYS and a.get(k) != b.get(k)]
+

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workbench.config import ConfigError, load_config, load_dataclass
+from workbench.config import ConfigError, load_config, load_dataclass, trained_changes
 
 
 @dataclass
@@ -70,7 +70,7 @@ def load_pipeline(path: str | Path, overrides: list[str] = ()) -> PipelineConfig
 
 def run_stage(stage: Stage, run: Path, init: Path | None, teacher: Path | None = None, log=print) -> Path:
     """Train one stage (or reuse/skip it); returns its model folder."""
-    from workbench.preferences import build_preferences
+    from workbench.preferences import cached_preferences
     from workbench.train import train
     from workbench.export import export_model
     from workbench.train.checkpoint import complete_checkpoints
@@ -80,20 +80,23 @@ def run_stage(stage: Stage, run: Path, init: Path | None, teacher: Path | None =
     if not stage.config:
         raise FileNotFoundError(f"stage {stage.name}: {Path(stage.reuse) / 'model.safetensors'} not found and the "
                                 f"stage has no config to train it from")
-    model = run / "model"
-    if (model / "model.safetensors").is_file():
-        log(f"done already: {model}")
-        return model
     overrides = [f"model.weights={init / 'model.safetensors'}"] if init else []
     if teacher:
         overrides.append(f"distill.teacher={teacher / 'model.safetensors'}")
+    prefs = run / "preferences"
     if stage.preferences:
-        p, prefs = stage.preferences, run / "preferences"
-        if not (prefs / "pairs.json").is_file():
-            log(f"building {p.num} preference pairs ({p.win_steps} vs {p.lose_steps} steps) from {init}")
-            build_preferences(init, prefs, p.num, p.win_steps, p.lose_steps, p.winners, p.seed)
         overrides.append(f"data.preferences={prefs}")
     cfg = load_config(stage.config, [*overrides, *stage.set, f"out={run}", f"name={run.name}"])
+    model = run / "model"
+    if (model / "model.safetensors").is_file():
+        if (run / "config.yaml").is_file() and (changes := trained_changes(load_config(run / "config.yaml"), cfg)):
+            raise ConfigError(f"stage {stage.name}: {run} was trained with another config ({'; '.join(changes)}); "
+                              f"delete {run} to retrain it, or run the pipeline with another --out")
+        log(f"done already: {model}")
+        return model
+    if stage.preferences:
+        p = stage.preferences
+        cached_preferences(init, prefs, p.num, p.win_steps, p.lose_steps, p.winners, p.seed, log=log)
     resume = bool(complete_checkpoints(run / "checkpoints"))
     log(f"training {cfg.train.method} for {cfg.train.steps} steps" + (" (resuming)" if resume else ""))
     train(cfg, run, resume=resume)

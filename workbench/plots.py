@@ -7,10 +7,15 @@ import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
+import plotly.io as pio
 from PIL import Image
 
 from workbench.eval.tables import display
 from workbench.runs import Run
+
+# In Jupyter a figure is stored twice: as plotly's mimetype (JupyterLab draws it) and as HTML with plotly.js
+# embedded once per notebook, so `jupyter nbconvert --to html` keeps every figure, offline.
+pio.renderers.default = "plotly_mimetype+notebook"
 
 
 def training_curves(runs: dict[str, str | Path], keys: tuple[str, ...] = ("loss",), log_y: bool = True) -> go.Figure:
@@ -27,11 +32,12 @@ def training_curves(runs: dict[str, str | Path], keys: tuple[str, ...] = ("loss"
 
 
 def image_figure(png: str | Path, title: str = "") -> go.Figure:
-    """A PNG (e.g. a contact sheet) as a figure."""
+    """A PNG (e.g. a contact sheet) as a figure at one screen pixel per image pixel (labels stay readable),
+    embedded PNG-encoded (binary_string) rather than as a JSON array of pixels."""
     img = np.asarray(Image.open(png).convert("RGB"))
-    fig = px.imshow(img, title=title)
+    fig = px.imshow(img, title=title, binary_string=True)
     fig.update_xaxes(visible=False).update_yaxes(visible=False)
-    return fig.update_layout(height=max(300, min(1200, img.shape[0] + 80)), margin=dict(l=10, r=10, t=40, b=10))
+    return fig.update_layout(width=img.shape[1] + 20, height=img.shape[0] + 50, margin=dict(l=10, r=10, t=40, b=10))
 
 
 def _label(metric: str) -> str:

@@ -22,7 +22,33 @@ from tqdm.auto import tqdm
 
 from workbench.data import build_dataset, collate
 from workbench.generate import generate_latents
-from workbench.runs import load_model
+from workbench.runs import load_model, resolve_weights
+
+
+def made_by(model, num_pairs: int, win_steps: int, lose_steps: int, winners: str, seed: int, overrides=()) -> dict:
+    """Everything that decides a pair set's contents: its cache key (the model's weights by path, size, mtime)."""
+    weights = Path(resolve_weights(model)[0]).resolve()
+    return {"model": str(model), "weights": [str(weights), weights.stat().st_size, weights.stat().st_mtime_ns],
+            "num_pairs": num_pairs, "win_steps": win_steps, "lose_steps": lose_steps, "winners": winners,
+            "seed": seed, "overrides": list(overrides)}
+
+
+def cached_preferences(model, out: str | Path, num_pairs: int, win_steps: int = 8, lose_steps: int = 4,
+                       winners: str = "sampled", seed: int = 0, log=print, **kw) -> Path:
+    """`out` if it holds the pairs these arguments make; built there if absent; refused (one line naming the
+    differing keys) if it holds pairs made otherwise."""
+    out = Path(out)
+    if (out / "pairs.json").is_file():
+        saved = json.loads((out / "pairs.json").read_text())["meta"]
+        want = made_by(model, num_pairs, win_steps, lose_steps, winners, seed, kw.get("overrides", ()))
+        diff = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in want.items() if saved.get(k) != v]
+        if diff:
+            raise FileExistsError(f"{out}: holds preference pairs made otherwise ({'; '.join(diff)}); delete it or "
+                                  f"choose another folder")
+        log(f"reused {num_pairs} preference pairs in {out}")
+        return out
+    log(f"building {num_pairs} preference pairs ({win_steps} vs {lose_steps} steps) from {model}")
+    return build_preferences(model, out, num_pairs, win_steps, lose_steps, winners, seed, **kw)
 
 
 def build_preferences(model: str | Path, out: str | Path, num_pairs: int, win_steps: int = 8, lose_steps: int = 4,
@@ -67,8 +93,8 @@ def build_preferences(model: str | Path, out: str | Path, num_pairs: int, win_st
         if sum(len(w) for w in shard["winner"]) >= shard_size:
             flush()
     flush()
-    meta = {"model": str(model), "num_pairs": num_pairs, "win_steps": win_steps, "lose_steps": lose_steps,
-            "winners": winners, "seed": seed, "frames": int(source[0]["video"].shape[1]), "shards": n_shards}
+    meta = {**made_by(model, num_pairs, win_steps, lose_steps, winners, seed, overrides),
+            "frames": int(source[0]["video"].shape[1]), "shards": n_shards}
     (tmp / "pairs.json").write_text(json.dumps({"meta": meta, "items": items}, indent=0))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)

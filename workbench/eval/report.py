@@ -180,16 +180,14 @@ def evaluate(checkpoints: list[str], steps_list: list[int], num: int, seeds: lis
     scorer, cache = Scorer(spec), Cache(spec.cache)
     for ckpt in checkpoints:  # every model readable before any work (the shapes are checked as each loads)
         tensor_names(resolve_weights(ckpt)[0])
-    rows, refs = [], []
+    rows, refs = [], {}
     for k, ckpt in enumerate(checkpoints):
         model = load_model(ckpt, overrides)
         cfg = model.config
         name = names[k] if names else cfg.name
         batches = [test_batch(cfg, min(batch_size, num - s), s) for s in range(0, num, batch_size)]
         ref_feats, ref_row = _reference(scorer, cache, cfg, batches, num)
-        ref = {"method": f"real test clips ({cfg.name})", "num": num, **ref_row}
-        if ref not in refs:  # one row per distinct reference (checkpoints of one recipe share it)
-            refs.append(ref)
+        refs.setdefault(_key(to_dict(cfg.data))[:8], {"num": num, **ref_row})  # one row per distinct test split
         weights = Path(resolve_weights(ckpt)[0]).resolve()
         variant = {"fvd_variant": f"{scorer.extractor.describe()} | {num} videos | reference: test clips 0-{num - 1} "
                                   f"of data spec {_key(to_dict(cfg.data))[:8]}", **scorer.variant}
@@ -210,7 +208,8 @@ def evaluate(checkpoints: list[str], steps_list: list[int], num: int, seeds: lis
     df = pd.DataFrame(rows)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "results.csv", index=False)
-    reference = pd.DataFrame([{**r, **quality_groups(r)} for r in refs])
+    label = lambda k: "real test clips" if len(refs) == 1 else f"real test clips (data spec {k})"  # noqa: E731
+    reference = pd.DataFrame([{"method": label(k), **r, **quality_groups(r)} for k, r in refs.items()])
     reference.to_csv(out / "reference.csv", index=False)
     (out / "table.md").write_text(report_markdown(df, reference))
     metric_vs_steps(summarise(df), "fvd").write_html(out / "fvd_vs_steps.html", include_plotlyjs="cdn")

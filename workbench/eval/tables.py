@@ -57,6 +57,17 @@ def to_markdown(summary: pd.DataFrame, metrics: list[str] | None = None, referen
     return head + "\n".join(lines) + "\n"
 
 
+def caveats(df: pd.DataFrame) -> str:
+    """Markdown notes where a table cannot carry the weight a reader may put on it (seeds, clip count)."""
+    notes = []
+    if df["seed"].nunique() < 2:
+        notes.append("one noise seed: every ± is 0 and says nothing about the spread; evaluate over two or more")
+    if "fvd" in df and int(df["num"].min()) < 64:
+        notes.append(f"FVD on {int(df['num'].min())} clips is dominated by sampling noise (on 32 clips the teacher's "
+                     f"FVD went the wrong way, 518 at 2 steps and 541 at 25): read it from 64 clips, better 256")
+    return "".join(f"- note: {n}\n" for n in notes)
+
+
 def report_markdown(df: pd.DataFrame, reference: pd.DataFrame | None = None) -> str:
     """table.md: the Table 1 layout (with oracle columns), the VBench dimensions, and every metric's variant."""
     summary = summarise(df)
@@ -74,4 +85,4 @@ def report_markdown(df: pd.DataFrame, reference: pd.DataFrame | None = None) -> 
     text += ("- (proxy): a built-in stand-in for a network the toy lacks (AMT, RAFT, LAION aesthetic, MUSIQ); "
              "definitions in workbench/eval/vbench.py. Oracle columns: workbench/eval/oracle.py. "
              "PSNR/SSIM: frames 1..T-1 against the real continuation (PSNR capped at 100 dB).\n")
-    return text
+    return text + caveats(df)

@@ -24,7 +24,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
 
-from workbench.config import Config, ConfigError, load_config, to_dict
+from workbench.config import Config, ConfigError, load_config, to_dict, trained_changes
 from workbench.data import build_dataset, collate
 from workbench.generate import Model, sample_sheet
 from workbench.methods import Role, TrainStep, build_method
@@ -233,11 +233,6 @@ def _role_files(trained: dict[str, Trained]) -> dict:
     return {name: (t.role.net, t.ema, t.optimizer, t.scheduler, t.role.export) for name, t in trained.items()}
 
 
-# Keys a resumed run may change: they decide what is logged, kept or drawn, not what is trained.
-RESUMABLE_CHANGES = {"out", "train.log_every", "train.ckpt_every", "train.keep_ckpts", "train.sample_every",
-                     "train.sample_num", "train.sample_steps", "train.num_workers"}
-
-
 def _check_run_folder(out: Path, cfg: Config, resume: bool) -> list[Path]:
     """The run's complete checkpoints, once `out` is known to be a run folder this call may continue."""
     if out.exists() and not out.is_dir():
@@ -246,18 +241,12 @@ def _check_run_folder(out: Path, cfg: Config, resume: bool) -> list[Path]:
     if ckpts and not resume:
         raise FileExistsError(f"{out}: already holds checkpoints; pass --resume or choose another --out")
     if ckpts and (out / "config.yaml").is_file():
-        saved = _flat(to_dict(load_config(out / "config.yaml")))
-        for key, value in _flat(to_dict(cfg)).items():
-            if key not in RESUMABLE_CHANGES and saved.get(key) != value:
-                raise ConfigError(f"--resume: {key} is {value!r} here but {saved.get(key)!r} in {out / 'config.yaml'}; "
-                                  f"a resumed run keeps the config it started with (drop the change, or train into "
-                                  f"a new --out)")
+        changes = trained_changes(load_config(out / "config.yaml"), cfg)
+        if changes:
+            raise ConfigError(f"--resume: this config changes what {out} was trained with ({'; '.join(changes)}; "
+                              f"saved in {out / 'config.yaml'}); a resumed run keeps its config: drop the change, "
+                              f"or train into a new --out")
     return ckpts
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    return {k2: v2 for k, v in d.items()
-            for k2, v2 in (_flat(v, f"{prefix}{k}.").items() if isinstance(v, dict) else [(f"{prefix}{k}", v)])}
 
 
 def _resume(ckpts: list[Path], trained: dict[str, Trained], state: dict) -> int:
