@@ -41,7 +41,8 @@ class PipelineEval:
     num: int = 64                    # test clips per (model, steps, seed)
     seeds: tuple[int, ...] = (0, 1, 2)
     sheet_steps: int = 4             # the step count of the stage-by-stage contact sheet
-    sheet_num: int = 4
+    sheet_num: int = 4               # test clips in that sheet (0 = no sheet)
+    RANGES = {"num": (1, None), "sheet_steps": (1, None), "sheet_num": (0, None)}
 
 
 @dataclass
@@ -129,8 +130,9 @@ def evaluate_stages(cfg: PipelineConfig, out: Path, models: dict[str, Path]) -> 
     names = e.models or list(models)
     evaluate([str(models[n]) for n in names], list(e.steps), e.num, list(e.seeds), out / "eval", names=names,
              sheet_num=0)
-    sheet = {n: (load_model(models[n]), [e.sheet_steps]) for n in names}
-    comparison_sheet(sheet, out / "eval" / f"stages_{e.sheet_steps}steps.png", e.sheet_num)
+    if e.sheet_num:
+        sheet = {n: (load_model(models[n]), [e.sheet_steps]) for n in names}
+        comparison_sheet(sheet, out / "eval" / f"stages_{e.sheet_steps}steps.png", e.sheet_num)
     write_curves(cfg, out, models)
 
 
