@@ -106,3 +106,21 @@ def test_sigkill_then_resume_is_bitwise_equal_with_two_roles(point, n, tmp_path,
         "model.safetensors", "model-ema.safetensors", "optim-model.safetensors", "critic.safetensors",
         "optim-critic.safetensors", "rng.safetensors"}
     assert a == b
+
+
+def test_the_readme_add_a_method_example_trains(tmp_path, root):
+    """README's "Add a method in one file" code, as written, registers and trains through the loop."""
+    from workbench.methods import METHODS
+    text = (root / "README.md").read_text().split("## Add a method in one file", 1)[1]
+    code = text.split("```python", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    METHODS["my_method"] = namespace["MyMethod"]
+    try:
+        cfg = load_config(MICRO, ["train.method=my_method", "train.steps=6", "train.sample_num=1", "train.log_every=1",
+                                  "train.sample_steps=[1]"])
+        run = train(cfg, tmp_path / "run", progress=False)
+    finally:
+        del METHODS["my_method"]
+    rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [("loss_model" in r, "loss_critic" in r) for r in rows] == [(True, True)] + [(False, True)] * 4 + [(True, True)]
