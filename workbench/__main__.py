@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
     v = sub.add_parser("eval", help="sample the test split at several step counts and seeds; write a metrics table")
     v.add_argument("checkpoints", nargs="+", help="run folders, checkpoint folders or shipped model folders")
-    v.add_argument("--steps", type=counts, default="1,2,4,8,25", help="comma-separated Euler step counts")
+    v.add_argument("--steps", type=counts, default="1,2,4,8,25", help="comma-separated step counts (each model samples with its own sampler)")
     v.add_argument("--num", type=count, default=64, help="test clips per (model, steps, seed)")
     v.add_argument("--seeds", type=seeds, default="0,1,2", help="comma-separated noise seeds")
     v.add_argument("--names", help="comma-separated row names (default: each config's name)")
