@@ -13,7 +13,7 @@ LAYERS = [
     ["workbench.methods"],
     ["workbench.train"],
     ["workbench.runs", "workbench.export", "workbench.preferences"],
-    ["workbench.eval", "workbench.plots"],
+    ["workbench.eval", "workbench.plots", "workbench.compare", "workbench.study"],
     ["workbench.pipeline", "workbench.__main__", "app"],
 ]
 PACKAGE = Path(workbench.__file__).parent

@@ -22,7 +22,7 @@ from workbench.models import build_backbone
 from workbench.models.lora import merge_lora
 from workbench.train.checkpoint import complete_checkpoints
 
-__all__ = ["Model", "Run", "exported_weights", "load_model", "resolve_weights"]
+__all__ = ["Model", "Run", "exported_weights", "find_eval_tables", "find_runs", "load_model", "resolve_weights"]
 
 
 def exported_weights(ckpt: Path) -> Path:
@@ -65,6 +65,17 @@ def load_model(path: str | Path, overrides: list[str] = (), merge_lora_weights: 
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, lora=dataclasses.replace(
             cfg.model.lora, rank=0)))
     return Model(net.eval().requires_grad_(False), encoders, cfg, weights)
+
+
+def find_runs(*roots: str | Path) -> list[Path]:
+    """Run and model folders (config.yaml beside metrics.jsonl) under `roots`, sorted."""
+    return sorted({f.parent for root in map(Path, roots) for f in root.rglob("metrics.jsonl")
+                   if (f.parent / "config.yaml").is_file()})
+
+
+def find_eval_tables(*roots: str | Path) -> list[Path]:
+    """Every evaluation's results.csv under `roots`, sorted."""
+    return sorted(f for root in map(Path, roots) for f in root.rglob("results.csv"))
 
 
 class Run:

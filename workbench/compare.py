@@ -1,0 +1,119 @@
+"""Side by side: several models on one test clip, from the same first frame and noise (the app's Compare tab).
+
+Videos are written once under a cache folder with content-hash names and reused; on the toy a clip takes
+milliseconds to sample, so the tab renders on demand.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from workbench.config import load_config
+from workbench.data.io import contact_sheet, write_mp4
+from workbench.data.synthetic import to_uint8
+from workbench.eval.fidelity import psnr
+from workbench.eval.oracle import clip_metrics
+from workbench.generate import Model, generate, test_batch
+from workbench.runs import load_model
+
+FPS = 8
+METRICS = ("solid", "shape_iou", "colour_mass", "path_accel", "first_frame_mae", "direction_agree", "psnr")
+
+
+@dataclass
+class Shown:
+    label: str                # e.g. "toy/ccd, 4 steps", or "real continuation"
+    video: Path               # mp4 under the cache, named by its content's hash
+    metrics: dict[str, float]
+
+
+def model_folders(*roots: str | Path) -> dict[str, Path]:
+    """Every model folder (model.safetensors + config.yaml) under `roots`, named by its path below its root."""
+    found = {}
+    for root in map(Path, roots):
+        for weights in sorted(root.rglob("model.safetensors")):
+            if (weights.parent / "config.yaml").is_file():
+                found[str(weights.parent.relative_to(root))] = weights.parent
+    return found
+
+
+TEACHER_STEPS, STUDENT_STEPS = (2, 4, 8, 25), (1, 2, 4)
+
+
+def choices(models: dict[str, Path]) -> list[str]:
+    """"name @ steps" for every model: a teacher (trained by flow matching) at 2/4/8/25 steps, a student at 1/2/4."""
+    out = []
+    for name, folder in models.items():
+        steps = TEACHER_STEPS if cached_config(folder).train.method == "flow_matching" else STUDENT_STEPS
+        out += [f"{name} @ {s}" for s in steps]
+    return out
+
+
+def parse_choice(choice: str, models: dict[str, Path]) -> tuple[str, Path, int]:
+    """"toy/ccd @ 4" -> (label, folder, steps); a ValueError names what is wrong."""
+    name, _, steps = choice.rpartition(" @ ")
+    if name not in models or not steps.isdigit():
+        raise ValueError(f"unknown model choice {choice!r}")
+    return f"{name}, {steps} step{'s' * (steps != '1')}", models[name], int(steps)
+
+
+def cached_config(folder: Path):
+    return load_config(Path(folder) / "config.yaml")
+
+
+@lru_cache(maxsize=16)
+def _model(folder: str, mtime_ns: int) -> Model:
+    return load_model(folder)
+
+
+def cached_model(folder: Path) -> Model:
+    """load_model, once per folder and weights version."""
+    return _model(str(folder), (Path(folder) / "model.safetensors").stat().st_mtime_ns)
+
+
+def _write(video_THWC: np.ndarray, cache: Path) -> Path:
+    """An mp4 named by the hash of its pixels: the same clip is one file, and the name tells nothing else."""
+    name = hashlib.sha256(video_THWC.tobytes()).hexdigest()[:24] + ".mp4"
+    path = cache / name
+    if not path.is_file():
+        H = video_THWC.shape[1]
+        write_mp4(path, video_THWC, fps=FPS, scale=max(1, 192 // H))
+    return path
+
+
+def compare(picks: list[tuple[str, Path, int]], clip: int, seed: int, cache: str | Path
+            ) -> tuple[dict, Shown, list[Shown], Path]:
+    """(the clip's caption and first frame, the real continuation, each pick's video with its metrics, a frame strip).
+
+    `picks`: (label, model folder, steps). Every pick sees the same first frame, caption and noise (seed).
+    """
+    cache = Path(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    if not picks:
+        raise ValueError("choose at least one model")
+    first = cached_model(picks[0][1])
+    if not 0 <= clip < first.config.data.test_size:
+        raise ValueError(f"clip: expected 0..{first.config.data.test_size - 1}, got {clip}")
+    batch = test_batch(first.config, 1, clip)
+    real = to_uint8(batch["video"][0])
+    truth = batch["truth"][0] if "truth" in batch else None
+    shown, rows, labels = [], [real], ["real"]
+    for label, folder, steps in picks:
+        video = to_uint8(generate(cached_model(folder), batch, steps, seed)[0])
+        metrics = {"psnr": float(psnr(video[None], real[None])[0])}
+        if truth is not None:
+            metrics.update({k: v for k, v in clip_metrics(video, real, truth).items() if k in METRICS})
+        shown.append(Shown(label, _write(video, cache), metrics))
+        rows.append(video)
+        labels.append(label)
+    strip = cache / f"strip-{hashlib.sha256(json.dumps(labels).encode() + b''.join(r.tobytes() for r in rows)).hexdigest()[:24]}.png"
+    if not strip.is_file():
+        contact_sheet(rows, labels).save(strip)
+    k = max(1, 192 // real.shape[1])                                   # the first frame, enlarged like the videos
+    info = {"caption": batch["caption"][0], "first_frame": real[0].repeat(k, 0).repeat(k, 1), "clip": clip}
+    return info, Shown("real continuation", _write(real, cache), {}), shown, strip
