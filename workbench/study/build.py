@@ -1,0 +1,274 @@
+"""Frozen study sets: every model's video for the same first frames and noise, under content-hash names.
+
+    study folder    manifest.json            the only file that knows which method made which video
+                    videos/<sha256>.mp4      same size, length and frame rate for every method
+                    frames/<sha256>.png      each item's first frame (the image the videos continue)
+
+A study is built in a temporary sibling folder and renamed when complete, so a folder that exists is whole.
+Attention-check items show a real test clip beside copies of it that are visibly corrupted (heavy noise and
+shuffled frames): the real clip is their known answer on every criterion. They look like any other item: as
+many videos, the same size, hash names; only the manifest marks them.
+
+Serve `videos/` and `frames/` to annotators, never `manifest.json` (it names the methods).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+import workbench
+
+__all__ = ["CRITERIA", "REAL", "CORRUPTED", "ModelSpec", "Study", "build_study", "load_study", "parse_model_spec"]
+
+CRITERIA = ("frame_quality", "temporal_consistency", "image_alignment")  # the paper's Figure 4 criteria
+REAL = "real"              # method name of an attention item's real clip (its known answer)
+CORRUPTED = "corrupted"    # method name of an attention item's corrupted copies
+MANIFEST = "manifest.json"
+FORMAT = 1
+SHIPPED = workbench.ROOT / "experiments" / "toy"  # short names: `teacher@8` -> experiments/toy/teacher
+TARGET_PX = 192            # tiny clips are enlarged by pixel repetition to about this many pixels a side
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """One entrant of a study: a model folder sampled at a step count. `name` is what results call it."""
+    name: str
+    folder: Path
+    steps: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}@{self.steps}"
+
+
+def parse_model_spec(spec: str) -> ModelSpec:
+    """`FOLDER@STEPS` (a run, checkpoint or model folder), or `NAME@STEPS` for a shipped toy model."""
+    folder, at, steps = spec.rpartition("@")
+    if not at or not folder or not steps.strip().isdigit() or int(steps) < 1:
+        raise ValueError(f"model spec {spec!r}: expected FOLDER@STEPS with STEPS >= 1, e.g. experiments/toy/teacher@8")
+    path = Path(folder)
+    if not path.exists() and "/" not in folder and (SHIPPED / folder).is_dir():
+        path = SHIPPED / folder
+    if not path.is_dir():
+        raise FileNotFoundError(f"model spec {spec!r}: no folder {folder} (nor a shipped toy model of that name)")
+    return ModelSpec(path.resolve().name, path, int(steps))
+
+
+def _shown_path(path: Path) -> str:
+    """A folder as the manifest records it: relative to the repository when inside it."""
+    try:
+        return str(path.resolve().relative_to(workbench.ROOT))
+    except ValueError:
+        return str(path.resolve())
+
+
+def _unique_names(specs: list[ModelSpec]) -> list[ModelSpec]:
+    """Folder names as method names; folders that share a name are called by their recorded path instead."""
+    folders: dict[str, set[Path]] = {}
+    for s in specs:
+        folders.setdefault(s.name, set()).add(s.folder.resolve())
+    out = [s if len(folders[s.name]) == 1 else dataclasses.replace(s, name=_shown_path(s.folder)) for s in specs]
+    seen = set()
+    for s in out:
+        if s.name in (REAL, CORRUPTED):
+            raise ValueError(f"model {s.folder}: the name {s.name!r} is reserved for attention checks; rename it")
+        if s.label in seen:
+            raise ValueError(f"model {s.label} is listed twice")
+        seen.add(s.label)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """A built study folder and its manifest, read-only."""
+    path: Path
+    manifest: dict
+
+    @property
+    def id(self) -> str:
+        return self.manifest["study"]
+
+    @property
+    def criteria(self) -> tuple[str, ...]:
+        return tuple(self.manifest["criteria"])
+
+    @property
+    def items(self) -> dict[str, dict]:
+        return {it["id"]: it for it in self.manifest["items"]}
+
+    def video_path(self, name: str) -> Path:
+        return self.path / "videos" / name
+
+    def frame_path(self, name: str) -> Path:
+        return self.path / "frames" / name
+
+
+def load_study(path: str | Path) -> Study:
+    """The study in a folder that `build_study` wrote."""
+    path = Path(path)
+    f = path / MANIFEST
+    if not f.is_file():
+        raise FileNotFoundError(f"{path}: not a study folder (no {MANIFEST})")
+    manifest = json.loads(f.read_text())
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{f}: study format {manifest.get('format')!r}; this workbench reads format {FORMAT}")
+    return Study(path, manifest)
+
+
+def _scale(H: int, W: int) -> int:
+    """Pixel repetition that brings the smaller side to about TARGET_PX, keeping both sides even (yuv420p)."""
+    k = max(1, math.ceil(TARGET_PX / min(H, W)))
+    return k + 1 if (H * k) % 2 or (W * k) % 2 else k
+
+
+def _hashed(folder: Path, data: bytes, suffix: str) -> str:
+    """Write `data` as folder/<sha256>.suffix; the name."""
+    name = hashlib.sha256(data).hexdigest() + suffix
+    f = folder / name
+    if not f.exists():
+        tmp = folder / f".{name}.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, f)
+    return name
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _video(folder: Path, video_THWC: np.ndarray, fps: int, scale: int) -> str:
+    """An mp4 under its content hash; the file name."""
+    from workbench.data.io import write_mp4
+    pending = write_mp4(folder / ".pending.mp4", video_THWC, fps=fps, scale=scale)
+    data = pending.read_bytes()
+    pending.unlink()
+    return _hashed(folder, data, ".mp4")
+
+
+def _frame(folder: Path, frame_HWC: np.ndarray, scale: int) -> str:
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(frame_HWC.repeat(scale, axis=0).repeat(scale, axis=1)).save(buf, format="PNG")
+    return _hashed(folder, buf.getvalue(), ".png")
+
+
+def corrupt(video_THWC: np.ndarray, rng: np.random.Generator, noise: float = 90.0) -> np.ndarray:
+    """A visibly worse copy of a clip on every criterion: heavy Gaussian noise (std `noise` of 255) on every frame
+    and the frames after the first in a shuffled order."""
+    T = video_THWC.shape[0]
+    order = np.arange(T)
+    if T > 2:
+        while (order == np.arange(T)).all():
+            order = np.concatenate([[0], rng.permutation(np.arange(1, T))])
+    noisy = video_THWC[order].astype(np.float64) + rng.normal(0.0, noise, video_THWC.shape)
+    return np.clip(np.round(noisy), 0, 255).astype(np.uint8)
+
+
+def build_study(models: list[str], items: int, seed: int, out: str | Path, attention_checks: float = 0.1,
+                fps: int = 8, batch_size: int = 16) -> Path:
+    """Build a blind study set in `out` (which must not exist); returns `out`.
+
+    `models`: `FOLDER@STEPS` specs (`teacher@8` for a shipped toy model); every model samples test clips
+    0..items-1 with its own sampler on the same first frames and noise (`seed`). ceil(items * attention_checks)
+    attention items (test clips items, items+1, ...) are mixed in at random places.
+    """
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"--out {out}: exists; a study is never rebuilt in place (choose a new folder)")
+    if items < 1:
+        raise ValueError(f"items: {items}; a study needs at least one item")
+    if not 0 <= attention_checks < 1:
+        raise ValueError(f"attention_checks: {attention_checks}; a share in [0, 1)")
+    specs = _unique_names([parse_model_spec(m) for m in models])
+    if len(specs) < 2:
+        raise ValueError(f"models: {len(specs)} given; a study compares at least two")
+    checks = math.ceil(items * attention_checks)
+
+    import torch  # the sampling stack, only once the arguments are known to be good
+
+    from workbench.data.synthetic import to_uint8
+    from workbench.generate import generate, test_batch
+    from workbench.runs import load_model
+
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        (tmp / "videos").mkdir(parents=True)
+        (tmp / "frames").mkdir()
+        first = load_model(specs[0].folder)
+        clips = test_batch(first.config, items + checks)
+        real_BCTHW = clips["video"]
+        _, _, T, H, W = real_BCTHW.shape
+        scale = _scale(H, W)
+        regular = [{"clip": int(clips["seed"][i]), "caption": clips["caption"][i],
+                    "first_frame": _frame(tmp / "frames", to_uint8(real_BCTHW[i, :, :1])[0], scale), "videos": []}
+                   for i in range(items)]
+        for k, spec in enumerate(specs):
+            model = first if k == 0 else load_model(spec.folder)
+            for lo in range(0, items, batch_size):
+                sub = {key: v[lo:min(lo + batch_size, items)] for key, v in clips.items()}
+                video = generate(model, sub, spec.steps, seed)
+                if tuple(video.shape[2:]) != (T, H, W):
+                    raise ValueError(f"model {spec.folder}: makes clips of {tuple(video.shape[2:])} (T, H, W); "
+                                     f"the study's first model makes {(T, H, W)}")
+                for j, v in enumerate(video):
+                    regular[lo + j]["videos"].append({"video": _video(tmp / "videos", to_uint8(v), fps, scale),
+                                                      "method": spec.name, "steps": spec.steps})
+            del model  # one network in memory at a time (Wan scale)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+        rng = np.random.default_rng([seed, 0x57_0D_1E])
+        attention = []
+        for i in range(items, items + checks):
+            real = to_uint8(real_BCTHW[i])
+            videos = [{"video": _video(tmp / "videos", real, fps, scale), "method": REAL, "steps": 0}]
+            videos += [{"video": _video(tmp / "videos", corrupt(real, rng), fps, scale), "method": CORRUPTED,
+                        "steps": 0} for _ in range(len(specs) - 1)]
+            attention.append({"clip": int(clips["seed"][i]), "caption": clips["caption"][i],
+                              "first_frame": _frame(tmp / "frames", real[0], scale), "videos": videos,
+                              "attention": {"answer": videos[0]["video"]}})
+        all_items = regular + attention
+        order = rng.permutation(len(all_items))
+        listed = [{"id": f"{pos:03d}", **all_items[i], "attention": all_items[i].get("attention")}
+                  for pos, i in enumerate(order)]
+        names = json.dumps([[v["video"] for v in it["videos"]] for it in listed]).encode()
+        manifest = {
+            "format": FORMAT,
+            "study": "study-" + hashlib.sha256(names).hexdigest()[:12],
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seed": seed,
+            "criteria": list(CRITERIA),
+            "video": {"frames": T, "height": H * scale, "width": W * scale, "fps": fps},
+            "models": [{"name": s.name, "folder": _shown_path(s.folder), "steps": s.steps} for s in specs],
+            "attention_checks": checks,
+            "items": listed,
+        }
+        with open(tmp / MANIFEST, "w") as fh:
+            json.dump(manifest, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if out.exists():
+            raise FileExistsError(f"--out {out}: appeared while the study was being built")
+        os.replace(tmp, out)
+        _fsync_dir(out.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
