@@ -124,6 +124,19 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", default="experiments/toy/RESULTS.md")
     r.add_argument("--check", action="store_true", help="write nothing; exit 1 if --out is not what it renders")
 
+    st = sub.add_parser("study", help="blind user study: build a frozen study set; export its votes")
+    stsub = st.add_subparsers(dest="study_cmd", required=True)
+    sb = stsub.add_parser("build", help="every model's video on the same first frames and noise, under hash names")
+    sb.add_argument("--models", nargs="+", default=["teacher@8", "ccd@4", "da@4", "swiftvideo@4"],
+                    metavar="FOLDER@STEPS", help="model folders at step counts (a shipped toy model by name)")
+    sb.add_argument("--items", type=count, default=10, help="test clips (first frames) to compare")
+    sb.add_argument("--seed", type=int, default=0, help="noise seed")
+    sb.add_argument("--attention-checks", type=float, default=0.1, help="extra share of attention-check items")
+    sb.add_argument("--out", required=True, help="study folder (must not exist)")
+    se = stsub.add_parser("export", help="write every vote of a votes database as CSV")
+    se.add_argument("db", help="votes database (or a folder holding votes.sqlite)")
+    se.add_argument("--out", required=True)
+
     args = p.parse_args(argv)
     try:
         return _run(args)
@@ -191,6 +204,13 @@ def _run(args) -> int:
         elif stale := results_doc.first_difference(args.template, args.out):
             print(f"stale: {stale}; run python -m workbench results", file=sys.stderr)
             return 1
+    elif args.cmd == "study":
+        from workbench import study
+        if args.study_cmd == "build":
+            out = study.build_study(args.models, args.items, args.seed, args.out, args.attention_checks)
+            print(f"study folder: {out}")
+        else:
+            print(f"wrote {study.export_votes(args.db, args.out)}")
     return 0
 
 
