@@ -65,7 +65,9 @@ def export_model(run_or_ckpt: str | Path, out: str | Path, dtype: str = "float16
             merged = load_config(run / "config.yaml", ["model.lora.rank=0"])
             cfg_text = yaml.safe_dump(to_dict(merged), sort_keys=False)
         weights = {k: v.to(DTYPES[dtype]).contiguous() for k, v in weights.items()}
-        save_file(weights, tmp / "model.safetensors", metadata={"source": str(ckpt), "dtype": dtype})
+        # one metadata key: safetensors writes a metadata map in no fixed order, so two keys make the bytes vary
+        save_file(weights, tmp / "model.safetensors",
+                  metadata={"export": json.dumps({"dtype": dtype, "source": str(ckpt)}, sort_keys=True)})
         if cfg_text is not None:
             (tmp / "config.yaml").write_text(cfg_text)
         if (run / "metrics.jsonl").is_file():
