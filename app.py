@@ -1,10 +1,13 @@
-"""The SwiftVideo workbench app: compare models side by side, read results, browse runs.
+"""The SwiftVideo workbench app: compare models side by side, run the blind user study, read results, browse runs.
 
-    python app.py [--experiments experiments] [--cache runs/app-cache] [--host 127.0.0.1] [--port 7860]
+    python app.py [--experiments experiments] [--study experiments/toy/study] [--users FILE]
+                  [--votes runs/app-votes.sqlite] [--cache runs/app-cache] [--host 127.0.0.1] [--port 7860]
 
 Layout and callbacks only; every computation is a call into `workbench` (compare, runs, plots, eval.tables).
-Binds loopback unless --host says otherwise, never shares, and serves only the compare cache and the
-experiment folders' images and videos.
+Binds loopback unless --host says otherwise, never shares, and serves only the compare cache, the study's videos
+and first frames, and the experiment folders; never the votes database or the study manifest. With --users
+(lines `name:password`, stored hashed) every page asks for a login and the Study tab collects votes; the page
+names no method until a vote is stored.
 """
 from __future__ import annotations
 
@@ -12,14 +15,20 @@ import argparse
 import difflib
 import html
 import random
+import sys
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
 from workbench import compare, plots
+from workbench.__main__ import one_line
 from workbench.eval.tables import summarise
 from workbench.runs import Run, find_eval_tables, find_runs
+from workbench.study import PAIRWISE_CHOICES, VoteStore, load_study, study_results
+
+APP_VERSION = "app-1"
+MODES = {"best of N (the paper's protocol)": "best_of_n", "pairwise arena (A/B)": "pairwise"}
 
 TITLE = "SwiftVideo workbench"
 
@@ -43,7 +52,104 @@ CSS = """
 """
 
 
-def build(experiments: list[Path], cache: Path) -> gr.Blocks:
+def study_tab(study, store: VoteStore | None):
+    """Blind votes: an item's videos in a fresh order per annotator, votes enabled once every video has played."""
+    if study is None or store is None:
+        gr.Markdown("Voting needs annotators: start the app with `--users FILE` (`name:password` lines, stored "
+                    "hashed; there is no default password); it then shows annotators this tab only. `--study DIR` "
+                    "chooses another study than the shipped toy one (`python -m workbench study build`).")
+        return None
+    n = len(study.manifest["models"])
+    criteria = list(study.criteria)
+    mode = gr.Radio(list(MODES), value=next(iter(MODES)), label="mode")
+    left = gr.Markdown()
+    with gr.Row():
+        caption = gr.Textbox(label="caption", interactive=False)
+        first = gr.Image(label="first frame (the videos must continue it)", height=192, interactive=False)
+    with gr.Row():
+        videos = [gr.Video(label=str(i + 1), height=240, autoplay=False, loop=False, interactive=False)
+                  for i in range(n)]
+    radios = [gr.Radio([], label=c.replace("_", " "), interactive=False) for c in criteria]
+    submit = gr.Button("submit votes", variant="primary", interactive=False)
+    shown = gr.State(None)    # what this annotator was served: item id and video names, never a method
+    played = gr.State(set())
+
+    def serve(mode_label, request: gr.Request):
+        m = MODES[mode_label]
+        item = store.next_item(study, request.username, m)
+        if item is None:
+            return (None, set(), "All items are voted in this mode: thank you.", "", None,
+                    *[gr.update(value=None, visible=False) for _ in videos],
+                    *[gr.update(choices=[], value=None, interactive=False) for _ in radios],
+                    gr.update(interactive=False))
+        slots = ["A", "B"] if m == "pairwise" else [str(i + 1) for i in range(len(item.videos))]
+        choices = [*slots, *PAIRWISE_CHOICES[2:]] if m == "pairwise" else slots
+        return ({"item": item.item, "mode": m, "videos": list(item.videos)}, set(),
+                f"**{item.left}** item{'s' * (item.left != 1)} left in this mode. Play every video, then vote.",
+                item.caption, str(study.frame_path(item.first_frame)),
+                *[gr.update(value=str(study.video_path(v)), label=slots[i], visible=True) if i < len(item.videos)
+                  else gr.update(value=None, visible=False) for i, v in enumerate([*item.videos, *[None] * n][:n])],
+                *[gr.update(choices=choices, value=None, interactive=False) for _ in radios],
+                gr.update(interactive=False))
+
+    def ended(i, state, seen):
+        seen = seen | {i}
+        ready = state is not None and len(seen) >= len(state["videos"])
+        return seen, *[gr.update(interactive=ready) for _ in radios], gr.update(interactive=ready)
+
+    def vote(request: gr.Request, state, seen, *choices):  # gradio injects the request into a leading parameter
+        if state is None or len(seen) < len(state["videos"]):
+            raise gr.Error("play every video before voting")
+        if any(c is None for c in choices):
+            raise gr.Error("choose an answer for every criterion")
+        slots = ["A", "B"] if state["mode"] == "pairwise" else None
+        for criterion, choice in zip(criteria, choices):
+            value = choice if slots else int(choice) - 1
+            try:
+                store.vote(study, request.username, state["item"], criterion, state["mode"], value,
+                           videos=state["videos"], app_version=APP_VERSION)
+            except ValueError as e:
+                raise gr.Error(str(e)) from None
+        gr.Info("votes stored")   # only after every vote is committed
+
+    outputs = [shown, played, left, caption, first, *videos, *radios, submit]
+    for i, v in enumerate(videos):
+        v.end(lambda state, seen, i=i: ended(i, state, seen), [shown, played], [played, *radios, submit])
+    mode.change(serve, mode, outputs)
+    submit.click(vote, [shown, played, *radios], None).success(serve, mode, outputs)
+    return serve, mode, outputs
+
+
+def study_results_section(store: VoteStore | None, study):
+    """Reviewers: share chosen best, Bradley-Terry strengths with intervals, win rates, attention, agreement."""
+    if store is None or study is None:
+        return None
+    gr.Markdown("## The user study (votes of flagged annotators left out)")
+    summary = gr.Markdown()
+    with gr.Row():
+        best = gr.Plot()
+        strengths = gr.Plot()
+    wins = gr.Dataframe(label="win rate of row over column (ties count half), frame quality", interactive=False)
+    agree = gr.Dataframe(label="inter-annotator agreement", interactive=False)
+    refresh = gr.Button("refresh study results")
+
+    def on_refresh():
+        r = study_results(store.votes(study))
+        if r.counted_votes == 0:
+            return "No counted votes yet.", None, None, None, None
+        text = (f"{r.counted_votes} votes counted; {r.excluded_votes} left out from {len(r.flagged)} annotator(s) "
+                f"flagged by attention checks.")
+        matrix = r.win_rates.get("frame_quality")
+        return (text, plots.best_share_bars(r.best_share) if len(r.best_share) else None,
+                plots.strength_intervals(r.strengths), None if matrix is None else matrix.round(3).reset_index(),
+                r.agreement)
+
+    refresh.click(on_refresh, None, [summary, best, strengths, wins, agree])
+    return on_refresh, [summary, best, strengths, wins, agree]
+
+
+def build(experiments: list[Path], cache: Path, study=None, store: VoteStore | None = None, voting: bool = False
+          ) -> gr.Blocks:
     models = compare.model_folders(*experiments)
     options = compare.choices(models)
     test_size = compare.cached_config(next(iter(models.values()))).data.test_size if models else 1
@@ -91,6 +197,11 @@ def build(experiments: list[Path], cache: Path) -> gr.Blocks:
 
     with gr.Blocks(title=TITLE) as app:
         gr.Markdown(f"# {TITLE}")
+        if voting:  # annotators see the study only: the other tabs name methods and could replay a study clip
+            with gr.Tab("Study"):
+                served = study_tab(study, store)
+            app.load(*served)
+            return app
         with gr.Tab("Compare"):
             with gr.Row():
                 clip = gr.Number(value=0, precision=0, minimum=0, maximum=test_size - 1, label="test clip")
@@ -107,6 +218,8 @@ def build(experiments: list[Path], cache: Path) -> gr.Blocks:
             pick_random.click(lambda: random.randrange(test_size), outputs=clip)
             go.click(on_compare, [clip, picks, seed], [caption, first, grid, strip, metrics])
             app.load(on_compare, [clip, picks, seed], [caption, first, grid, strip, metrics])
+        with gr.Tab("Study"):
+            study_tab(study, None)
         with gr.Tab("Results"):
             table_path = gr.Dropdown(tables, value=tables[0] if tables else None, label="evaluation (results.csv)")
             metric = gr.Dropdown(["fvd", "solid", "shape_iou", "psnr", "ssim", "first_frame_mae", "sharpness"],
@@ -116,6 +229,7 @@ def build(experiments: list[Path], cache: Path) -> gr.Blocks:
             for c in (table_path, metric):
                 c.change(on_results, [table_path, metric], [figure, summary_table])
             app.load(on_results, [table_path, metric], [figure, summary_table])
+            refreshed = study_results_section(store, study)
         with gr.Tab("Runs"):
             run_path = gr.Dropdown(runs, value=runs[0] if runs else None, label="run or model folder")
             config = gr.Code(language="yaml", label="config.yaml")
@@ -130,6 +244,8 @@ def build(experiments: list[Path], cache: Path) -> gr.Blocks:
             for c in (diff_a, diff_b):
                 c.change(on_diff, [diff_a, diff_b], diff)
             app.load(on_run, run_path, [config, curves, sheets, eval_table])
+        if refreshed:
+            app.load(refreshed[0], None, refreshed[1])
     return app
 
 
@@ -137,14 +253,36 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=TITLE)
     ap.add_argument("--experiments", nargs="+", default=["experiments"], help="folders of model and run folders")
     ap.add_argument("--cache", default="runs/app-cache", help="where compared clips are written")
+    ap.add_argument("--study", default="experiments/toy/study", help="a study folder (python -m workbench study build)")
+    ap.add_argument("--users", help="annotators, `name:password` per line (stored hashed); enables login and votes")
+    ap.add_argument("--votes", default="runs/app-votes.sqlite", help="the votes database (never served)")
     ap.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     ap.add_argument("--port", type=int, default=7860)
     args = ap.parse_args(argv)
+    try:
+        launch(args)
+    except (ValueError, OSError) as e:  # a bad study folder or users file: one line, exit 2
+        sys.exit(f"error: {one_line(e)}")
+
+
+def launch(args) -> None:
     experiments = [Path(e).resolve() for e in args.experiments]
     cache = Path(args.cache).resolve()
     cache.mkdir(parents=True, exist_ok=True)
-    build(experiments, cache).launch(server_name=args.host, server_port=args.port, share=False, css=CSS,
-                                     allowed_paths=[str(cache), *map(str, experiments)])
+    study = load_study(args.study) if args.study and Path(args.study).is_dir() else None
+    voting = bool(args.users)
+    if voting and study is None:
+        raise ValueError(f"--users: votes need a study folder, and --study {args.study} is none")
+    Path(args.votes).resolve().parent.mkdir(parents=True, exist_ok=True)
+    store = VoteStore(Path(args.votes).resolve()) if study is not None else None
+    if voting:
+        store.add_annotators(args.users)
+    media = [str(study.path.resolve() / "videos"), str(study.path.resolve() / "frames")] if study else []
+    allowed = media if voting else [str(cache), *media, *map(str, experiments)]  # annotators: the study's media only
+    blocked = [str(Path(args.votes).resolve()), *([str(study.path.resolve() / "manifest.json")] if study else [])]
+    build(experiments, cache, study, store, voting=voting).launch(
+        server_name=args.host, server_port=args.port, share=False, css=CSS,
+        auth=store.check_login if voting else None, allowed_paths=allowed, blocked_paths=blocked)
 
 
 if __name__ == "__main__":

@@ -46,16 +46,22 @@ def app(tmp_path_factory, request):
 
 
 @pytest.fixture(scope="module")
-def page(app):
+def browser():
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--no-first-run"])
-        page = browser.new_page(viewport={"width": 1200, "height": 1400})
-        page.goto(app[0])
-        yield page
+        yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(app, browser):
+    page = browser.new_page(viewport={"width": 1200, "height": 1400})
+    page.goto(app[0])
+    yield page
+    page.close()
 
 
 def test_compare_plays_every_chosen_model_on_the_same_clip(page, app):
@@ -95,3 +101,111 @@ def test_binds_loopback_only(app):
     listening = [line.split()[1] for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
                  if line.split()[3] == "0A" and int(line.split()[1].split(":")[1], 16) == port]
     assert listening == ["0100007F:%04X" % port]  # 127.0.0.1, not 0.0.0.0
+
+
+# --- the blind study, as annotators see it ------------------------------------------------------------------------
+
+# what would tell a method: its name, a label like teacher@8, its folder, the manifest (gradio's own scripts aside)
+IDENTITIES = ("teacher", "ccd", "swiftvideo", "da@4", "experiments/toy", "study/manifest")
+
+
+@pytest.fixture(scope="module")
+def voting_app(tmp_path_factory, request):
+    root = request.config.rootpath
+    tmp = tmp_path_factory.mktemp("study-app")
+    (tmp / "users.txt").write_text("ann1:pw-one\nann2:pw-two\n")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--users", str(tmp / "users.txt"),
+                             "--votes", str(tmp / "votes.sqlite"), "--cache", str(tmp / "cache")], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except (urllib.error.URLError, ConnectionError):
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.5)
+    yield url, port, tmp
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def _body(response) -> str:
+    """A text response's body ("" for media, or once the page is gone)."""
+    kind = response.headers.get("content-type") or ""
+    if not any(k in kind for k in ("text", "json", "javascript")):
+        return ""
+    try:
+        return response.text()
+    except Exception:  # noqa: BLE001  the body of a response the browser has already dropped
+        return ""
+
+
+def _visible_videos(page) -> list[str]:
+    return page.evaluate("[...document.querySelectorAll('video')].filter(v => v.offsetParent !== null).map(v => v.src)")
+
+
+def _play_all(page) -> None:
+    page.evaluate("[...document.querySelectorAll('video')].filter(v => v.offsetParent !== null)"
+                  ".forEach(v => { v.muted = true; v.play(); })")
+
+
+def _vote(page, answer: str) -> None:
+    submit = page.get_by_role("button", name="submit votes")
+    assert submit.is_disabled()                                         # not before every video has played
+    _play_all(page)
+    page.wait_for_function("[...document.querySelectorAll('button')].some(b => b.innerText.includes('submit votes')"
+                           " && !b.disabled)", timeout=30_000)
+    for group in ("frame quality", "temporal consistency", "image alignment"):
+        page.locator(".block", has=page.get_by_text(group, exact=True)).get_by_label(answer, exact=True).check()
+    submit.click()
+    page.get_by_text("votes stored").wait_for(timeout=30_000)
+
+
+def test_an_annotator_votes_blind_in_both_modes_and_is_never_served_an_item_twice(voting_app, browser):
+    import sqlite3
+
+    url, _, tmp = voting_app
+    seen = []                                                           # every response body before the vote
+    page = browser.new_page(viewport={"width": 1300, "height": 1600})
+    page.on("response", lambda r: seen.append((r.url, _body(r))))
+    page.goto(url)
+    page.get_by_label("username").fill("ann1")
+    page.get_by_label("password").fill("pw-one")
+    page.get_by_role("button", name="Login").click()
+    page.get_by_text("items left in this mode").wait_for(timeout=30_000)
+    assert [t.inner_text() for t in page.get_by_role("tab").all()] == ["Study"]  # nothing that names methods
+    first = _visible_videos(page)
+    assert len(first) == 4
+    dom = page.content()
+    leaked = [(n, u) for n in IDENTITIES for u, body in [*seen, ("page", dom)]
+              if "/assets/" not in u and (n in u or n in body)]
+    assert not leaked, leaked[:3]                                   # before any vote is stored
+    _vote(page, "1")
+    rows = sqlite3.connect(tmp / "votes.sqlite").execute("SELECT criterion, mode FROM votes").fetchall()
+    assert sorted(rows) == sorted((c, "best_of_n") for c in ("frame_quality", "temporal_consistency",
+                                                              "image_alignment"))
+    page.reload()
+    page.get_by_text("items left in this mode").wait_for(timeout=30_000)
+    second = _visible_videos(page)
+    assert len(second) == 4 and not set(second) & set(first)       # the voted item is not served again
+    page.get_by_label("pairwise arena (A/B)").check()
+    page.wait_for_function("[...document.querySelectorAll('video')].filter(v => v.offsetParent !== null)"
+                           ".length == 2", timeout=30_000)
+    _vote(page, "tie")
+    page.close()
+    modes = sqlite3.connect(tmp / "votes.sqlite").execute("SELECT mode, choice FROM votes").fetchall()
+    assert sorted(m for m, _ in modes) == ["best_of_n"] * 3 + ["pairwise"] * 3
+    assert {str(c) for m, c in modes if m == "pairwise"} == {"tie"}
+
+
+def test_an_annotator_app_serves_only_the_study_media(voting_app, request):
+    url, _, tmp = voting_app
+    root = request.config.rootpath
+    for target in (tmp / "votes.sqlite", root / "experiments/toy/study/manifest.json",
+                   root / "experiments/toy/teacher/config.yaml", "/etc/passwd"):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"{url}/gradio_api/file={target}", timeout=10)
+        assert e.value.code in (401, 403, 404), target

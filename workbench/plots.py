@@ -77,3 +77,18 @@ def ablation_table(summary: pd.DataFrame, metrics: list[str], title: str = "") -
     fig = go.Figure(go.Table(header=dict(values=["method", "steps", *[_label(m) for m in metrics]], align="left"),
                              cells=dict(values=cells, align="left")))
     return fig.update_layout(title=title, height=120 + 28 * len(summary), margin=dict(l=10, r=10, t=40, b=10))
+
+
+def best_share_bars(best: pd.DataFrame) -> go.Figure:
+    """Figure 4: per criterion, the share of best-of-N votes each entrant won."""
+    fig = px.bar(best, x="criterion", y="share", color="entrant", barmode="group", hover_data=["chosen", "votes"],
+                 title="chosen best (share of best-of-N votes)")
+    return fig.update_layout(height=380, yaxis_tickformat=".0%")
+
+
+def strength_intervals(strengths: pd.DataFrame) -> go.Figure:
+    """Bradley-Terry strengths per criterion with their bootstrap intervals."""
+    df = strengths.assign(plus=strengths["hi"] - strengths["strength"], minus=strengths["strength"] - strengths["lo"])
+    fig = px.scatter(df, x="entrant", y="strength", color="criterion", error_y="plus", error_y_minus="minus",
+                     title="Bradley-Terry strength (log-odds, mean 0) with bootstrap 95% intervals")
+    return fig.update_layout(height=380)
