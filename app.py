@@ -113,10 +113,11 @@ def study_tab(study, store: VoteStore | None):
         gr.Info("votes stored")   # only after every vote is committed
 
     outputs = [shown, played, left, caption, first, *videos, *radios, submit]
-    for i, v in enumerate(videos):
-        v.end(lambda state, seen, i=i: ended(i, state, seen), [shown, played], [played, *radios, submit])
-    mode.change(serve, mode, outputs)
-    submit.click(vote, [shown, played, *radios], None).success(serve, mode, outputs)
+    for i, v in enumerate(videos):  # api names: what gradio_client calls in bench/app.py's load test
+        v.end(lambda state, seen, i=i: ended(i, state, seen), [shown, played], [played, *radios, submit],
+              api_name=f"played_{i}")
+    mode.change(serve, mode, outputs, api_name="next_item")
+    submit.click(vote, [shown, played, *radios], None, api_name="vote").success(serve, mode, outputs)
     return serve, mode, outputs
 
 
@@ -129,23 +130,28 @@ def study_results_section(store: VoteStore | None, study):
     with gr.Row():
         best = gr.Plot()
         strengths = gr.Plot()
+    versus = gr.Plot()
     wins = gr.Dataframe(label="win rate of row over column (ties count half), frame quality", interactive=False)
     agree = gr.Dataframe(label="inter-annotator agreement", interactive=False)
     refresh = gr.Button("refresh study results")
 
+    evaluated = study.path / "eval" / "results.csv"   # the study's own models evaluated at their step counts
+
     def on_refresh():
         r = study_results(store.votes(study))
         if r.counted_votes == 0:
-            return "No counted votes yet.", None, None, None, None
+            return "No counted votes yet.", None, None, None, None, None
         text = (f"{r.counted_votes} votes counted; {r.excluded_votes} left out from {len(r.flagged)} annotator(s) "
                 f"flagged by attention checks.")
         matrix = r.win_rates.get("frame_quality")
+        versus_fvd = plots.human_vs_metric(r.strengths, pd.read_csv(evaluated)) if evaluated.is_file() else None
         return (text, plots.best_share_bars(r.best_share) if len(r.best_share) else None,
-                plots.strength_intervals(r.strengths), None if matrix is None else matrix.round(3).reset_index(),
-                r.agreement)
+                plots.strength_intervals(r.strengths), versus_fvd,
+                None if matrix is None else matrix.round(3).reset_index(), r.agreement)
 
-    refresh.click(on_refresh, None, [summary, best, strengths, wins, agree])
-    return on_refresh, [summary, best, strengths, wins, agree]
+    outputs = [summary, best, strengths, versus, wins, agree]
+    refresh.click(on_refresh, None, outputs)
+    return on_refresh, outputs
 
 
 def build(experiments: list[Path], cache: Path, study=None, store: VoteStore | None = None, voting: bool = False
@@ -184,6 +190,10 @@ def build(experiments: list[Path], cache: Path, study=None, store: VoteStore | N
             return ""
         text = lambda p: (Path(p) / "config.yaml").read_text().splitlines()  # noqa: E731
         return "\n".join(difflib.unified_diff(text(a), text(b), a, b, lineterm="")) or "(the same config)"
+
+    def on_curves(key):
+        having = {Path(r).name: r for r in runs if key in Run(r).metrics}
+        return plots.training_curves(having, (key,), log_y=False) if having else None
 
     def on_results(path, metric):
         if not path:
@@ -226,6 +236,11 @@ def build(experiments: list[Path], cache: Path, study=None, store: VoteStore | N
                                  value="fvd", label="metric against steps")
             figure = gr.Plot()
             summary_table = gr.Dataframe(label="mean over seeds", interactive=False)
+            curve_key = gr.Dropdown(["win_diff", "loss", "loss_distill", "loss_adv_g", "loss_d", "logit_real",
+                                     "logit_fake"], value="win_diff", label="training curve of every run that logged it")
+            curve = gr.Plot()
+            curve_key.change(on_curves, curve_key, curve)
+            app.load(on_curves, curve_key, curve)
             for c in (table_path, metric):
                 c.change(on_results, [table_path, metric], [figure, summary_table])
             app.load(on_results, [table_path, metric], [figure, summary_table])

@@ -92,3 +92,16 @@ def strength_intervals(strengths: pd.DataFrame) -> go.Figure:
     fig = px.scatter(df, x="entrant", y="strength", color="criterion", error_y="plus", error_y_minus="minus",
                      title="Bradley-Terry strength (log-odds, mean 0) with bootstrap 95% intervals")
     return fig.update_layout(height=380)
+
+
+def human_vs_metric(strengths: pd.DataFrame, results: pd.DataFrame, metric: str = "fvd",
+                    criterion: str = "frame_quality") -> go.Figure:
+    """Each study entrant (method@steps) placed by its Bradley-Terry strength against an automatic metric of the
+    same model at the same steps (mean over seeds): does the metric agree with people?"""
+    means = results.groupby(["method", "steps"])[metric].mean()
+    s = strengths[strengths["criterion"] == criterion].copy()
+    s[metric] = [means.get(tuple([e.rsplit("@", 1)[0], int(e.rsplit("@", 1)[1])]), float("nan")) for e in s["entrant"]]
+    fig = px.scatter(s, x=metric, y="strength", text="entrant", error_y=s["hi"] - s["strength"],
+                     error_y_minus=s["strength"] - s["lo"],
+                     title=f"people ({criterion.replace('_', ' ')}, Bradley-Terry) against {_label(metric)}")
+    return fig.update_traces(textposition="top center").update_layout(height=380)
