@@ -29,7 +29,8 @@ def free_port() -> int:
 def app(tmp_path_factory, request):
     root = request.config.rootpath
     port, cache = free_port(), tmp_path_factory.mktemp("app-cache")
-    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--cache", str(cache)], cwd=root,
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--cache", str(cache),
+                             "--votes", str(cache / "votes.sqlite")], cwd=root,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
