@@ -23,7 +23,7 @@ import pandas as pd
 
 from workbench import compare, plots
 from workbench.__main__ import one_line
-from workbench.eval.tables import summarise
+from workbench.eval.tables import DIMENSIONS, summarise
 from workbench.runs import Run, find_eval_tables, find_runs
 from workbench.study import PAIRWISE_CHOICES, VoteStore, load_study, study_results
 
@@ -197,13 +197,17 @@ def build(experiments: list[Path], cache: Path, study=None, store: VoteStore | N
 
     def on_results(path, metric):
         if not path:
-            return None, None
+            return None, None, None
         summary = summarise(pd.read_csv(path))
         metric = metric if metric in summary["mean"].columns else "fvd"
         flat = summary["mean"].copy()
         flat.insert(0, "steps", summary["steps"])
         flat.insert(0, "method", summary["method"])
-        return plots.metric_vs_steps(summary, metric), flat.round(3)
+        dims = [c for c in summary["mean"].columns if c.removesuffix("_proxy") in DIMENSIONS]
+        vbench = plots.ablation_table(summary, dims, "VBench-I2V dimensions, mean ± std over seeds") if dims else None
+        return plots.metric_vs_steps(summary, metric), flat.round(3), vbench
+
+    shipped_tables = [str(p) for root in experiments for p in sorted(root.rglob("*table.md"))]
 
     with gr.Blocks(title=TITLE) as app:
         gr.Markdown(f"# {TITLE}")
@@ -236,14 +240,20 @@ def build(experiments: list[Path], cache: Path, study=None, store: VoteStore | N
                                  value="fvd", label="metric against steps")
             figure = gr.Plot()
             summary_table = gr.Dataframe(label="mean over seeds", interactive=False)
+            vbench = gr.Plot(label="VBench-I2V dimensions per method")
             curve_key = gr.Dropdown(["win_diff", "loss", "loss_distill", "loss_adv_g", "loss_d", "logit_real",
                                      "logit_fake"], value="win_diff", label="training curve of every run that logged it")
             curve = gr.Plot()
             curve_key.change(on_curves, curve_key, curve)
             app.load(on_curves, curve_key, curve)
             for c in (table_path, metric):
-                c.change(on_results, [table_path, metric], [figure, summary_table])
-            app.load(on_results, [table_path, metric], [figure, summary_table])
+                c.change(on_results, [table_path, metric], [figure, summary_table, vbench])
+            app.load(on_results, [table_path, metric], [figure, summary_table, vbench])
+            shipped = gr.Dropdown(shipped_tables, value=next((t for t in shipped_tables if "ablations" in t), None),
+                                  label="a shipped table (Table 1 and Table 2 layouts: evaluations and ablations)")
+            shipped_md = gr.Markdown()
+            shipped.change(lambda p: Path(p).read_text() if p else "", shipped, shipped_md)
+            app.load(lambda p: Path(p).read_text() if p else "", shipped, shipped_md)
             refreshed = study_results_section(store, study)
         with gr.Tab("Runs"):
             run_path = gr.Dropdown(runs, value=runs[0] if runs else None, label="run or model folder")

@@ -83,6 +83,8 @@ def test_compare_plays_every_chosen_model_on_the_same_clip(page, app):
 def test_results_and_runs_tabs_show_the_shipped_experiments(page):
     page.get_by_role("tab", name="Results").click()
     page.wait_for_selector(".js-plotly-plot", timeout=30_000)
+    page.get_by_text("VBench-I2V dimensions, mean ± std over seeds").wait_for(timeout=30_000)
+    page.wait_for_function("document.body.innerText.includes('Results: mean ± std over seeds')", timeout=30_000)
     page.get_by_role("tab", name="Runs").click()
     page.wait_for_function("document.body.innerText.includes('method: ')", timeout=30_000)  # config.yaml shown
 
