@@ -33,10 +33,10 @@ MODES = {"best of N (the paper's protocol)": "best_of_n", "pairwise arena (A/B)"
 TITLE = "SwiftVideo workbench"
 
 
-def video_grid(real: compare.Shown, shown: list[compare.Shown]) -> str:
+def video_grid(real: compare.Shown | None, shown: list[compare.Shown]) -> str:
     """Looping videos in one grid, each with its label and metrics below it."""
     cells = []
-    for s in [real, *shown]:
+    for s in [real, *shown] if real else shown:
         rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.3f}</td></tr>" for k, v in s.metrics.items())
         cells.append(f'<figure class="clip"><video src="/gradio_api/file={s.video.resolve()}" autoplay loop muted '
                      f'playsinline width="192" height="192"></video><figcaption>{html.escape(s.label)}</figcaption>'
@@ -133,6 +133,7 @@ def study_results_section(store: VoteStore | None, study):
     versus = gr.Plot()
     wins = gr.Dataframe(label="win rate of row over column (ties count half), frame quality", interactive=False)
     agree = gr.Dataframe(label="inter-annotator agreement", interactive=False)
+    annotators = gr.Dataframe(label="annotators: attention checks seen, failed, flagged", interactive=False)
     refresh = gr.Button("refresh study results")
 
     evaluated = study.path / "eval" / "results.csv"   # the study's own models evaluated at their step counts
@@ -140,16 +141,16 @@ def study_results_section(store: VoteStore | None, study):
     def on_refresh():
         r = study_results(store.votes(study))
         if r.counted_votes == 0:
-            return "No counted votes yet.", None, None, None, None, None
+            return "No counted votes yet.", None, None, None, None, None, None
         text = (f"{r.counted_votes} votes counted; {r.excluded_votes} left out from {len(r.flagged)} annotator(s) "
                 f"flagged by attention checks.")
         matrix = r.win_rates.get("frame_quality")
         versus_fvd = plots.human_vs_metric(r.strengths, pd.read_csv(evaluated)) if evaluated.is_file() else None
         return (text, plots.best_share_bars(r.best_share) if len(r.best_share) else None,
                 plots.strength_intervals(r.strengths), versus_fvd,
-                None if matrix is None else matrix.round(3).reset_index(), r.agreement)
+                None if matrix is None else matrix.round(3).reset_index(), r.agreement, r.attention)
 
-    outputs = [summary, best, strengths, versus, wins, agree]
+    outputs = [summary, best, strengths, versus, wins, agree, annotators]
     refresh.click(on_refresh, None, outputs)
     return on_refresh, outputs
 
@@ -169,6 +170,12 @@ def build(experiments: list[Path], cache: Path, study=None, store: VoteStore | N
             raise gr.Error(str(e)) from None
         table = pd.DataFrame([{"video": s.label, **s.metrics} for s in shown]).round(3)
         return info["caption"], info["first_frame"], video_grid(real, shown), str(strip), table
+
+    def on_item(item):
+        if not item:
+            return "", ""
+        caption, _, shown = compare.prerendered(study, item)
+        return caption, video_grid(None, shown)
 
     runs = [str(p) for p in find_runs(*experiments)]
     tables = [str(p) for p in find_eval_tables(*experiments)]
@@ -229,6 +236,14 @@ def build(experiments: list[Path], cache: Path, study=None, store: VoteStore | N
             grid = gr.HTML()
             strip = gr.Image(label="every frame of every video, in rows", interactive=False)
             metrics = gr.Dataframe(label="oracle metrics of this clip (against its ground truth)", interactive=False)
+            if study is not None:
+                with gr.Accordion("pre-rendered: the study set's items, labelled (any scale)", open=False):
+                    ranked = [i for i, it in study.items.items() if not it["attention"]]
+                    item = gr.Dropdown(ranked, value=ranked[0] if ranked else None, label="item")
+                    item_caption = gr.Textbox(label="caption", interactive=False)
+                    item_grid = gr.HTML()
+                    item.change(on_item, item, [item_caption, item_grid])
+                    app.load(on_item, item, [item_caption, item_grid])
             pick_random.click(lambda: random.randrange(test_size), outputs=clip)
             go.click(on_compare, [clip, picks, seed], [caption, first, grid, strip, metrics])
             app.load(on_compare, [clip, picks, seed], [caption, first, grid, strip, metrics])

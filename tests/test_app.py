@@ -80,6 +80,14 @@ def test_compare_plays_every_chosen_model_on_the_same_clip(page, app):
     page.wait_for_function("document.querySelectorAll('.grid video').length == 5", timeout=60_000)
 
 
+def test_compare_shows_a_study_sets_items_labelled_for_reviewers(page):
+    page.get_by_text("pre-rendered: the study set's items").click()
+    page.wait_for_function("[...document.querySelectorAll('.grid figcaption')].some(f => f.innerText == "
+                           "'teacher, 8 steps')", timeout=30_000)          # the first item, shown on opening
+    labels = page.evaluate("[...document.querySelectorAll('.grid figcaption')].map(f => f.innerText)")
+    assert {"ccd, 4 steps", "da, 4 steps", "swiftvideo, 4 steps"} <= set(labels)
+
+
 def test_results_and_runs_tabs_show_the_shipped_experiments(page):
     page.get_by_role("tab", name="Results").click()
     page.wait_for_selector(".js-plotly-plot", timeout=30_000)

@@ -129,3 +129,28 @@ def test_run_api_reads_a_run_folder_without_knowing_its_layout(micro_run, tmp_pa
     assert load_model(run.name).config.model.weights == str(r.weights)
     with pytest.raises(FileNotFoundError, match="not a run folder"):
         Run(tmp_path)
+
+
+def test_compare_samples_toy_models_on_demand_and_leaves_wan_scale_ones_to_study_sets(tmp_path):
+    """workbench.compare: same first frame and noise for every pick, content-hash videos, one strip; a model of the
+    Wan preset is not offered for on-demand sampling."""
+    import shutil
+
+    import yaml
+
+    from workbench.compare import choices, compare, model_folders, parse_choice
+    models = model_folders("experiments")
+    picks = [parse_choice(c, models) for c in ("toy/teacher @ 2", "toy/ccd @ 2")]
+    info, real, shown, strip = compare(picks, 5, 0, tmp_path / "cache")
+    assert [s.label for s in shown] == ["toy/teacher, 2 steps", "toy/ccd, 2 steps"] and strip.is_file()
+    assert len({real.video, *(s.video for s in shown)}) == 3 and all(len(s.video.stem) == 24 for s in shown)
+    again = compare(picks, 5, 0, tmp_path / "cache")[2]
+    assert [s.video for s in again] == [s.video for s in shown]               # cached, same content-hash names
+    wan = tmp_path / "exp" / "wan"
+    shutil.copytree("experiments/toy/ccd", wan)
+    cfg = yaml.safe_load((wan / "config.yaml").read_text())
+    cfg["model"]["preset"] = "wan2.1-fun-1.3b-inp"
+    (wan / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert choices(model_folders(tmp_path / "exp")) == []
+    with pytest.raises(ValueError, match="unknown model choice"):
+        parse_choice("wan @ 4", model_folders(tmp_path / "exp"))

@@ -43,12 +43,22 @@ def model_folders(*roots: str | Path) -> dict[str, Path]:
 
 
 TEACHER_STEPS, STUDENT_STEPS = (2, 4, 8, 25), (1, 2, 4)
+TOY_PRESETS = ("toy", "toy-no-positions", "tiny-wan")
+
+
+def on_demand(folder: Path) -> bool:
+    """Sampled while the reader waits: toy-scale models only (a Wan-scale clip takes minutes: build a study set)."""
+    cfg = cached_config(folder)
+    return not cfg.model.transformer_path and cfg.model.preset in TOY_PRESETS
 
 
 def choices(models: dict[str, Path]) -> list[str]:
-    """"name @ steps" for every model: a teacher (trained by flow matching) at 2/4/8/25 steps, a student at 1/2/4."""
+    """"name @ steps" for every model sampled on demand: a teacher (trained by flow matching) at 2/4/8/25 steps, a
+    student at 1/2/4."""
     out = []
     for name, folder in models.items():
+        if not on_demand(folder):
+            continue
         steps = TEACHER_STEPS if cached_config(folder).train.method == "flow_matching" else STUDENT_STEPS
         out += [f"{name} @ {s}" for s in steps]
     return out
@@ -57,7 +67,7 @@ def choices(models: dict[str, Path]) -> list[str]:
 def parse_choice(choice: str, models: dict[str, Path]) -> tuple[str, Path, int]:
     """"toy/ccd @ 4" -> (label, folder, steps); a ValueError names what is wrong."""
     name, _, steps = choice.rpartition(" @ ")
-    if name not in models or not steps.isdigit():
+    if name not in models or not steps.isdigit() or not on_demand(models[name]):
         raise ValueError(f"unknown model choice {choice!r}")
     return f"{name}, {steps} step{'s' * (steps != '1')}", models[name], int(steps)
 
@@ -117,3 +127,15 @@ def compare(picks: list[tuple[str, Path, int]], clip: int, seed: int, cache: str
     k = max(1, 192 // real.shape[1])                                   # the first frame, enlarged like the videos
     info = {"caption": batch["caption"][0], "first_frame": real[0].repeat(k, 0).repeat(k, 1), "clip": clip}
     return info, Shown("real continuation", _write(real, cache), {}), shown, strip
+
+
+def prerendered(study, item: str) -> tuple[str, Path, list[Shown]]:
+    """A study set's item, labelled (for reviewers: Compare at any scale, where sampling on demand is too slow):
+    (caption, first frame, each video as "method, N steps")."""
+    if item not in study.items:
+        raise ValueError(f"item: {item!r} is not in study {study.id}")
+    it = study.items[item]
+    shown = [Shown(f"{v['method']}, {v['steps']} step{'s' * (v['steps'] != 1)}", study.video_path(v["video"]), {})
+             for v in it["videos"]]
+    return it["caption"], study.frame_path(it["first_frame"]), shown
+
