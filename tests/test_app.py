@@ -211,6 +211,27 @@ def test_an_annotator_votes_blind_in_both_modes_and_is_never_served_an_item_twic
     assert sorted(m for m, _ in modes) == ["best_of_n"] * 3 + ["pairwise"] * 3
     assert {str(c) for m, c in modes if m == "pairwise"} == {"tie"}
 
+    # a reviewer's app on the same database: the Results tab counts the votes just stored
+    port = free_port()
+    review = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--votes", str(tmp / "votes.sqlite"),
+                               "--cache", str(tmp / "cache")], cwd=Path(__file__).resolve().parents[1],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        page = browser.new_page(viewport={"width": 1300, "height": 1600})
+        for _ in range(180):
+            try:
+                page.goto(f"http://127.0.0.1:{port}")
+                break
+            except Exception:  # noqa: BLE001  not up yet
+                time.sleep(0.5)
+        page.get_by_role("tab", name="Results").click()
+        page.get_by_role("button", name="refresh study results").click()
+        page.wait_for_function("/\\d+ votes counted; 0 left out/.test(document.body.innerText)", timeout=30_000)
+        page.close()
+    finally:
+        review.terminate()
+        review.wait(timeout=20)
+
 
 def test_an_annotator_app_serves_only_the_study_media(voting_app, request):
     url, _, tmp = voting_app
