@@ -115,7 +115,7 @@ def study_tab(study, store: VoteStore | None):
     outputs = [shown, played, left, caption, first, *videos, *radios, submit]
     for i, v in enumerate(videos):  # api names: what gradio_client calls in bench/app.py's load test
         v.end(lambda state, seen, i=i: ended(i, state, seen), [shown, played], [played, *radios, submit],
-              api_name=f"played_{i}")
+              api_name=f"played_{i}", concurrency_id="played", concurrency_limit=1)  # one at a time: none is lost
     mode.change(serve, mode, outputs, api_name="next_item")
     submit.click(vote, [shown, played, *radios], None, api_name="vote").success(serve, mode, outputs)
     return serve, mode, outputs

@@ -1,6 +1,7 @@
 """The app in a real browser (Python Playwright driving Debian's /usr/bin/chromium), against `python app.py` on
 loopback: the Compare grid plays the chosen models on one clip, Results and Runs show the shipped experiments, and
 the file route refuses what the app does not mean to serve."""
+import contextlib
 import os
 import socket
 import subprocess
@@ -25,25 +26,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def app(tmp_path_factory, request):
-    root = request.config.rootpath
-    port, cache = free_port(), tmp_path_factory.mktemp("app-cache")
-    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--cache", str(cache),
-                             "--votes", str(cache / "votes.sqlite")], cwd=root,
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def serving(*args: str):
+    """`python app.py ARGS` on a free loopback port until its page is served; (url, port); stopped after."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except (urllib.error.URLError, ConnectionError):
-            assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else ""
-            time.sleep(0.5)
-    yield url, port, cache
-    proc.terminate()
-    proc.wait(timeout=20)
+    url, deadline = f"http://127.0.0.1:{port}", time.time() + 90
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert proc.poll() is None and time.time() < deadline, "the app did not start"
+                time.sleep(0.5)
+        yield url, port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("app-cache")
+    with serving("--cache", str(cache), "--votes", str(cache / "votes.sqlite")) as (url, port):
+        yield url, port, cache
 
 
 @pytest.fixture(scope="module")
@@ -121,26 +132,12 @@ IDENTITIES = ("teacher", "ccd", "swiftvideo", "da@4", "experiments/toy", "study/
 
 
 @pytest.fixture(scope="module")
-def voting_app(tmp_path_factory, request):
-    root = request.config.rootpath
+def voting_app(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("study-app")
     (tmp / "users.txt").write_text("ann1:pw-one\nann2:pw-two\n")
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--users", str(tmp / "users.txt"),
-                             "--votes", str(tmp / "votes.sqlite"), "--cache", str(tmp / "cache")], cwd=root,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except (urllib.error.URLError, ConnectionError):
-            assert proc.poll() is None and time.time() < deadline
-            time.sleep(0.5)
-    yield url, port, tmp
-    proc.terminate()
-    proc.wait(timeout=20)
+    with serving("--users", str(tmp / "users.txt"), "--votes", str(tmp / "votes.sqlite"),
+                 "--cache", str(tmp / "cache")) as (url, port):
+        yield url, port, tmp
 
 
 def _body(response) -> str:
@@ -212,25 +209,13 @@ def test_an_annotator_votes_blind_in_both_modes_and_is_never_served_an_item_twic
     assert {str(c) for m, c in modes if m == "pairwise"} == {"tie"}
 
     # a reviewer's app on the same database: the Results tab counts the votes just stored
-    port = free_port()
-    review = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--votes", str(tmp / "votes.sqlite"),
-                               "--cache", str(tmp / "cache")], cwd=Path(__file__).resolve().parents[1],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    with serving("--votes", str(tmp / "votes.sqlite"), "--cache", str(tmp / "cache")) as (review, _):
         page = browser.new_page(viewport={"width": 1300, "height": 1600})
-        for _ in range(180):
-            try:
-                page.goto(f"http://127.0.0.1:{port}")
-                break
-            except Exception:  # noqa: BLE001  not up yet
-                time.sleep(0.5)
+        page.goto(review)
         page.get_by_role("tab", name="Results").click()
         page.get_by_role("button", name="refresh study results").click()
         page.wait_for_function("/\\d+ votes counted; 0 left out/.test(document.body.innerText)", timeout=30_000)
         page.close()
-    finally:
-        review.terminate()
-        review.wait(timeout=20)
 
 
 def test_an_annotator_app_serves_only_the_study_media(voting_app, request):
