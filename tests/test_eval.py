@@ -246,3 +246,27 @@ def test_shipped_toy_fvd_net_is_small_accurate_and_separates_blur():
     s = vbench.vbench_clips(static, static[:, :, 0], nets)
     assert s["subject_consistency"][0] == pytest.approx(1.0, abs=1e-5)
     assert s["background_consistency"][0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_background_columns_see_background_noise_and_what_an_object_leaves_behind():
+    """Known answers: a real clip scores 0 on both; patch noise on the background raises background_mae; a frozen
+    object (the first frame repeated) leaves the wake wrong while the rest of the background is right."""
+    from dataclasses import asdict
+
+    import numpy as np
+
+    from workbench.config import ToySpec
+    from workbench.data.synthetic import render_clip
+    from workbench.eval.oracle import background_errors, covered
+
+    video, _, objs = render_clip(5, ToySpec())
+    truth = [asdict(o) for o in objs]
+    assert background_errors(video, video, truth) == {"background_mae": 0.0, "wake_mae": 0.0}
+    true = covered(truth, *video.shape[:3])
+    noisy = video.copy()
+    patch = np.random.default_rng(0).integers(-40, 41, video.shape[:3])
+    noisy[~true] = np.clip(video[~true].astype(int) + patch[~true][:, None], 0, 255).astype(np.uint8)
+    assert background_errors(noisy, video, truth)["background_mae"] > 10
+    frozen = np.repeat(video[:1], len(video), 0)
+    errs = background_errors(frozen, video, truth)
+    assert errs["background_mae"] == 0.0 and errs["wake_mae"] > 10

@@ -13,6 +13,10 @@ toy's backgrounds are dark and desaturated, its objects bright). Per clip, over 
                    an object starts against (only clips whose caption states direction)
   speed_agree      first move's speed equals the truth's (only clips whose caption states speed)
   sharpness        Laplacian energy of the clip / that of the real clip (1 = as crisp as real)
+  background_mae   mean |clip - real| in [0, 255] over background pixels: outside every true object and every
+                   object-coloured pixel of the clip (patch noise, colour shifts, a smeared texture)
+  wake_mae         mean |clip - real| over the background an object uncovers (under it in frame t-1, not in t):
+                   a smear, a dark trail or an object left behind shows here
 """
 from __future__ import annotations
 
@@ -136,7 +140,32 @@ def clip_metrics(video_THWC: np.ndarray, real_THWC: np.ndarray, truth: list[dict
     out["count_ok"] = float(np.mean(seen == len(truth)))
     out["first_frame_mae"] = float(np.abs(video_THWC[0].astype(np.float32) - real_THWC[0]).mean())
     out["sharpness"] = _laplacian_energy(video_THWC) / max(_laplacian_energy(real_THWC), 1e-6)
+    out.update(background_errors(video_THWC, real_THWC, truth))
     return out
+
+
+def covered(truth: list[dict], T: int, H: int, W: int) -> np.ndarray:
+    """(T, H, W) bool: the pixels some true object covers in each frame."""
+    out = np.zeros((T, H, W), bool)
+    for obj in truth:
+        m = shape_mask(obj["shape"], obj["size"])
+        for t, (x, y) in enumerate(obj["xy"][:T]):
+            out[t, y:y + obj["size"], x:x + obj["size"]] |= m
+    return out
+
+
+def background_errors(video_THWC: np.ndarray, real_THWC: np.ndarray, truth: list[dict]) -> dict[str, float]:
+    """background_mae and wake_mae over frames 1..T-1 (see the module docstring)."""
+    T, H, W, _ = video_THWC.shape
+    true = covered(truth, T, H, W)
+    drawn = np.zeros_like(true)
+    for obj in truth:  # object-coloured pixels of the clip, wherever they are
+        drawn |= (np.abs(video_THWC.astype(np.int16) - np.array(obj["rgb"], np.int16)) <= COLOUR_TOL).all(-1)
+    err = np.abs(video_THWC.astype(np.float32) - real_THWC.astype(np.float32)).mean(-1)   # T, H, W
+    background = ~(true | drawn)
+    wake = true[:-1] & ~true[1:]                                                             # uncovered at t
+    mean = lambda m, e: float(e[m].mean()) if m.any() else float("nan")  # noqa: E731
+    return {"background_mae": mean(background[1:], err[1:]), "wake_mae": mean(wake, err[1:])}
 
 
 def oracle_metrics(videos_THWC: list[np.ndarray], reals_THWC: list[np.ndarray], truths: list[list[dict]]) -> dict:

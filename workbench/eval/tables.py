@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 
 METRIC_ORDER = ["colour_mass", "solid", "shape_iou", "count_ok", "path_accel", "first_frame_mae",
-                "direction_agree", "speed_agree", "sharpness"]          # the oracle's columns
+                "direction_agree", "speed_agree", "sharpness", "background_mae", "wake_mae"]  # the oracle's columns
 TABLE1 = ["sec_per_clip", "fvd", "temporal_quality", "frame_quality", "i2v_subject", "i2v_background", "psnr", "ssim"]
 DIMENSIONS = ["subject_consistency", "background_consistency", "temporal_flickering", "motion_smoothness",
               "dynamic_degree", "aesthetic_quality", "imaging_quality"]
