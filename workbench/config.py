@@ -120,6 +120,17 @@ class DistillConfig:
 
 
 @dataclass
+class LCMConfig:
+    """Latent consistency distillation (Luo et al. 2023; diffusers examples/consistency_distillation): the teacher's
+    one Euler step on a grid as the ODE solver, consistency to the target network (distill.target_decay) there.
+    Guidance is fixed (distill.guidance) and distilled in: Wan has no guidance input to condition on."""
+    grid: int = 50                   # N points of the teacher's schedule, t_n = n / N (diffusers: 50 DDIM steps)
+    skip: int = 1                    # k: the solver jumps from t_n to t_{n-k} (the skipping-step grid)
+    huber_c: float = 0.001           # pseudo-Huber sqrt(d^2 + c^2) - c per element; our units are ~[-1, 1] as SD latents
+    RANGES = {"grid": (1, 1000), "skip": (1, None), "huber_c": (0, None)}
+
+
+@dataclass
 class AdversarialConfig:
     """Distribution alignment (DA): hinge GAN on real clips over frozen features (Eq. 10)."""
     distill: str = "ccd"             # the distillation loss DA is added to: "ccd", "dcd" or "none" (DA alone)
@@ -183,6 +194,7 @@ class Config:
     flow_matching: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    lcm: LCMConfig = field(default_factory=LCMConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
 
 

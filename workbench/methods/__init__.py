@@ -9,6 +9,7 @@ from workbench.methods.ccd import CCD
 from workbench.methods.dcd import DCD
 from workbench.methods.dpo import FlowDPO
 from workbench.methods.flow_matching import FlowMatching
+from workbench.methods.lcm import LCM
 
 __all__ = ["METHODS", "Distillation", "LossOut", "Method", "Role", "TrainStep", "build_method"]
 
@@ -18,6 +19,7 @@ METHODS: dict[str, type[Method]] = {
     "dcd": DCD,
     "adversarial": Adversarial,
     "dpo": FlowDPO,
+    "lcm": LCM,
 }
 
 

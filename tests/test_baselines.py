@@ -1,0 +1,88 @@
+"""Baselines: known answers of each loss on tiny cases, one step at Wan scale, and conditioning that reaches the
+networks."""
+import math
+
+import pytest
+import torch
+
+from workbench.config import load_config
+from workbench.flow import denoise
+from workbench.methods import build_method
+from workbench.methods.lcm import LCM, lcm_loss, pseudo_huber
+from workbench.models import build_backbone
+from workbench.models.wan import Conditioning
+from workbench.train import steps_on_batch
+
+MICRO = "experiments/micro/teacher.yaml"
+
+
+def test_pseudo_huber_form():
+    a, b = torch.tensor([0.0, 3.0]), torch.tensor([4.0, 3.0])
+    assert pseudo_huber(a, b, 0.0).item() == pytest.approx(2.0)                        # c = 0: mean |d|
+    assert pseudo_huber(a, b, 1.0).item() == pytest.approx((math.sqrt(17) - 1) / 2)
+    d = torch.tensor([1e-2])
+    assert pseudo_huber(d, torch.zeros(1), 1.0).item() == pytest.approx(0.5e-4, rel=1e-2)  # ~ d^2 / (2c) near 0
+
+
+def test_lcm_target_is_the_target_networks_consistency_value_at_the_teachers_euler_step():
+    """Linear fields on a tiny case, by hand: x_s = x_t + (s - t) v_teacher, target = x_s - s F_target(x_s)."""
+    g = torch.Generator().manual_seed(0)
+    x_t = torch.randn(2, 3, 2, 4, 4, generator=g)
+    t, s = torch.tensor([0.6, 0.3]), torch.tensor([0.4, 0.0])
+    student = lambda x, tt, c: 0.5 * x  # noqa: E731
+    target = lambda x, tt, c: 0.8 * x  # noqa: E731
+    teacher = lambda x, tt, c: -1.5 * x  # noqa: E731
+    loss, _ = lcm_loss(student, target, teacher, x_t, t, s, None, huber_c=0.001)
+    te, se = t.view(2, 1, 1, 1, 1), s.view(2, 1, 1, 1, 1)
+    x_s = x_t + (se - te) * (-1.5 * x_t)
+    want_target = x_s - se * 0.8 * x_s                      # at s = 0 (second sample) this is x_s: the boundary
+    want_f = x_t - te * 0.5 * x_t
+    assert torch.equal(denoise(x_s[1:], 0.8 * x_s[1:], torch.zeros(1)), x_s[1:])
+    assert loss.item() == pytest.approx((torch.sqrt((want_f - want_target) ** 2 + 1e-6) - 1e-3).mean().item(), rel=1e-5)
+
+
+def test_lcm_trains_on_the_loop_and_samples_with_the_consistency_sampler(tmp_path):
+    from workbench.runs import load_model
+    from workbench.train import train
+    cfg = load_config(MICRO, ["train.method=lcm", "train.steps=4", "sample.sampler=consistency",
+                              "train.sample_num=1", "train.sample_steps=[1]"])
+    run = train(cfg, tmp_path / "run", progress=False)
+    assert load_model(run).sampler == "consistency"
+
+
+def test_lcm_one_step_at_wan_scale(tmp_path):
+    from tests.tiny_wan import save_tiny_wan
+    model = [f"model.{k}={v}" for k, v in save_tiny_wan(tmp_path).items()]
+    cfg = load_config(None, [*model, "train.method=lcm", "distill.guidance=2.0", "lcm.grid=10"])
+    net, encoders = build_backbone(cfg.model)
+    method = build_method(cfg, net, encoders)
+    assert isinstance(method, LCM)
+    clip = torch.rand(2, 3, 5, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    logs = steps_on_batch(method, cfg.train, {"video": clip, "caption": ["a red ball", "a cat"]}, 1)
+    assert math.isfinite(logs[0]["loss"])
+
+
+@pytest.mark.parametrize("wan", [False, True])
+def test_the_first_frame_reaches_teacher_student_and_target(wan, tmp_path):
+    """Perturbing the conditioning first frame changes every network's prediction (image channels, and CLIP tokens
+    at Wan scale)."""
+    if wan:
+        from tests.tiny_wan import save_tiny_wan
+        cfg = load_config(None, [f"model.{k}={v}" for k, v in save_tiny_wan(tmp_path).items()] + ["train.method=lcm"])
+        shape = (1, 3, 5, 32, 32)
+    else:
+        cfg = load_config(MICRO, ["train.method=lcm"])
+        shape = (1, 3, 4, 16, 16)
+    torch.manual_seed(0)
+    net, encoders = build_backbone(cfg.model)
+    method = build_method(cfg, net, encoders)
+    clip = torch.rand(shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    other = clip.clone()
+    other[:, :, 0] = -other[:, :, 0]                                          # another first frame
+    x0, cond_a = encoders.prepare(clip, ["a red ball"])
+    _, cond_b = encoders.prepare(other, ["a red ball"])
+    x_t, t = torch.randn_like(x0), torch.tensor([0.7])
+    with torch.no_grad():
+        for name, f in (("teacher", method.teacher), ("student", net), ("target", method.target)):
+            assert not torch.allclose(f(x_t, t, cond_a), f(x_t, t, cond_b)), name
+    assert isinstance(cond_a, Conditioning)
