@@ -86,3 +86,50 @@ def test_the_first_frame_reaches_teacher_student_and_target(wan, tmp_path):
         for name, f in (("teacher", method.teacher), ("student", net), ("target", method.target)):
             assert not torch.allclose(f(x_t, t, cond_a), f(x_t, t, cond_b)), name
     assert isinstance(cond_a, Conditioning)
+
+
+def test_pcm_jumps_land_on_the_phase_edge_and_the_target_is_euler_then_jump():
+    from workbench.methods.pcm import jump, pcm_loss
+    g = torch.Generator().manual_seed(0)
+    x_t = torch.randn(2, 3, 2, 4, 4, generator=g)
+    t, s, edge = torch.tensor([0.7, 0.3]), torch.tensor([0.68, 0.28]), torch.tensor([0.5, 0.25])
+    student = lambda x, tt, c: 0.5 * x  # noqa: E731
+    teacher = lambda x, tt, c: -1.5 * x  # noqa: E731
+    # a straight flow to x0: the jump from any t with the exact velocity lands on the path's point at the edge
+    x0, x1 = torch.randn_like(x_t), torch.randn_like(x_t)
+    te = t.view(2, 1, 1, 1, 1)
+    on_path = jump((1 - te) * x0 + te * x1, x1 - x0, t, edge)
+    torch.testing.assert_close(on_path, (1 - edge.view(2, 1, 1, 1, 1)) * x0 + edge.view(2, 1, 1, 1, 1) * x1)
+    loss, _ = pcm_loss(student, teacher, x_t, t, s, edge, None, huber_c=0.0)
+    se, ee = s.view(2, 1, 1, 1, 1), edge.view(2, 1, 1, 1, 1)
+    x_s = x_t + (se - te) * (-1.5 * x_t)                                    # Euler step of the teacher
+    want = (x_t + (ee - te) * 0.5 * x_t - (x_s + (ee - se) * 0.5 * x_s)).abs().mean()   # then both jump to the edge
+    assert loss.item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_pcm_draws_solver_steps_inside_one_phase_and_keeps_no_target(tmp_path):
+    from workbench.methods.pcm import PCM
+    cfg = load_config(MICRO, ["train.method=pcm", "pcm.phases=2", "pcm.grid=4", "pcm.skip=3"])
+    net, encoders = build_backbone(cfg.model)
+    method = build_method(cfg, net, encoders)
+    assert isinstance(method, PCM) and method.target is None and method.state() == {}
+    seen = []
+    real = __import__("workbench.methods.pcm", fromlist=["pcm_loss"]).pcm_loss
+
+    def spy(student, teacher_velocity, x_t, t, s, edge, cond, c):
+        seen.append((t.clone(), s.clone(), edge.clone()))
+        return real(student, teacher_velocity, x_t, t, s, edge, cond, c)
+
+    import workbench.methods.pcm as pcm
+    pcm.pcm_loss, saved = spy, pcm.pcm_loss
+    try:
+        from workbench.data import build_dataset, collate
+        batch = collate([build_dataset(cfg.data, "train")[i] for i in range(4)])
+        steps_on_batch(method, cfg.train, batch, 5)
+    finally:
+        pcm.pcm_loss = saved
+    for t, s, edge in seen:   # grid 4, phases of 2 intervals: edges 0, 0.5, 1; a skip of 3 stops at the edge
+        assert ((edge == 0) | (edge == 0.5)).all() and (s >= edge).all() and (s < t).all()
+        assert (edge == torch.where(t > 0.5, torch.tensor(0.5), torch.tensor(0.0))).all()
+    with pytest.raises(ValueError, match="pcm.phases: 3 must divide pcm.grid"):
+        build_method(load_config(MICRO, ["train.method=pcm", "pcm.phases=3"]), net, encoders)

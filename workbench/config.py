@@ -131,6 +131,17 @@ class LCMConfig:
 
 
 @dataclass
+class PCMConfig:
+    """Phased consistency (Wang et al. 2024; the official SD3 flow-matching code): K phases with edges on the
+    teacher's grid, consistency within a phase to its lower edge, the online student (no_grad) as the target."""
+    phases: int = 4                  # K; the model samples with Euler on the K + 1 phase edges (one model per K)
+    grid: int = 50                   # N points of the teacher's schedule; K must divide N
+    skip: int = 1                    # solver step in grid intervals (not across a phase edge)
+    huber_c: float = 0.001           # pseudo-Huber c (0 = L1-like, the official code's default is Huber)
+    RANGES = {"phases": (1, None), "grid": (1, 1000), "skip": (1, None), "huber_c": (0, None)}
+
+
+@dataclass
 class AdversarialConfig:
     """Distribution alignment (DA): hinge GAN on real clips over frozen features (Eq. 10)."""
     distill: str = "ccd"             # the distillation loss DA is added to: "ccd", "dcd" or "none" (DA alone)
@@ -195,6 +206,7 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     lcm: LCMConfig = field(default_factory=LCMConfig)
+    pcm: PCMConfig = field(default_factory=PCMConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
 
 

@@ -96,6 +96,7 @@ class Distillation(Method):
     student with decay `distill.target_decay` (Algorithm 1 line 11), separate from the exported EMA.
     """
     distill_loss: DistillLoss
+    uses_target = True                                    # keeps theta^-; PCM's target is the online student
 
     def __init__(self, cfg, net, encoders):
         super().__init__(cfg, net, encoders)
@@ -103,13 +104,13 @@ class Distillation(Method):
         if cfg.distill.teacher:                           # e.g. DA after CCD: the student is the CCD model
             load_weights(self.teacher.transformer, cfg.distill.teacher, "distill.teacher")
             check_prediction_fits(cfg.distill.teacher, cfg.model.prediction, "distill.teacher")
-        self.target = frozen_copy(net)
+        self.target = frozen_copy(net) if self.uses_target else None
 
     def frozen(self):
-        return {"teacher": self.teacher, "target": self.target}
+        return {"teacher": self.teacher, **({"target": self.target} if self.uses_target else {})}
 
     def state(self):
-        return {"target": self.target}
+        return {"target": self.target} if self.uses_target else {}
 
     def losses(self, batch, step):
         _, x_t, t, cond = self.noisy_batch(batch, step.generator)
@@ -121,7 +122,7 @@ class Distillation(Method):
         return self.distill_loss(student, self.target, self.teacher_velocity, x_t, t, cond, step, self.cfg.distill)
 
     def after_update(self, step):
-        if "model" in step.due:
+        if self.uses_target and "model" in step.due:
             ema_update(self.target, step.nets["model"], self.cfg.distill.target_decay)  # line 11
 
     def noisy_batch(self, batch: dict, generator: torch.Generator):
