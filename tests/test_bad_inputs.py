@@ -308,3 +308,13 @@ def test_eval_names_must_match_the_models_and_sample_out_must_be_a_folder(run, t
     (tmp_path / "f").write_text("mine")
     one_line_error(*cli(capsys, "sample", run, "--num", "1", "--steps", "1", "--out", tmp_path / "f"), "is a file")
     assert [p.name for p in tmp_path.iterdir()] == ["f"] and (tmp_path / "f").read_text() == "mine"
+
+
+def test_an_export_has_the_modes_of_a_plain_folder(run, tmp_path, capsys):
+    import os
+    import stat
+    umask = os.umask(0)
+    os.umask(umask)
+    assert cli(capsys, "export", run, "--out", tmp_path / "m")[0] == 0
+    assert stat.S_IMODE((tmp_path / "m").stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((tmp_path / "m" / "model.safetensors").stat().st_mode) == 0o666 & ~umask

@@ -74,11 +74,20 @@ def export_model(run_or_ckpt: str | Path, out: str | Path, dtype: str = "float16
             shutil.copy(run / "metrics.jsonl", tmp / "metrics.jsonl")
         step = json.loads((ckpt / "state.json").read_text())["step"] if (ckpt / "state.json").is_file() else None
         (tmp / MARKER).write_text(json.dumps({"source": str(ckpt.resolve()), "step": step, "dtype": dtype}, indent=1))
+        _readable(tmp)
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _readable(folder: Path) -> None:
+    """The modes a plain mkdir and open would give (mkdtemp makes 0700, safetensors writes 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [folder, *folder.rglob("*")]:
+        p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
 
 
 def _publish(tmp: Path, out: Path) -> None:
