@@ -116,9 +116,9 @@ def test_pcm_draws_solver_steps_inside_one_phase_and_keeps_no_target(tmp_path):
     seen = []
     real = __import__("workbench.methods.pcm", fromlist=["pcm_loss"]).pcm_loss
 
-    def spy(student, teacher_velocity, x_t, t, s, edge, cond, c):
+    def spy(student, teacher_velocity, x_t, t, s, edge, cond, c, target=None):
         seen.append((t.clone(), s.clone(), edge.clone()))
-        return real(student, teacher_velocity, x_t, t, s, edge, cond, c)
+        return real(student, teacher_velocity, x_t, t, s, edge, cond, c, target=target)
 
     import workbench.methods.pcm as pcm
     pcm.pcm_loss, saved = spy, pcm.pcm_loss

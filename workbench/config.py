@@ -138,6 +138,7 @@ class PCMConfig:
     grid: int = 50                   # N points of the teacher's schedule; K must divide N
     skip: int = 1                    # solver step in grid intervals (not across a phase edge)
     huber_c: float = 0.001           # pseudo-Huber c (0 = L1-like, the official code's default is Huber)
+    target: str = "online"           # "online": the student under no_grad (the official code); "ema": distill.target_decay
     RANGES = {"phases": (1, None), "grid": (1, 1000), "skip": (1, None), "huber_c": (0, None)}
 
 

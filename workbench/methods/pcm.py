@@ -21,20 +21,22 @@ def jump(x, F, t, edge):
     return x + expand_t(edge - t, x) * F
 
 
-def pcm_loss(student, teacher_velocity, x_t, t, s, edge, cond, huber_c: float):
-    """(loss, logs): the student's jump from (x_t, t) against its own no_grad jump from the teacher's Euler step."""
+def pcm_loss(student, teacher_velocity, x_t, t, s, edge, cond, huber_c: float, target=None):
+    """(loss, logs): the student's jump from (x_t, t) against the no_grad jump from the teacher's Euler step of
+    `target` (default: the online student itself, as the official code)."""
     with torch.no_grad():
         x_s = x_t + expand_t(s - t, x_t) * teacher_velocity(x_t, t, cond)    # the teacher's Euler step
-        target = jump(x_s, student(x_s, s, cond), s, edge)                  # the online student, no EMA
+        target = jump(x_s, (target or student)(x_s, s, cond), s, edge)
     pred = jump(x_t, student(x_t, t, cond), t, edge)
     loss = pseudo_huber(pred, target, huber_c)
     return loss, {"loss": loss.item()}
 
 
 class PCM(Distillation):
-    uses_target = False
-
     def __init__(self, cfg, net, encoders):
+        if cfg.pcm.target not in ("online", "ema"):
+            raise ValueError(f"pcm.target: expected 'online' or 'ema', got {cfg.pcm.target!r}")
+        self.uses_target = cfg.pcm.target == "ema"
         super().__init__(cfg, net, encoders)
         c = cfg.pcm
         if c.grid % c.phases:
@@ -50,5 +52,5 @@ class PCM(Distillation):
         t, s, edge = n / c.grid, (n - c.skip).clamp(min=lo) / c.grid, lo / c.grid
         t, s, edge = t.to(x0), s.to(x0), edge.to(x0)
         loss, logs = pcm_loss(step.nets["model"], self.teacher_velocity, interpolate(x0, x1, t), t, s, edge, cond,
-                              c.huber_c)
+                              c.huber_c, target=self.target)
         return LossOut({"model": loss}, logs)
