@@ -133,3 +133,12 @@ def test_pcm_draws_solver_steps_inside_one_phase_and_keeps_no_target(tmp_path):
         assert (edge == torch.where(t > 0.5, torch.tensor(0.5), torch.tensor(0.0))).all()
     with pytest.raises(ValueError, match="pcm.phases: 3 must divide pcm.grid"):
         build_method(load_config(MICRO, ["train.method=pcm", "pcm.phases=3"]), net, encoders)
+
+
+def test_pcm_target_can_be_the_online_student_or_an_ema():
+    cfg = load_config(MICRO, ["train.method=pcm", "pcm.target=ema"])
+    net, encoders = build_backbone(cfg.model)
+    method = build_method(cfg, net, encoders)
+    assert method.target is not None and set(method.state()) == {"target"}
+    with pytest.raises(ValueError, match="pcm.target: expected 'online' or 'ema'"):
+        build_method(load_config(MICRO, ["train.method=pcm", "pcm.target=both"]), net, encoders)
