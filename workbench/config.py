@@ -135,7 +135,7 @@ class PCMConfig:
     """Phased consistency (Wang et al. 2024; the official SD3 flow-matching code): K phases with edges on the
     teacher's grid, consistency within a phase to its lower edge, the online student (no_grad) as the target."""
     phases: int = 4                  # K; the model samples with Euler on the K + 1 phase edges (one model per K)
-    grid: int = 50                   # N points of the teacher's schedule; K must divide N
+    grid: int = 48                   # N points of the teacher's schedule; K must divide N (48: K = 1, 2, 3, 4, 6, 8)
     skip: int = 1                    # solver step in grid intervals (not across a phase edge)
     huber_c: float = 0.001           # pseudo-Huber c (0 = L1-like, the official code's default is Huber)
     target: str = "online"           # "online": the student under no_grad (the official code); "ema": distill.target_decay
