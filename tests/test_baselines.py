@@ -131,8 +131,8 @@ def test_pcm_draws_solver_steps_inside_one_phase_and_keeps_no_target(tmp_path):
     for t, s, edge in seen:   # grid 4, phases of 2 intervals: edges 0, 0.5, 1; a skip of 3 stops at the edge
         assert ((edge == 0) | (edge == 0.5)).all() and (s >= edge).all() and (s < t).all()
         assert (edge == torch.where(t > 0.5, torch.tensor(0.5), torch.tensor(0.0))).all()
-    with pytest.raises(ValueError, match="pcm.phases: 3 must divide pcm.grid"):
-        build_method(load_config(MICRO, ["train.method=pcm", "pcm.phases=3"]), net, encoders)
+    with pytest.raises(ValueError, match="pcm.phases: 5 must divide pcm.grid"):
+        build_method(load_config(MICRO, ["train.method=pcm", "pcm.phases=5"]), net, encoders)
 
 
 def test_pcm_target_can_be_the_online_student_or_an_ema():
