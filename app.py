@@ -267,8 +267,9 @@ def build(experiments: list[Path], cache: Path, study=None, store: VoteStore | N
             shipped = gr.Dropdown(shipped_tables, value=next((t for t in shipped_tables if "ablations" in t), None),
                                   label="a shipped table (Table 1 and Table 2 layouts: evaluations and ablations)")
             shipped_md = gr.Markdown()
-            shipped.change(lambda p: Path(p).read_text() if p else "", shipped, shipped_md)
-            app.load(lambda p: Path(p).read_text() if p else "", shipped, shipped_md)
+            show_table = lambda p: Path(p).read_text() if p else ""  # noqa: E731
+            shipped.change(show_table, shipped, shipped_md)
+            app.load(show_table, shipped, shipped_md)
             refreshed = study_results_section(store, study)
         with gr.Tab("Runs"):
             run_path = gr.Dropdown(runs, value=runs[0] if runs else None, label="run or model folder")

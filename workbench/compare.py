@@ -72,8 +72,15 @@ def parse_choice(choice: str, models: dict[str, Path]) -> tuple[str, Path, int]:
     return f"{name}, {steps} step{'s' * (steps != '1')}", models[name], int(steps)
 
 
+@lru_cache(maxsize=64)
+def _config(path: str, mtime_ns: int):
+    return load_config(path)
+
+
 def cached_config(folder: Path):
-    return load_config(Path(folder) / "config.yaml")
+    """The folder's config.yaml, read once per version (the choices list reads it for every model)."""
+    f = Path(folder) / "config.yaml"
+    return _config(str(f), f.stat().st_mtime_ns)
 
 
 @lru_cache(maxsize=16)

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors.torch import save_file
@@ -44,8 +45,18 @@ def weights_module(net: torch.nn.Module) -> torch.nn.Module:
     return getattr(net, "transformer", net)
 
 
-def save_checkpoint(root: Path, step: int, roles: dict, state: dict, extra: dict, keep: int = 2) -> Path:
-    """`roles`: {name: (net, ema or None, optimizer, scheduler, exported)}; `state`: the method's {name: module}."""
+class RoleCheckpoint(NamedTuple):
+    """What a checkpoint holds of one trained role."""
+    net: torch.nn.Module                      # unwrapped (not the DDP wrapper)
+    ema: torch.nn.Module | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    exported: bool
+
+
+def save_checkpoint(root: Path, step: int, roles: dict[str, RoleCheckpoint], state: dict, extra: dict,
+                    keep: int = 2) -> Path:
+    """`roles`: each trained role's RoleCheckpoint; `state`: the method's own {name: module} (a target network)."""
     root = Path(root)
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}"
@@ -62,7 +73,7 @@ def save_checkpoint(root: Path, step: int, roles: dict, state: dict, extra: dict
     for name, module in state.items():
         save_file(_tensors(weights_module(module)), tmp / f"state-{name}.safetensors")
     save_file({"torch": torch.get_rng_state()}, tmp / "rng.safetensors")
-    export = next(name for name, r in roles.items() if r[4])
+    export = next(name for name, r in roles.items() if r.exported)
     (tmp / "state.json").write_text(json.dumps({"step": step, "export": export, "roles": meta, **extra}, indent=1))
     for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
         with open(f, "rb") as fh:
@@ -93,14 +104,14 @@ class CheckpointError(ValueError):
     """A complete checkpoint folder whose files cannot be read or do not fit the run."""
 
 
-def load_checkpoint(path: Path, roles: dict, state: dict) -> dict:
+def load_checkpoint(path: Path, roles: dict[str, RoleCheckpoint], state: dict) -> dict:
     """Restore what `save_checkpoint` wrote into the same structures; raises CheckpointError, having changed
     nothing, if any file is missing, unreadable or misfits."""
     path = Path(path)
     try:
         saved = json.loads((path / "state.json").read_text())
-        modules = {name: weights_module(net) for name, (net, *_rest) in roles.items()}
-        modules.update({f"{name}-ema": weights_module(r[1]) for name, r in roles.items() if r[1] is not None})
+        modules = {name: weights_module(r.net) for name, r in roles.items()}
+        modules.update({f"{name}-ema": weights_module(r.ema) for name, r in roles.items() if r.ema is not None})
         modules.update({f"state-{name}": weights_module(m) for name, m in state.items()})
         weights = {name: read_weights(path / f"{name}.safetensors") for name in modules}
         for name, module in modules.items():
@@ -112,8 +123,8 @@ def load_checkpoint(path: Path, roles: dict, state: dict) -> dict:
         raise CheckpointError(f"{path}: unreadable checkpoint ({e})") from None
     for name, module in modules.items():
         module.load_state_dict(weights[name])
-    for name, (_, _, opt, sched, _) in roles.items():
-        opt.load_state_dict(optim[name])
-        sched.load_state_dict(saved["roles"][name]["scheduler"])
+    for name, r in roles.items():
+        r.optimizer.load_state_dict(optim[name])
+        r.scheduler.load_state_dict(saved["roles"][name]["scheduler"])
     torch.set_rng_state(rng)
     return saved

@@ -30,8 +30,8 @@ from workbench.generate import Model, sample_sheet
 from workbench.methods import Role, TrainStep, build_method
 from workbench.models import build_backbone
 from workbench.models.ema import ema_update, frozen_copy
-from workbench.train.checkpoint import (CheckpointError, complete_checkpoints, load_checkpoint, prune_checkpoints,
-                                       save_checkpoint)
+from workbench.train.checkpoint import (CheckpointError, RoleCheckpoint, complete_checkpoints, load_checkpoint,
+                                       prune_checkpoints, save_checkpoint)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -139,6 +139,12 @@ def update_roles(method, trained: dict[str, Trained], batch: dict, step: TrainSt
     return res.losses, logs
 
 
+def train_step(trained: dict[str, Trained], index: int, generator: torch.Generator) -> TrainStep:
+    """Step `index` as a method sees it: the prepared nets and the roles due now."""
+    return TrainStep(index, generator, {n: t.net for n, t in trained.items()},
+                     frozenset(n for n, t in trained.items() if t.role.due(index)))
+
+
 def steps_on_batch(method, tc, batch: dict, steps: int, generator=None) -> list[dict]:
     """The loop's update `steps` times on one fixed batch: no data loader, checkpoints or files (tests, notebooks).
 
@@ -147,10 +153,8 @@ def steps_on_batch(method, tc, batch: dict, steps: int, generator=None) -> list[
     trained = build_trained(method.roles(), tc, accelerator)
     logs = []
     for i in range(steps):
-        due = frozenset(name for name, t in trained.items() if t.role.due(i))
-        g = generator(i) if generator else step_generator(tc.seed, i)
-        logs.append(update_roles(method, trained, batch, TrainStep(i, g, {n: t.net for n, t in trained.items()}, due),
-                                 accelerator, tc)[1])
+        step = train_step(trained, i, generator(i) if generator else step_generator(tc.seed, i))
+        logs.append(update_roles(method, trained, batch, step, accelerator, tc)[1])
     return logs
 
 
@@ -199,8 +203,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False, 
     with open(out / "metrics.jsonl", "a") as metrics:
         for index, batch in zip(range(start, tc.steps), loader):
             batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            due = frozenset(name for name, t in trained.items() if t.role.due(index))
-            step = TrainStep(index, step_generator(tc.seed, index, rank), {n: t.net for n, t in trained.items()}, due)
+            step = train_step(trained, index, step_generator(tc.seed, index, rank))
             losses, logs = update_roles(method, trained, batch, step, accelerator, tc)
             for name, loss in losses.items():
                 if not torch.isfinite(loss):
@@ -229,8 +232,9 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False, 
     return out
 
 
-def _role_files(trained: dict[str, Trained]) -> dict:
-    return {name: (t.role.net, t.ema, t.optimizer, t.scheduler, t.role.export) for name, t in trained.items()}
+def _role_files(trained: dict[str, Trained]) -> dict[str, RoleCheckpoint]:
+    return {name: RoleCheckpoint(t.role.net, t.ema, t.optimizer, t.scheduler, t.role.export)
+            for name, t in trained.items()}
 
 
 def _check_run_folder(out: Path, cfg: Config, resume: bool) -> list[Path]:
