@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from workbench.config import load_config, to_dict
 from workbench.models.lora import merge_lora, save_lora
 from workbench.models.weights import read_weights
-from workbench.runs import exported_weights, load_model
+from workbench.runs import exported_weights, load_model, without_lora
 from workbench.train.checkpoint import complete_checkpoints
 
 MARKER = "export.json"
@@ -62,8 +62,7 @@ def export_model(run_or_ckpt: str | Path, out: str | Path, dtype: str = "float16
             save_lora(model.net.transformer, tmp / "lora")
             merge_lora(model.net.transformer)
             weights = model.net.transformer.state_dict()
-            merged = load_config(run / "config.yaml", ["model.lora.rank=0"])
-            cfg_text = yaml.safe_dump(to_dict(merged), sort_keys=False)
+            cfg_text = yaml.safe_dump(to_dict(without_lora(load_config(run / "config.yaml"))), sort_keys=False)
         weights = {k: v.to(DTYPES[dtype]).contiguous() for k, v in weights.items()}
         # one metadata key: safetensors writes a metadata map in no fixed order, so two keys make the bytes vary
         save_file(weights, tmp / "model.safetensors",

@@ -22,7 +22,8 @@ from workbench.models import build_backbone
 from workbench.models.lora import merge_lora
 from workbench.train.checkpoint import complete_checkpoints
 
-__all__ = ["Model", "Run", "exported_weights", "find_eval_tables", "find_runs", "load_model", "resolve_weights"]
+__all__ = ["Model", "Run", "exported_weights", "find_eval_tables", "find_runs", "load_model", "resolve_weights",
+           "without_lora"]
 
 
 def exported_weights(ckpt: Path) -> Path:
@@ -62,9 +63,14 @@ def load_model(path: str | Path, overrides: list[str] = (), merge_lora_weights: 
     net, encoders = build_backbone(cfg.model)
     if cfg.model.lora.rank and merge_lora_weights:
         merge_lora(net.transformer)
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, lora=dataclasses.replace(
-            cfg.model.lora, rank=0)))
+        cfg = without_lora(cfg)
     return Model(net.eval().requires_grad_(False), encoders, cfg, weights)
+
+
+def without_lora(cfg: Config) -> Config:
+    """The config of a model whose LoRA is merged into its weights (model.lora.rank 0)."""
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, lora=dataclasses.replace(cfg.model.lora,
+                                                                                                  rank=0)))
 
 
 def find_runs(*roots: str | Path) -> list[Path]:
