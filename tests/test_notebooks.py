@@ -17,6 +17,7 @@ TINY = {  # paths relative to notebooks/, the working directory Jupyter gives a 
     "04_trajectory_alignment.ipynb": dict(config="../experiments/micro/dpo.yaml", da_model="../experiments/toy/da",
                                           num_pairs=4, win_steps=2, lose_steps=1, lambda_rf_sweep=[0.0, 2.0],
                                           train_steps=2, batch_size=2, eval_clips=2, steps_list=[1]),
+    "05_baselines.ipynb": dict(steps_list=[1], eval_clips=2, metrics=["fvd", "background_mae"]),
     "06_evaluation.ipynb": dict(eval_clips=3, steps_list=[1, 2], seeds=[0, 1], cache=""),
 }
 
