@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from transformers import Dinov2Config, Dinov2Model
 
 from workbench.config import load_config
 from workbench.data import build_dataset, collate
@@ -16,16 +15,6 @@ from workbench.methods.adversarial import Adversarial, hinge_discriminator, hing
 from workbench.methods.dpo import FlowDPO, dpo_loss
 from workbench.models import build_backbone
 from workbench.models.lora import add_lora, load_lora, save_lora
-
-
-@pytest.fixture(scope="module")
-def dino(tmp_path_factory):
-    """A tiny random `Dinov2Model` folder (16 px, 4 px patches, 2 layers)."""
-    folder = tmp_path_factory.mktemp("dino")
-    torch.manual_seed(0)
-    Dinov2Model(Dinov2Config(image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=2,
-                             num_attention_heads=2, mlp_ratio=2)).save_pretrained(folder)
-    return str(folder)
 
 
 ADAM = ["train.lr=1e-3", "train.warmup_steps=0", "train.schedule=constant", "train.grad_clip=0",

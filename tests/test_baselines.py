@@ -32,7 +32,7 @@ def test_lcm_target_is_the_target_networks_consistency_value_at_the_teachers_eul
     student = lambda x, tt, c: 0.5 * x  # noqa: E731
     target = lambda x, tt, c: 0.8 * x  # noqa: E731
     teacher = lambda x, tt, c: -1.5 * x  # noqa: E731
-    loss, _ = lcm_loss(student, target, teacher, x_t, t, s, None, huber_c=0.001)
+    loss, _, _ = lcm_loss(student, target, teacher, x_t, t, s, None, huber_c=0.001)
     te, se = t.view(2, 1, 1, 1, 1), s.view(2, 1, 1, 1, 1)
     x_s = x_t + (se - te) * (-1.5 * x_t)
     want_target = x_s - se * 0.8 * x_s                      # at s = 0 (second sample) this is x_s: the boundary
@@ -62,16 +62,23 @@ def test_lcm_one_step_at_wan_scale(tmp_path):
     assert math.isfinite(logs[0]["loss"])
 
 
+METHOD_SETS = {"lcm": ["train.method=lcm"], "pcm-adversarial": ["train.method=pcm", "pcm.adversarial=true"],
+               "osv": ["train.method=osv"]}
+
+
+@pytest.mark.parametrize("name", sorted(METHOD_SETS))
 @pytest.mark.parametrize("wan", [False, True])
-def test_the_first_frame_reaches_teacher_student_and_target(wan, tmp_path):
+def test_the_first_frame_reaches_every_network(name, wan, tmp_path, dino):
     """Perturbing the conditioning first frame changes every network's prediction (image channels, and CLIP tokens
-    at Wan scale)."""
+    at Wan scale): teacher, student, target, and the teacher's block features PCM's discriminator reads."""
+    from workbench.models.wan import block_features
+    sets = METHOD_SETS[name] + ([f"adversarial.feature_net={dino}", "adversarial.layers=[1,2]"] if name == "osv" else [])
     if wan:
         from tests.tiny_wan import save_tiny_wan
-        cfg = load_config(None, [f"model.{k}={v}" for k, v in save_tiny_wan(tmp_path).items()] + ["train.method=lcm"])
+        cfg = load_config(None, [f"model.{k}={v}" for k, v in save_tiny_wan(tmp_path).items()] + sets)
         shape = (1, 3, 5, 32, 32)
     else:
-        cfg = load_config(MICRO, ["train.method=lcm"])
+        cfg = load_config(MICRO, sets)
         shape = (1, 3, 4, 16, 16)
     torch.manual_seed(0)
     net, encoders = build_backbone(cfg.model)
@@ -82,10 +89,14 @@ def test_the_first_frame_reaches_teacher_student_and_target(wan, tmp_path):
     x0, cond_a = encoders.prepare(clip, ["a red ball"])
     _, cond_b = encoders.prepare(other, ["a red ball"])
     x_t, t = torch.randn_like(x0), torch.tensor([0.7])
+    nets = {"teacher": method.teacher, "student": net, "target": method.target}
+    if name == "pcm-adversarial":
+        nets["teacher blocks"] = lambda x, tt, c: torch.cat(block_features(method.teacher, x, tt, c, method.blocks), 1)
     with torch.no_grad():
-        for name, f in (("teacher", method.teacher), ("student", net), ("target", method.target)):
-            assert not torch.allclose(f(x_t, t, cond_a), f(x_t, t, cond_b)), name
-    assert isinstance(cond_a, Conditioning)
+        for label, f in nets.items():
+            if f is not None:
+                assert not torch.allclose(f(x_t, t, cond_a), f(x_t, t, cond_b)), label
+    assert isinstance(cond_a, Conditioning) and (method.target is not None or name == "pcm-adversarial")
 
 
 def test_pcm_jumps_land_on_the_phase_edge_and_the_target_is_euler_then_jump():
@@ -100,11 +111,13 @@ def test_pcm_jumps_land_on_the_phase_edge_and_the_target_is_euler_then_jump():
     te = t.view(2, 1, 1, 1, 1)
     on_path = jump((1 - te) * x0 + te * x1, x1 - x0, t, edge)
     torch.testing.assert_close(on_path, (1 - edge.view(2, 1, 1, 1, 1)) * x0 + edge.view(2, 1, 1, 1, 1) * x1)
-    loss, _ = pcm_loss(student, teacher, x_t, t, s, edge, None, huber_c=0.0)
+    loss, pred, target, _ = pcm_loss(student, teacher, x_t, t, s, edge, None, huber_c=0.0)
     se, ee = s.view(2, 1, 1, 1, 1), edge.view(2, 1, 1, 1, 1)
     x_s = x_t + (se - te) * (-1.5 * x_t)                                    # Euler step of the teacher
-    want = (x_t + (ee - te) * 0.5 * x_t - (x_s + (ee - se) * 0.5 * x_s)).abs().mean()   # then both jump to the edge
-    assert loss.item() == pytest.approx(want.item(), rel=1e-5)
+    want_pred, want_target = x_t + (ee - te) * 0.5 * x_t, x_s + (ee - se) * 0.5 * x_s   # then both jump to the edge
+    torch.testing.assert_close(pred, want_pred)
+    torch.testing.assert_close(target, want_target)
+    assert loss.item() == pytest.approx((want_pred - want_target).abs().mean().item(), rel=1e-5)
 
 
 def test_pcm_draws_solver_steps_inside_one_phase_and_keeps_no_target(tmp_path):
@@ -116,7 +129,7 @@ def test_pcm_draws_solver_steps_inside_one_phase_and_keeps_no_target(tmp_path):
     seen = []
     real = __import__("workbench.methods.pcm", fromlist=["pcm_loss"]).pcm_loss
 
-    def spy(student, teacher_velocity, x_t, t, s, edge, cond, c, target=None):
+    def spy(student, teacher_velocity, x_t, t, s, edge, cond, c, target=None):  # noqa: PLR0913
         seen.append((t.clone(), s.clone(), edge.clone()))
         return real(student, teacher_velocity, x_t, t, s, edge, cond, c, target=target)
 
@@ -142,3 +155,68 @@ def test_pcm_target_can_be_the_online_student_or_an_ema():
     assert method.target is not None and set(method.state()) == {"target"}
     with pytest.raises(ValueError, match="pcm.target: expected 'online' or 'ema'"):
         build_method(load_config(MICRO, ["train.method=pcm", "pcm.target=both"]), net, encoders)
+
+
+def test_pcm_adversarial_renoises_inside_the_phase_and_reads_the_teachers_blocks():
+    from workbench.methods.pcm import renoise_in_phase
+    from workbench.models.wan import block_features
+    x, noise = torch.randn(2, 3, 2, 4, 4), torch.randn(2, 3, 2, 4, 4)
+    edge = torch.tensor([0.0, 0.5])
+    torch.testing.assert_close(renoise_in_phase(x, noise, edge, edge), x)                     # sigma = edge: as is
+    torch.testing.assert_close(renoise_in_phase(x, noise, edge, torch.ones(2)), noise)         # sigma = 1: noise
+    cfg = load_config(MICRO, ["train.method=pcm", "pcm.adversarial=true", "pcm.adv_blocks=[1,3]", "pcm.adv_lr=1e-3"])
+    net, encoders = build_backbone(cfg.model)
+    method = build_method(cfg, net, encoders)
+    assert set(method.roles()) == {"model", "disc"} and len(method.heads.heads) == 2
+    x0, cond = encoders.prepare(torch.rand(1, 3, 4, 16, 16) * 2 - 1, ["a red ball"])
+    seen = []
+    hook = net.transformer.blocks[3].register_forward_hook(lambda m, a, o: seen.append(o))
+    feats = block_features(net, x0, torch.tensor([0.5]), cond, (1, 3))
+    hook.remove()
+    assert len(feats) == 2 and torch.equal(feats[1], seen[0]) and not net.transformer.blocks[3]._forward_hooks
+    from workbench.data import build_dataset, collate
+    batch = collate([build_dataset(cfg.data, "train")[i] for i in range(2)])
+    before = [p.clone() for p in method.teacher.parameters()]
+    heads = [p.clone() for p in method.heads.parameters()]
+    logs = steps_on_batch(method, cfg.train, batch, 2)
+    assert {"loss_consistency", "loss_adv_g", "loss_d"} <= set(logs[-1])
+    assert logs[-1]["loss"] == pytest.approx(logs[-1]["loss_consistency"] + 0.1 * logs[-1]["loss_adv_g"], rel=1e-4)
+    assert all(torch.equal(a, b) for a, b in zip(before, method.teacher.parameters()))       # the teacher is frozen
+    assert any(not torch.equal(a, b) for a, b in zip(heads, method.heads.parameters()))      # its heads train
+    with pytest.raises(ValueError, match="pcm.adv_blocks"):
+        build_method(load_config(MICRO, ["train.method=pcm", "pcm.adversarial=true", "pcm.adv_blocks=[9]"]),
+                     net, encoders)
+
+
+def test_osv_trains_the_gan_alone_then_adds_consistency(dino):
+    from workbench.methods.osv import OSV
+    cfg = load_config(MICRO, ["train.method=osv", "osv.stage1_steps=2", f"adversarial.feature_net={dino}",
+                              "adversarial.layers=[1,2]", "adversarial.lambda_adv=0.5", "lcm.grid=8"])
+    net, encoders = build_backbone(cfg.model)
+    method = build_method(cfg, net, encoders)
+    assert isinstance(method, OSV) and set(method.roles()) == {"model", "disc"} and "features" in method.frozen()
+    from workbench.data import build_dataset, collate
+    batch = collate([build_dataset(cfg.data, "train")[i] for i in range(2)])
+    features = [p.clone() for p in method.adversarial.features.parameters()]
+    logs = steps_on_batch(method, cfg.train, batch, 4)
+    for row in logs[:2]:                                                    # stage 1: the GAN alone, from step 0
+        assert "loss_consistency" not in row and row["loss"] == pytest.approx(0.5 * row["loss_adv_g"], rel=1e-5)
+        assert "loss_d" in row
+    for row in logs[2:]:                                                    # stage 2: consistency + GAN
+        assert row["loss"] == pytest.approx(row["loss_consistency"] + 0.5 * row["loss_adv_g"], rel=1e-4)
+    assert all(torch.equal(a, b) for a, b in zip(features, method.adversarial.features.parameters()))
+
+
+@pytest.mark.parametrize("method", ["osv", "pcm-adversarial"])
+def test_osv_and_adversarial_pcm_one_step_at_wan_scale(method, tmp_path, dino):
+    from tests.tiny_wan import save_tiny_wan
+    model = [f"model.{k}={v}" for k, v in save_tiny_wan(tmp_path).items()]
+    extra = (["train.method=osv", "osv.stage1_steps=0", f"adversarial.feature_net={dino}", "adversarial.layers=[1,2]",
+              "lcm.grid=10"] if method == "osv" else ["train.method=pcm", "pcm.adversarial=true", "pcm.grid=8"])
+    cfg = load_config(None, [*model, *extra, "distill.guidance=2.0"])
+    net, encoders = build_backbone(cfg.model)
+    built = build_method(cfg, net, encoders)
+    clip = torch.rand(2, 3, 5, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    logs = steps_on_batch(built, cfg.train, {"video": clip, "caption": ["a red ball", "a cat"]}, 1)
+    assert all(math.isfinite(v) for v in logs[0].values()) and "loss_adv_g" in logs[0]
+    assert all(p.grad is not None for p in built.roles()["disc"].net.parameters())

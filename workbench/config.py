@@ -139,7 +139,13 @@ class PCMConfig:
     skip: int = 1                    # solver step in grid intervals (not across a phase edge)
     huber_c: float = 0.001           # pseudo-Huber c (0 = L1-like, the official code's default is Huber)
     target: str = "online"           # "online": the student under no_grad (the official code); "ema": distill.target_decay
-    RANGES = {"phases": (1, None), "grid": (1, 1000), "skip": (1, None), "huber_c": (0, None)}
+    adversarial: bool = False        # the official consistency-GAN: heads on the frozen teacher's block features
+    adv_weight: float = 0.1          # its generator weight (the official SD3 run.sh)
+    adv_lr: float = 1.0e-5           # its heads' learning rate (run.sh)
+    adv_blocks: tuple[int, ...] = ()  # teacher blocks read, one head each (() = every block, as the official code)
+    adv_head_width: int = 64
+    RANGES = {"phases": (1, None), "grid": (1, 1000), "skip": (1, None), "huber_c": (0, None), "adv_weight": (0, None),
+              "adv_lr": (0, None), "adv_head_width": (1, None)}
 
 
 @dataclass
@@ -154,6 +160,14 @@ class AdversarialConfig:
     temporal_heads: bool = True      # add temporal heads over the frame sequence (False: spatial heads only)
     lr: float = 0.0                  # discriminator learning rate (0 = train.lr)
     RANGES = {"lambda_adv": (0, None), "warmup": (0, None), "head_width": (1, None), "lr": (0, None)}
+
+
+@dataclass
+class OSVConfig:
+    """OSV (Mao et al. 2025; no public code, our implementation): a hinge GAN against real clips (adversarial.*:
+    features, heads, lr, lambda_adv), alone for the first stage1_steps, then with LCM's consistency loss (lcm.*)."""
+    stage1_steps: int = 250          # stage 1 (GAN only) length; stage 2 (consistency + GAN) runs to train.steps
+    RANGES = {"stage1_steps": (0, None)}
 
 
 @dataclass
@@ -208,6 +222,7 @@ class Config:
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     lcm: LCMConfig = field(default_factory=LCMConfig)
     pcm: PCMConfig = field(default_factory=PCMConfig)
+    osv: OSVConfig = field(default_factory=OSVConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
 
 

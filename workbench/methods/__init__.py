@@ -10,6 +10,7 @@ from workbench.methods.dcd import DCD
 from workbench.methods.dpo import FlowDPO
 from workbench.methods.flow_matching import FlowMatching
 from workbench.methods.lcm import LCM
+from workbench.methods.osv import OSV
 from workbench.methods.pcm import PCM
 
 __all__ = ["METHODS", "Distillation", "LossOut", "Method", "Role", "TrainStep", "build_method"]
@@ -22,6 +23,7 @@ METHODS: dict[str, type[Method]] = {
     "dpo": FlowDPO,
     "lcm": LCM,
     "pcm": PCM,
+    "osv": OSV,
 }
 
 

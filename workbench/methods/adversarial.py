@@ -30,7 +30,7 @@ def hinge_discriminator(real_logits: list[torch.Tensor], fake_logits: list[torch
     return sum(torch.relu(1 - r).mean() + torch.relu(1 + f).mean() for r, f in zip(real_logits, fake_logits))
 
 
-def _head(dim: int, width: int, kernel: int) -> nn.Sequential:
+def conv_head(dim: int, width: int, kernel: int) -> nn.Sequential:
     """1-D conv head (StyleGAN-T's DiscHead without BatchNorm): features (N, D, L) -> logits (N, 1, L)."""
     return nn.Sequential(spectral_norm(nn.Conv1d(dim, width, 1)), nn.LeakyReLU(0.2),
                          spectral_norm(nn.Conv1d(width, width, kernel, padding=kernel // 2)), nn.LeakyReLU(0.2),
@@ -43,8 +43,8 @@ class Discriminator(nn.Module):
     def __init__(self, dim: int, layers: tuple[int, ...], width: int = 64, temporal: bool = True):
         super().__init__()
         self.layers = tuple(layers)
-        self.spatial = nn.ModuleList(_head(dim, width, 3) for _ in layers)
-        self.temporal = nn.ModuleList(_head(dim, width, 3) for _ in layers) if temporal else nn.ModuleList()
+        self.spatial = nn.ModuleList(conv_head(dim, width, 3) for _ in layers)
+        self.temporal = nn.ModuleList(conv_head(dim, width, 3) for _ in layers) if temporal else nn.ModuleList()
 
     def forward(self, tokens: list[torch.Tensor], B: int) -> list[torch.Tensor]:
         """tokens[k]: (B*T, 1 + L, D), CLS first -> logits per head: spatial (B*T, L), temporal (B, T)."""

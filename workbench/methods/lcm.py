@@ -19,22 +19,28 @@ def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float) -> torch.Tensor:
 
 
 def lcm_loss(student, target, teacher_velocity, x_t, t, s, cond, huber_c: float):
-    """(loss, logs) on latents x_t (B,C,T,H,W) at grid times t (B,) with solver targets at s < t."""
+    """(loss, f_theta(x_t, t) = x0_hat with its graph, logs) on latents x_t (B,C,T,H,W) at grid times t (B,) with
+    solver targets at s < t."""
     with torch.no_grad():
         x_s = x_t + expand_t(s - t, x_t) * teacher_velocity(x_t, t, cond)   # the teacher's Euler step (ODE solver)
         f_target = denoise(x_s, target(x_s, s, cond), s)                     # f_theta-(x_s, s)
     f = denoise(x_t, student(x_t, t, cond), t)                               # f_theta(x_t, t)
     loss = pseudo_huber(f, f_target, huber_c)
-    return loss, {"loss": loss.item()}
+    return loss, f, {"loss": loss.item()}
+
+
+def grid_batch(encoders, batch: dict, c, generator: torch.Generator):
+    """(x_t, t, s, cond): x0 ~ D, t = t_n on the grid of c.grid points, s = t_{n - c.skip}; latents B,C,T,H,W."""
+    x0, cond = encoders.prepare(batch["video"], batch["caption"])
+    x1 = torch.randn(x0.shape, generator=generator).to(x0)
+    n = torch.randint(c.skip, c.grid + 1, (x0.shape[0],), generator=generator)   # grid index of t
+    t, s = (n / c.grid).to(x0), ((n - c.skip) / c.grid).to(x0)
+    return interpolate(x0, x1, t), t, s, cond
 
 
 class LCM(Distillation):
     def losses(self, batch, step):
-        c, g = self.cfg.lcm, step.generator
-        x0, cond = self.encoders.prepare(batch["video"], batch["caption"])
-        x1 = torch.randn(x0.shape, generator=g).to(x0)
-        n = torch.randint(c.skip, c.grid + 1, (x0.shape[0],), generator=g)   # grid index of t, s = t_{n-k}
-        t, s = (n / c.grid).to(x0), ((n - c.skip) / c.grid).to(x0)
-        loss, logs = lcm_loss(step.nets["model"], self.target, self.teacher_velocity, interpolate(x0, x1, t), t, s,
-                              cond, c.huber_c)
+        x_t, t, s, cond = grid_batch(self.encoders, batch, self.cfg.lcm, step.generator)
+        loss, _, logs = lcm_loss(step.nets["model"], self.target, self.teacher_velocity, x_t, t, s, cond,
+                                 self.cfg.lcm.huber_c)
         return LossOut({"model": loss}, logs)

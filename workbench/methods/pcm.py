@@ -3,17 +3,25 @@
 The teacher's grid t_n = n / N is cut into K phases with edges e_j = j / K. For x_t inside phase (e_lo, e_hi], the
 student's jump to the phase's lower edge, x_t + (e_lo - t) F_theta(x_t, t) (the flow's DDIM step), is pulled to
 the same jump from the teacher's Euler step x_s (s = t_{n-k}, not below e_lo) taken by the online student under
-no_grad (the official code keeps no EMA target). A phase's consistency ends at its own edge, not at 0, so the
-model samples deterministically with Euler on the K + 1 edges (`euler`, K steps, no shift); one model per K.
-The official code's optional adversarial term is not implemented here.
+no_grad (the official code keeps no EMA target; pcm.target: ema uses one). A phase's consistency ends at its own
+edge, not at 0, so the model samples deterministically with Euler on the K + 1 edges (`euler`, K steps, no shift);
+one model per K.
+pcm.adversarial adds the official consistency-GAN (train_pcm_lora_sd3_adv.py, discriminator_sd3.py): the jump
+(fake) and its target (real) are re-noised inside the phase and read by the frozen teacher's transformer blocks,
+one trainable head per block, hinge losses. The official code alternates G and D steps; here both step every step,
+as DA's, so the student keeps the CCD budget of updates.
 """
 from __future__ import annotations
 
 import torch
+from torch import nn
+from torch.nn.functional import layer_norm
 
 from workbench.flow import expand_t, interpolate
-from workbench.methods.base import Distillation, LossOut
+from workbench.methods.adversarial import conv_head, hinge_discriminator, hinge_generator
+from workbench.methods.base import Distillation, LossOut, Role
 from workbench.methods.lcm import pseudo_huber
+from workbench.models.wan import block_features
 
 
 def jump(x, F, t, edge):
@@ -22,14 +30,31 @@ def jump(x, F, t, edge):
 
 
 def pcm_loss(student, teacher_velocity, x_t, t, s, edge, cond, huber_c: float, target=None):
-    """(loss, logs): the student's jump from (x_t, t) against the no_grad jump from the teacher's Euler step of
-    `target` (default: the online student itself, as the official code)."""
+    """(loss, the student's jump with its graph, the target jump, logs): the student's jump from (x_t, t) against
+    the no_grad jump from the teacher's Euler step of `target` (default: the online student, as the official code)."""
     with torch.no_grad():
         x_s = x_t + expand_t(s - t, x_t) * teacher_velocity(x_t, t, cond)    # the teacher's Euler step
-        target = jump(x_s, (target or student)(x_s, s, cond), s, edge)
+        target_jump = jump(x_s, (target or student)(x_s, s, cond), s, edge)
     pred = jump(x_t, student(x_t, t, cond), t, edge)
-    loss = pseudo_huber(pred, target, huber_c)
-    return loss, {"loss": loss.item()}
+    loss = pseudo_huber(pred, target_jump, huber_c)
+    return loss, pred, target_jump, {"loss": loss.item()}
+
+
+def renoise_in_phase(x_edge, noise, edge, sigma):
+    """((1 - sigma) x + (sigma - edge) noise) / (1 - edge): a point at the phase edge taken up to sigma in the phase
+    (the official code's re-noising of real and fake for the discriminator)."""
+    return (expand_t(1 - sigma, x_edge) * x_edge + expand_t(sigma - edge, x_edge) * noise) / expand_t(1 - edge, x_edge)
+
+
+class BlockHeads(nn.Module):
+    """One 1x1-conv head per teacher block over its tokens: (B, L, D) per block -> logits (B, L) per block."""
+
+    def __init__(self, dim: int, blocks: int, width: int):
+        super().__init__()
+        self.heads = nn.ModuleList(conv_head(dim, width, 1) for _ in range(blocks))
+
+    def forward(self, tokens: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [head(layer_norm(tok, tok.shape[-1:]).transpose(1, 2)).flatten(1) for head, tok in zip(self.heads, tokens)]
 
 
 class PCM(Distillation):
@@ -41,6 +66,16 @@ class PCM(Distillation):
         c = cfg.pcm
         if c.grid % c.phases:
             raise ValueError(f"pcm.phases: {c.phases} must divide pcm.grid ({c.grid}): phase edges lie on the grid")
+        depth = len(net.transformer.blocks)
+        self.blocks = tuple(c.adv_blocks) or tuple(range(depth))
+        if not all(0 <= b < depth for b in self.blocks):
+            raise ValueError(f"pcm.adv_blocks: {list(c.adv_blocks)} must be blocks 0..{depth - 1} of the transformer")
+        dim = net.transformer.config.num_attention_heads * net.transformer.config.attention_head_dim
+        self.heads = BlockHeads(dim, len(self.blocks), c.adv_head_width) if c.adversarial else None
+
+    def roles(self):
+        extra = {"disc": Role(self.heads, lr=self.cfg.pcm.adv_lr)} if self.heads is not None else {}
+        return {**super().roles(), **extra}
 
     def losses(self, batch, step):
         c, g = self.cfg.pcm, step.generator
@@ -51,6 +86,18 @@ class PCM(Distillation):
         lo = (n - 1) // per * per                                           # the phase's lower edge, in grid units
         t, s, edge = n / c.grid, (n - c.skip).clamp(min=lo) / c.grid, lo / c.grid
         t, s, edge = t.to(x0), s.to(x0), edge.to(x0)
-        loss, logs = pcm_loss(step.nets["model"], self.teacher_velocity, interpolate(x0, x1, t), t, s, edge, cond,
-                              c.huber_c, target=self.target)
-        return LossOut({"model": loss}, logs)
+        loss, pred, target, logs = pcm_loss(step.nets["model"], self.teacher_velocity, interpolate(x0, x1, t), t, s,
+                                            edge, cond, c.huber_c, target=self.target)
+        if self.heads is None:
+            return LossOut({"model": loss}, logs)
+        sigma = edge + torch.rand(edge.shape, generator=g).to(edge) / c.phases   # in [edge, edge + 1/K)
+        noise = torch.randn(x0.shape, generator=g).to(x0)
+        fake = block_features(self.teacher, renoise_in_phase(pred, noise, edge, sigma), sigma, cond, self.blocks)
+        with torch.no_grad():                                              # "real" is the consistency target
+            real = block_features(self.teacher, renoise_in_phase(target, noise, edge, sigma), sigma, cond, self.blocks)
+        adv_g = hinge_generator(step.nets["disc"](fake))
+        loss_d = hinge_discriminator(step.nets["disc"](real), step.nets["disc"]([f.detach() for f in fake]))
+        logs.update({"loss_consistency": loss.item(), "loss_adv_g": adv_g.item(), "loss_d": loss_d.item()})
+        total = loss + c.adv_weight * adv_g
+        logs["loss"] = total.item()
+        return LossOut({"model": total, "disc": loss_d}, logs)

@@ -142,3 +142,18 @@ class FlowNet(torch.nn.Module):
         inp, text, image = self.wan_inputs(x_t_BCTHW, cond)
         out = self.transformer(inp, self.wan_timestep(t_B), text, encoder_hidden_states_image=image, return_dict=False)[0]
         return self.velocity(out, x_t_BCTHW, t_B)
+
+
+def block_features(net: FlowNet, x_t_BCTHW: torch.Tensor, t_B: torch.Tensor, cond: Conditioning,
+                   blocks: tuple[int, ...]) -> list[torch.Tensor]:
+    """The outputs (B, L, D) of transformer blocks `blocks` in net's forward at (x_t, t, cond), by forward hooks;
+    with the graph when called with grad (PCM's discriminator reads the frozen teacher's features this way)."""
+    out: dict[int, torch.Tensor] = {}
+    hooks = [net.transformer.blocks[i].register_forward_hook(lambda mod, args, o, i=i: out.__setitem__(i, o))
+             for i in blocks]
+    try:
+        net(x_t_BCTHW, t_B, cond)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [out[i] for i in blocks]
