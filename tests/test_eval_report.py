@@ -29,13 +29,14 @@ def test_table_has_every_metric_and_its_variant(evaluated):
     expected = {"fvd", "temporal_quality_proxy", "frame_quality_proxy", "i2v_subject", "i2v_background", "psnr",
                 "ssim", "subject_consistency", "background_consistency", "temporal_flickering",
                 "motion_smoothness_proxy", "dynamic_degree_proxy", "aesthetic_quality_proxy", "imaging_quality_proxy",
-                "solid", "sharpness", "count_ok", "sec_per_clip", "nfe"}
+                "solid", "sharpness", "count_ok", "sec_per_clip", "nfe", "fvd_ae"}
     assert expected <= set(df.columns)
     assert df[list(expected)].notna().all().all()
     assert (df.fvd >= 0).all() and (df.fvd_variant.str.contains(r"toy-fvd@[0-9a-f]{12}.*3 videos")).all()
+    assert (df.fvd_ae >= 0).all() and (df.fvd_ae_variant.str.contains(r"toy-ae@[0-9a-f]{12}.*3 videos")).all()
     table = (tmp / "out" / "table.md").read_text()
     for text in ("FVD", "Temporal Quality (proxy)", "Frame Quality (proxy)", "I2V Subject", "SSIM", "± ",
-                 "fvd_variant: toy-fvd@", "real test clips"):
+                 "fvd_variant: toy-fvd@", "real test clips", "| FVD | FVD (toy-ae) |", "fvd_ae_variant: toy-ae@"):
         assert text in table
     ref = pd.read_csv(tmp / "out" / "reference.csv")
     assert ref.psnr.iloc[0] == 100.0 and ref.ssim.iloc[0] == pytest.approx(1.0)
@@ -48,7 +49,7 @@ def test_second_run_reads_cached_samples_and_reference(evaluated, monkeypatch):
     monkeypatch.setattr(report, "generate", lambda *a, **k: pytest.fail("sampled although cached"))
     again = report.evaluate([str(tmp / "run")] * 2, [1, 2], 3, [0, 1], tmp / "out2", batch_size=2,
                             names=["micro", "micro_again"], spec=spec, sheet_num=0)
-    cols = ["fvd", "psnr", "ssim", "temporal_quality_proxy", "sec_per_clip"]
+    cols = ["fvd", "fvd_ae", "psnr", "ssim", "temporal_quality_proxy", "sec_per_clip"]
     for name in ("micro", "micro_again"):
         pd.testing.assert_frame_equal(again[again.method == name][cols].reset_index(drop=True), df[cols])
     assert len(pd.read_csv(tmp / "out2" / "reference.csv")) == 1  # one reference row per distinct test set

@@ -73,21 +73,22 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--names", help="comma-separated row names (default: each config's name)")
     v.add_argument("--out", required=True)
     v.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. data.test_size=1024")
-    v.add_argument("--fvd-extractor", default="toy", help="'toy', a toy FVD net .safetensors, or an I3D TorchScript file")
+    v.add_argument("--fvd-extractor", default="toy", help="'toy' (adds the column FVD (toy-ae)), 'toy-ae', a toy net "
+                                                          ".safetensors, or an I3D TorchScript file")
     v.add_argument("--frame-features", default="toy", help="VBench frame features: 'toy' or a local DINOv2 folder")
     v.add_argument("--vbench", default="auto", choices=["auto", "builtin"], help="auto: the vbench package if installed")
     v.add_argument("--cache", default="runs/eval-cache", help="cache folder for reference features and samples ('' = off)")
     v.add_argument("--batch-size", type=count, default=32)
     v.add_argument("--device", default="cpu", help="device of the evaluation networks")
 
-    f = sub.add_parser("features", help="the toy FVD network and the toy DINOv2 feature net")
+    f = sub.add_parser("features", help="the toy FVD networks and the toy DINOv2 feature net")
     fsub = f.add_subparsers(dest="features_cmd", required=True)
     ft = fsub.add_parser("train", help="train a toy feature net on synthetic clips (fvd: toy_fvd.safetensors, "
-                                       "dino: a Dinov2Model folder)")
-    ft.add_argument("--kind", default="fvd", choices=["fvd", "dino"])
-    ft.add_argument("--out", help="default: experiments/toy/fvd or experiments/toy/dino")
-    ft.add_argument("--steps", type=count, help="default: 1000 (fvd), 3000 (dino)")
-    ft.add_argument("--batch", type=count, help="default: 48 (fvd), 64 (dino)")
+                                       "ae: toy_fvd_ae.safetensors, the second FVD net; dino: a Dinov2Model folder)")
+    ft.add_argument("--kind", default="fvd", choices=["fvd", "ae", "dino"])
+    ft.add_argument("--out", help="default: experiments/toy/fvd, experiments/toy/fvd_ae or experiments/toy/dino")
+    ft.add_argument("--steps", type=count, help="default: 1000 (fvd), 1500 (ae), 3000 (dino)")
+    ft.add_argument("--batch", type=count, help="default: 48 (fvd), 32 (ae), 64 (dino)")
     ft.add_argument("--seed", type=int, default=0)
 
     q = sub.add_parser("preferences", help="build TA preference pairs: more-step sample wins over fewer-step")
@@ -176,6 +177,11 @@ def _run(args) -> int:
         from workbench.eval.feature_nets import train_toy_fvd_net
         out = train_toy_fvd_net(args.out or "experiments/toy/fvd", args.steps or 1000, args.batch or 48, seed=args.seed)
         print(f"toy FVD net: {out}")
+    elif args.cmd == "features" and args.features_cmd == "train" and args.kind == "ae":
+        from workbench.eval.toy_ae import train_toy_video_ae
+        out = train_toy_video_ae(args.out or "experiments/toy/fvd_ae", args.steps or 1500, args.batch or 32,
+                                 seed=args.seed)
+        print(f"toy video autoencoder (FVD toy-ae): {out}")
     elif args.cmd == "features" and args.features_cmd == "train":
         from workbench.models.dino import train_toy_dino
         out = train_toy_dino(args.out or "experiments/toy/dino", args.steps or 3000, args.batch or 64, seed=args.seed)

@@ -2,7 +2,11 @@
 
 An extractor maps clips (B, 3, T, H, W) in [-1, 1] to features (B, D) and names its variant:
   ToyFVDExtractor  the toy FVD net shipped in experiments/toy/fvd (workbench.eval.feature_nets); clips resized to
-                   its 8 x 24 x 24 input; the 64-d video embedding its linear heads read.
+                   its 8 x 24 x 24 input; the 64-d video embedding its linear heads read. Trained on labels (shape,
+                   colour, direction, speed), it hardly sees backgrounds (bench/fvd_background.py).
+  ToyAEExtractor   the toy video autoencoder shipped in experiments/toy/fvd_ae (workbench.eval.toy_ae), self-supervised
+                   (reconstruction only), so it sees backgrounds too; its pooled encoder embedding. The evaluation
+                   reports it beside the toy FVD net as the column `fvd_ae` ("FVD (toy-ae)").
   I3DExtractor     Kinetics-400 I3D as the StyleGAN-V TorchScript `i3d_torchscript.pt`, from a local file only;
                    frames resized to 224 x 224 (bilinear, as the original FVD), [-1, 1], at least 16 frames;
                    its 400-d pre-softmax output (Unterthiner et al. 2019; Skorokhodov et al. 2022).
@@ -22,6 +26,7 @@ from torch.nn import functional as nnf
 import workbench
 
 TOY_FVD_WEIGHTS = workbench.ROOT / "experiments" / "toy" / "fvd" / "toy_fvd.safetensors"
+TOY_AE_WEIGHTS = workbench.ROOT / "experiments" / "toy" / "fvd_ae" / "toy_fvd_ae.safetensors"
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -100,6 +105,22 @@ class ToyFVDExtractor(VideoExtractor):
         return self.net(video_BCTHW.to(self.device))["video"].double().cpu().numpy()
 
 
+class ToyAEExtractor(VideoExtractor):
+    """The toy video autoencoder's pooled encoder embedding (workbench.eval.toy_ae.ToyVideoAE.embed)."""
+
+    def __init__(self, path: str | Path = TOY_AE_WEIGHTS, device: str = "cpu"):
+        from workbench.eval.toy_ae import load_toy_video_ae
+        self.path = require_file(path, "toy video autoencoder weights (rebuild: python -m workbench features train "
+                                       "--kind ae --out experiments/toy/fvd_ae)")
+        self.net = load_toy_video_ae(self.path).to(device)
+        self.name, self.weight_hash, self.device = "toy-ae", file_hash(self.path), device
+        self.frames, self.size = self.net.frames, (self.net.size, self.net.size)
+
+    @torch.no_grad()
+    def __call__(self, video_BCTHW: torch.Tensor) -> np.ndarray:
+        return self.net.embed(video_BCTHW.to(self.device)).double().cpu().numpy()
+
+
 class I3DExtractor(VideoExtractor):
     """Kinetics-400 I3D (StyleGAN-V TorchScript): 224 x 224 bilinear, [-1, 1], >= 16 frames, 400-d logits."""
 
@@ -131,10 +152,19 @@ class I3DExtractor(VideoExtractor):
         return torch.cat(out).numpy()
 
 
+def _is_toy_ae(path: str | Path) -> bool:
+    """Whether a toy .safetensors file holds the video autoencoder (its tensors are encoder.* / decoder.*)."""
+    from workbench.models.weights import tensor_names
+    return Path(path).is_file() and any(n.startswith("encoder.") for n in tensor_names(path, "--fvd-extractor"))
+
+
 def load_extractor(spec: str = "toy", device: str = "cpu") -> VideoExtractor:
-    """'toy' (the shipped toy FVD net), a toy net's .safetensors file, or an I3D TorchScript file (.pt)."""
+    """'toy' (the shipped toy FVD net), 'toy-ae' (the shipped toy video autoencoder), a .safetensors file of
+    either, or an I3D TorchScript file (.pt)."""
     if spec == "toy":
         return ToyFVDExtractor(TOY_FVD_WEIGHTS, device)
+    if spec == "toy-ae":
+        return ToyAEExtractor(TOY_AE_WEIGHTS, device)
     if str(spec).endswith(".safetensors"):
-        return ToyFVDExtractor(spec, device)
+        return ToyAEExtractor(spec, device) if _is_toy_ae(spec) else ToyFVDExtractor(spec, device)
     return I3DExtractor(spec, device)

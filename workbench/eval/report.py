@@ -1,8 +1,10 @@
 """`python -m workbench eval`: sample the test split at several step counts and seeds, score every metric, tabulate.
 
 Rows are tidy (one per model x steps x seed): FVD against the real test clips of the same first frames (with its
-variant), the VBench-I2V dimensions and groups, PSNR/SSIM against the real continuation, the toy oracle metrics and
-seconds per clip. `summarise` gives mean and spread over seeds; `to_markdown` lays it out like the paper's Table 1.
+variant; with the toy FVD net also `fvd_ae`, the FVD of the self-supervised toy video autoencoder that sees
+backgrounds, with its own variant), the VBench-I2V dimensions and groups, PSNR/SSIM against the real continuation,
+the toy oracle metrics and seconds per clip. `summarise` gives mean and spread over seeds; `to_markdown` lays it out
+like the paper's Table 1.
 Reference features and (small) sample sets are cached, keyed by everything they depend on.
 """
 from __future__ import annotations
@@ -25,7 +27,7 @@ from workbench.data.io import write_mp4
 from workbench.data.synthetic import to_tensor, to_uint8
 from workbench.eval.feature_nets import Dinov2FrameFeatures, ToyFrameFeatures
 from workbench.eval.fidelity import psnr, ssim
-from workbench.eval.fvd import TOY_FVD_WEIGHTS, ToyFVDExtractor, fvd, load_extractor
+from workbench.eval.fvd import TOY_AE_WEIGHTS, TOY_FVD_WEIGHTS, ToyAEExtractor, ToyFVDExtractor, fvd, load_extractor
 from workbench.eval.oracle import clip_metrics
 from workbench.eval.vbench import VBenchNets, quality_groups, run_vbench, vbench_available, vbench_clips
 from workbench.generate import generate, sample_sheet, test_batch
@@ -36,7 +38,8 @@ from workbench.runs import load_model, resolve_weights
 
 @dataclass
 class EvalSpec:
-    fvd_extractor: str = "toy"      # "toy" (experiments/toy/fvd), a toy net .safetensors, or an I3D TorchScript file
+    fvd_extractor: str = "toy"      # "toy" (experiments/toy/fvd; adds fvd_ae from experiments/toy/fvd_ae), "toy-ae",
+                                    # a toy net .safetensors, or an I3D TorchScript file
     frame_features: str = "toy"     # VBench frame features: "toy" (the toy FVD net) or a local DINOv2 folder
     vbench: str = "auto"            # "auto": the vbench package where it and its weights are installed; "builtin"
     cache: str = "runs/eval-cache"  # reference features and sample sets ("" = off)
@@ -54,6 +57,10 @@ class Scorer:
     def __init__(self, spec: EvalSpec):
         self.spec = spec
         self.extractor = load_extractor(spec.fvd_extractor, spec.device)
+        # FVD columns -> extractor: the toy FVD net hardly sees backgrounds, so beside it the autoencoder's FVD
+        self.extractors = {"fvd": self.extractor}
+        if spec.fvd_extractor == "toy":
+            self.extractors["fvd_ae"] = ToyAEExtractor(TOY_AE_WEIGHTS, spec.device)
         if spec.frame_features == "toy":
             toy = self.extractor if isinstance(self.extractor, ToyFVDExtractor) else \
                 ToyFVDExtractor(TOY_FVD_WEIGHTS, spec.device)
@@ -70,7 +77,7 @@ class Scorer:
         """Per-clip metrics and FVD features of uint8 clips (B, T, H, W, 3) for a test batch."""
         real = np.stack([to_uint8(v) for v in batch["video"]])
         fake = torch.stack([to_tensor(v) for v in fake_BTHWC])
-        out = {"features": self.extractor(fake)}
+        out = {_feature_key(col): ext(fake) for col, ext in self.extractors.items()}  # "features" for FVD
         out.update(vbench_clips(fake, batch["video"][:, :, 0], self.nets, proxies=not self.use_vbench))
         out["psnr"], out["ssim"] = psnr(fake_BTHWC, real), ssim(fake_BTHWC, real)
         truths = batch.get("truth")
@@ -84,7 +91,7 @@ def _mean(chunks: list[dict]) -> dict:
     """Mean over clips of each per-clip metric (NaN entries, e.g. unstated directions, are left out)."""
     row = {}
     for k in chunks[0]:
-        if k != "features":
+        if not k.startswith("features"):
             v = np.concatenate([c[k] for c in chunks])
             row[k] = float(np.nanmean(v)) if not np.isnan(v).all() else float("nan")
     return row
@@ -111,16 +118,28 @@ class Cache:
             tmp.rename(self.root / kind / f"{key}.npz")
 
 
-def _reference(scorer: Scorer, cache: Cache, cfg, batches: list[dict], num: int) -> tuple[np.ndarray, dict]:
-    """FVD features of the real test clips and their own metrics (the ceiling), cached by extractor + data + num."""
-    key = _key({"extractor": scorer.extractor.describe(), "variant": scorer.variant, "data": to_dict(cfg.data),
-                "num": num})
+def _feature_key(col: str) -> str:
+    """Where Scorer.clips puts the features of FVD column `col`: 'features' (fvd), 'features_fvd_ae' (fvd_ae)."""
+    return "features" if col == "fvd" else f"features_{col}"
+
+
+def _features(scorer: Scorer, chunks: list[dict]) -> dict[str, np.ndarray]:
+    """FVD features per FVD column, concatenated over batches."""
+    return {col: np.concatenate([c[_feature_key(col)] for c in chunks]) for col in scorer.extractors}
+
+
+def _reference(scorer: Scorer, cache: Cache, cfg, batches: list[dict], num: int) -> tuple[dict, dict]:
+    """FVD features (per FVD column) of the real test clips and their own metrics (the ceiling), cached by
+    extractors + data + num."""
+    extractor = scorer.extractor.describe() if len(scorer.extractors) == 1 else \
+        {col: ext.describe() for col, ext in scorer.extractors.items()}
+    key = _key({"extractor": extractor, "variant": scorer.variant, "data": to_dict(cfg.data), "num": num})
     hit = cache.load("reference", key)
-    if hit is not None:
-        return hit["features"], json.loads(str(hit["row"]))
+    if hit is not None and all(f"features_{col}" in hit for col in scorer.extractors):
+        return {col: hit[f"features_{col}"] for col in scorer.extractors}, json.loads(str(hit["row"]))
     chunks = [scorer.clips(np.stack([to_uint8(v) for v in b["video"]]), b) for b in batches]
-    feats, row = np.concatenate([c["features"] for c in chunks]), _mean(chunks)
-    cache.save("reference", key, features=feats, row=np.array(json.dumps(row)))
+    feats, row = _features(scorer, chunks), _mean(chunks)
+    cache.save("reference", key, row=np.array(json.dumps(row)), **{f"features_{col}": f for col, f in feats.items()})
     return feats, row
 
 
@@ -150,7 +169,7 @@ def _samples(model, batches, steps, seed, cache: Cache, key: str, max_mb: int):
     yield per_clip
 
 
-def _score(scorer: Scorer, samples, batches: list[dict], ref_feats: np.ndarray, device: str, bar) -> dict:
+def _score(scorer: Scorer, samples, batches: list[dict], ref_feats: dict, device: str, bar) -> dict:
     """Metrics of one sample set (model x steps x seed), scored batch by batch as `samples` yields them."""
     chunks, mp4 = [], Path(tempfile.mkdtemp(prefix="vbench-")) if scorer.use_vbench else None
     for b, clips in zip(batches, samples):
@@ -158,7 +177,8 @@ def _score(scorer: Scorer, samples, batches: list[dict], ref_feats: np.ndarray, 
         for i, c in enumerate(clips if mp4 else []):
             write_mp4(mp4 / f"{b['seed'][i]}.mp4", c, fps=8)
         bar.update(1)
-    row = {"sec_per_clip": next(samples), "fvd": fvd(np.concatenate([c["features"] for c in chunks]), ref_feats)}
+    row = {"sec_per_clip": next(samples)}
+    row.update({col: fvd(f, ref_feats[col]) for col, f in _features(scorer, chunks).items()})
     row.update(_mean(chunks))
     if mp4:
         row.update(run_vbench(mp4, mp4 / "results", device))
@@ -189,8 +209,9 @@ def evaluate(checkpoints: list[str], steps_list: list[int], num: int, seeds: lis
         ref_feats, ref_row = _reference(scorer, cache, cfg, batches, num)
         refs.setdefault(_key(to_dict(cfg.data))[:8], {"num": num, **ref_row})  # one row per distinct test split
         weights = Path(resolve_weights(ckpt)[0]).resolve()
-        variant = {"fvd_variant": f"{scorer.extractor.describe()} | {num} videos | reference: test clips 0-{num - 1} "
-                                  f"of data spec {_key(to_dict(cfg.data))[:8]}", **scorer.variant}
+        reference = f"{num} videos | reference: test clips 0-{num - 1} of data spec {_key(to_dict(cfg.data))[:8]}"
+        variant = {f"{col}_variant": f"{ext.describe()} | {reference}" for col, ext in scorer.extractors.items()}
+        variant.update(scorer.variant)
         nfe_per_step = 1 if cfg.sample.guidance == 1.0 else 2
         bar = tqdm(total=len(steps_list) * len(seeds) * len(batches), desc=f"eval {name}")
         for steps in steps_list:

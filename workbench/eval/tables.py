@@ -6,11 +6,12 @@ import pandas as pd
 
 METRIC_ORDER = ["colour_mass", "solid", "shape_iou", "count_ok", "path_accel", "first_frame_mae",
                 "direction_agree", "speed_agree", "sharpness", "background_mae", "wake_mae"]  # the oracle's columns
-TABLE1 = ["sec_per_clip", "fvd", "temporal_quality", "frame_quality", "i2v_subject", "i2v_background", "psnr", "ssim"]
+TABLE1 = ["sec_per_clip", "fvd", "fvd_ae", "temporal_quality", "frame_quality", "i2v_subject", "i2v_background", "psnr",
+          "ssim"]  # fvd: the toy FVD net (or I3D); fvd_ae: the toy video autoencoder, beside the toy FVD net
 DIMENSIONS = ["subject_consistency", "background_consistency", "temporal_flickering", "motion_smoothness",
               "dynamic_degree", "aesthetic_quality", "imaging_quality"]
-NAMES = {"sec_per_clip": "s/clip", "fvd": "FVD", "psnr": "PSNR", "ssim": "SSIM", "i2v_subject": "I2V Subject",
-         "i2v_background": "I2V Background"}
+NAMES = {"sec_per_clip": "s/clip", "fvd": "FVD", "fvd_ae": "FVD (toy-ae)", "psnr": "PSNR", "ssim": "SSIM",
+         "i2v_subject": "I2V Subject", "i2v_background": "I2V Background"}
 IDS = ["method", "steps", "nfe", "seed", "num"]
 
 
@@ -79,9 +80,14 @@ def report_markdown(df: pd.DataFrame, reference: pd.DataFrame | None = None) -> 
             + to_markdown(summary, main, reference) + "\n")
     if dims:
         text += "## VBench-I2V dimensions\n\n" + to_markdown(summary, dims, reference) + "\n"
-    for col in ("fvd_variant", "vbench", "vbench_features"):
+    for col in ("fvd_variant", "fvd_ae_variant", "vbench", "vbench_features"):
         if col in df:
             text += f"- {col}: " + "; ".join(sorted(df[col].astype(str).unique())) + "\n"
+    if "fvd_ae" in df:
+        text += ("- FVD columns: FVD uses the toy FVD network (experiments/toy/fvd; supervised on shape, colour, "
+                 "direction, speed; hardly sees backgrounds); FVD (toy-ae) uses the self-supervised toy video "
+                 "autoencoder (experiments/toy/fvd_ae; sees backgrounds and objects). Compare each only with itself: "
+                 "bench/fvd_background.py gives both their real-vs-real floors.\n")
     text += ("- (proxy): a built-in stand-in for a network the toy lacks (AMT, RAFT, LAION aesthetic, MUSIQ); "
              "definitions in workbench/eval/vbench.py. Oracle columns: workbench/eval/oracle.py. "
              "PSNR/SSIM: frames 1..T-1 against the real continuation (PSNR capped at 100 dB).\n")
