@@ -251,7 +251,8 @@ def build(experiments: list[Path], cache: Path, study=None, store: VoteStore | N
             study_tab(study, None)
         with gr.Tab("Results"):
             table_path = gr.Dropdown(tables, value=tables[0] if tables else None, label="evaluation (results.csv)")
-            metric = gr.Dropdown(["fvd", "solid", "shape_iou", "psnr", "ssim", "first_frame_mae", "sharpness"],
+            metric = gr.Dropdown(["fvd", "fvd_ae", "solid", "shape_iou", "background_mae", "wake_mae", "psnr", "ssim",
+                                  "first_frame_mae", "sharpness"],
                                  value="fvd", label="metric against steps")
             figure = gr.Plot()
             summary_table = gr.Dataframe(label="mean over seeds", interactive=False)
