@@ -64,3 +64,15 @@ def test_figures_from_the_summary(evaluated):
     assert method_bars(summary, "fvd").layout.yaxis.title.text == "FVD"
     table = ablation_table(summary, ["fvd", "temporal_quality_proxy"])
     assert list(table.data[0].header.values)[-1] == "Temporal Quality (proxy)"
+
+
+def test_the_fvd_reference_is_named_by_what_decides_the_test_clips():
+    """TA's models train on preference pairs (data.preferences) but share the teacher's test clips: one reference."""
+    from workbench.config import load_config
+    from workbench.eval.report import test_split_key
+    base = load_config(None).data
+    assert test_split_key(load_config(None, ["data.preferences=runs/prefs", "data.train_size=7"]).data) == \
+        test_split_key(base)
+    assert test_split_key(load_config(None, ["data.toy.size=16"]).data) != test_split_key(base)
+    assert test_split_key(load_config(None, ["data.kind=videos", "data.test_size=4"]).data) != \
+        test_split_key(load_config(None, ["data.kind=videos", "data.test_size=8"]).data)

@@ -51,6 +51,14 @@ def _key(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def test_split_key(data_cfg) -> str:
+    """What decides the test clips, hashed: the source and its spec (a CSV's split also by test_size), not keys
+    that only shape training (data.preferences, train_size): TA's models share the teacher's test clips."""
+    d = to_dict(data_cfg)
+    kind = d["kind"]
+    return _key({"kind": kind, "spec": d.get(kind), **({"test_size": d["test_size"]} if kind == "videos" else {})})
+
+
 class Scorer:
     """Every metric of generated clips against the real clips that share their first frames."""
 
@@ -207,9 +215,10 @@ def evaluate(checkpoints: list[str], steps_list: list[int], num: int, seeds: lis
         name = names[k] if names else cfg.name
         batches = [test_batch(cfg, min(batch_size, num - s), s) for s in range(0, num, batch_size)]
         ref_feats, ref_row = _reference(scorer, cache, cfg, batches, num)
-        refs.setdefault(_key(to_dict(cfg.data))[:8], {"num": num, **ref_row})  # one row per distinct test split
+        split = test_split_key(cfg.data)[:8]
+        refs.setdefault(split, {"num": num, **ref_row})                   # one row per distinct test split
         weights = Path(resolve_weights(ckpt)[0]).resolve()
-        reference = f"{num} videos | reference: test clips 0-{num - 1} of data spec {_key(to_dict(cfg.data))[:8]}"
+        reference = f"{num} videos | reference: test clips 0-{num - 1} of data spec {split}"
         variant = {f"{col}_variant": f"{ext.describe()} | {reference}" for col, ext in scorer.extractors.items()}
         variant.update(scorer.variant)
         nfe_per_step = 1 if cfg.sample.guidance == 1.0 else 2
