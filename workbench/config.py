@@ -171,6 +171,48 @@ class OSVConfig:
 
 
 @dataclass
+class DMD2Config:
+    """DMD2 (Yin et al. 2024; tianweiy/DMD2, main/sd_guidance.py): distribution matching against a trainable fake
+    score (a copy of the teacher trained by flow matching on the student's detached samples), a GAN classifier
+    head on the fake score's block features, the two time-scale rule and backward simulation."""
+    student_every: int = 5           # the student updates every 5th step, the fake score every step (dfake_gen_update_ratio)
+    fake_lr: float = 0.0             # the fake score's (and its head's) lr (0 = train.lr; the official SD recipes use the same lr)
+    denoising_steps: int = 4         # the student's step list = schedule(denoising_steps) (backward simulation; 1 = one step)
+    min_t: float = 0.02              # score times t ~ U[min_t, max_t] (min/max_step_percent)
+    max_t: float = 0.98
+    gan_weight: float = 5.0e-3       # the generator's GAN weight (gen_cls_loss_weight, SDXL recipe)
+    gan_fake_weight: float = 1.0e-2  # the classifier's weight in the fake score's loss (guidance_cls_loss_weight)
+    gan_block: int = -1              # the fake score's transformer block the classifier head reads (-1 = the middle one)
+    RANGES = {"student_every": (1, None), "fake_lr": (0, None), "denoising_steps": (1, None), "min_t": (0, 1),
+              "max_t": (0, 1), "gan_weight": (0, None), "gan_fake_weight": (0, None)}
+
+
+@dataclass
+class CDMConfig:
+    """Continuous-time distribution matching (byliutao/cdm: scripts/train.py, cdm/training/losses.py; defaults from
+    config/config.py, SD3 preset where it overrides): a random-length continuous student rollout, a fake teacher
+    trained on its detached x0 and merged with the student, CFG augmentation + on- and off-trajectory DM."""
+    update_ratio: int = 5            # one student step per 5 fake-teacher steps (student.update_ratio; SD3 preset 2)
+    fake_lr: float = 5.0e-6          # the fake teacher's lr (fake_teacher.full_learning_rate, SD3; 0 = train.lr)
+    fake_ema_decay: float = 0.999    # FT <- student EMA merge after each FT step (fake_teacher.ema_from_student_decay)
+    min_steps: int = 1               # rollout length n ~ U{min_steps..max_steps} (sample.random_sigma_num_steps_min)
+    max_steps: int = 28              # (sample.random_sigma_num_steps_max)
+    sigma_lo: float = 0.25           # inner rollout times ~ U(sigma_lo, sigma_hi), sorted descending (random_sigma_min)
+    sigma_hi: float = 0.95           # (random_sigma_max)
+    t_min: float = 0.02              # every sampled sigma is clamped to [t_min, t_max] (sigma_min, sigma_max)
+    t_max: float = 0.98
+    guidance: float = 7.0            # g of CFG augmentation (loss.cfg.guidance_scale); 0 = CA off
+    norm_min: float = 0.1            # floor of the per-sample normaliser of every push (norm_clip_min)
+    ca_weight: float = 1.0           # loss.cfg.weight
+    dm_weight: float = 1.0           # loss.ddm.weight (on-trajectory DM)
+    cdm_weight: float = 1.0          # loss.cdm.weight (off-trajectory DM)
+    RANGES = {"update_ratio": (1, None), "fake_lr": (0, None), "fake_ema_decay": (0, 1), "min_steps": (1, None),
+              "max_steps": (1, 1000), "sigma_lo": (0, 1), "sigma_hi": (0, 1), "t_min": (0, 1), "t_max": (0, 1),
+              "guidance": (0, None), "norm_min": (0, None), "ca_weight": (0, None), "dm_weight": (0, None),
+              "cdm_weight": (0, None)}
+
+
+@dataclass
 class DPOConfig:
     """Trajectory alignment (TA): Flow-DPO (Eq. 11) + reflow regulariser on winners; trains the LoRA of model.lora."""
     beta: float = 2500.0             # beta of Eq. (11); errors are per-element means
@@ -223,6 +265,8 @@ class Config:
     lcm: LCMConfig = field(default_factory=LCMConfig)
     pcm: PCMConfig = field(default_factory=PCMConfig)
     osv: OSVConfig = field(default_factory=OSVConfig)
+    dmd2: DMD2Config = field(default_factory=DMD2Config)
+    cdm: CDMConfig = field(default_factory=CDMConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
 
 

@@ -7,6 +7,7 @@ from workbench.methods.adversarial import Adversarial
 from workbench.methods.base import Distillation, LossOut, Method, Role, TrainStep
 from workbench.methods.ccd import CCD
 from workbench.methods.dcd import DCD
+from workbench.methods.dmd2 import DMD2
 from workbench.methods.dpo import FlowDPO
 from workbench.methods.flow_matching import FlowMatching
 from workbench.methods.lcm import LCM
@@ -24,6 +25,7 @@ METHODS: dict[str, type[Method]] = {
     "lcm": LCM,
     "pcm": PCM,
     "osv": OSV,
+    "dmd2": DMD2,
 }
 
 

@@ -56,6 +56,19 @@ class Discriminator(nn.Module):
         return logits
 
 
+class BlockHeads(nn.Module):
+    """One 1x1-conv head per transformer block of a FlowNet like `net`, over the block's tokens (`block_features`):
+    (B, L, D) per block -> logits (B, L) per block (PCM's and DMD2's discriminators)."""
+
+    def __init__(self, net, blocks: int, width: int):
+        super().__init__()
+        dim = net.transformer.config.num_attention_heads * net.transformer.config.attention_head_dim
+        self.heads = nn.ModuleList(conv_head(dim, width, 1) for _ in range(blocks))
+
+    def forward(self, tokens: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [head(layer_norm(tok, tok.shape[-1:]).transpose(1, 2)).flatten(1) for head, tok in zip(self.heads, tokens)]
+
+
 def frames_of(video_BCTHW: torch.Tensor) -> torch.Tensor:
     """(B, 3, T, H, W) -> (B*T, 3, H, W), frame-major per clip."""
     B, C, T, H, W = video_BCTHW.shape

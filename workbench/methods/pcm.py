@@ -14,11 +14,8 @@ as DA's, so the student keeps the CCD budget of updates.
 from __future__ import annotations
 
 import torch
-from torch import nn
-from torch.nn.functional import layer_norm
-
 from workbench.flow import expand_t, interpolate
-from workbench.methods.adversarial import conv_head, hinge_discriminator, hinge_generator
+from workbench.methods.adversarial import BlockHeads, hinge_discriminator, hinge_generator
 from workbench.methods.base import Distillation, LossOut, Role
 from workbench.methods.lcm import pseudo_huber
 from workbench.models.wan import block_features
@@ -46,17 +43,6 @@ def renoise_in_phase(x_edge, noise, edge, sigma):
     return (expand_t(1 - sigma, x_edge) * x_edge + expand_t(sigma - edge, x_edge) * noise) / expand_t(1 - edge, x_edge)
 
 
-class BlockHeads(nn.Module):
-    """One 1x1-conv head per teacher block over its tokens: (B, L, D) per block -> logits (B, L) per block."""
-
-    def __init__(self, dim: int, blocks: int, width: int):
-        super().__init__()
-        self.heads = nn.ModuleList(conv_head(dim, width, 1) for _ in range(blocks))
-
-    def forward(self, tokens: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [head(layer_norm(tok, tok.shape[-1:]).transpose(1, 2)).flatten(1) for head, tok in zip(self.heads, tokens)]
-
-
 class PCM(Distillation):
     def __init__(self, cfg, net, encoders):
         if cfg.pcm.target not in ("online", "ema"):
@@ -70,8 +56,7 @@ class PCM(Distillation):
         self.blocks = tuple(c.adv_blocks) or tuple(range(depth))
         if not all(0 <= b < depth for b in self.blocks):
             raise ValueError(f"pcm.adv_blocks: {list(c.adv_blocks)} must be blocks 0..{depth - 1} of the transformer")
-        dim = net.transformer.config.num_attention_heads * net.transformer.config.attention_head_dim
-        self.heads = BlockHeads(dim, len(self.blocks), c.adv_head_width) if c.adversarial else None
+        self.heads = BlockHeads(net, len(self.blocks), c.adv_head_width) if c.adversarial else None
 
     def roles(self):
         extra = {"disc": Role(self.heads, lr=self.cfg.pcm.adv_lr)} if self.heads is not None else {}

@@ -1,0 +1,114 @@
+"""DMD2: the distribution-matching gradient by hand, the fake score's loss isolated from the student, the two
+time-scale rule across a resume, the first frame reaching every network, one step at Wan scale."""
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from workbench.config import load_config
+from workbench.methods import build_method
+from workbench.methods.base import TrainStep
+from workbench.methods.dmd2 import DMD2, dm_gradient, dm_loss
+from workbench.models import build_backbone
+from workbench.train import steps_on_batch, train
+
+MICRO = "experiments/micro/teacher.yaml"
+SETS = ["train.method=dmd2", "sample.sampler=consistency", "dmd2.denoising_steps=2"]
+
+
+def _batch(cfg, n=2):
+    from workbench.data import build_dataset, collate
+    return collate([build_dataset(cfg.data, "train")[i] for i in range(n)])
+
+
+def test_dm_gradient_and_its_normaliser_by_hand():
+    x0_hat = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 0.0]]).view(2, 1, 1, 2, 2)
+    real = torch.tensor([[0.0, 2.0, 3.0, 6.0], [1.0, -1.0, 1.0, -1.0]]).view(2, 1, 1, 2, 2)
+    fake = torch.tensor([[2.0, 2.0, 3.0, 6.0], [0.0, 0.0, 0.0, 0.0]]).view(2, 1, 1, 2, 2)
+    grad = dm_gradient(x0_hat, real, fake)
+    # sample 0: mean |x0_hat - real| = (1 + 0 + 0 + 2) / 4 = 0.75; sample 1: mean = 1
+    torch.testing.assert_close(grad[0].flatten(), torch.tensor([2.0, 0, 0, 0]) / 0.75)
+    torch.testing.assert_close(grad[1].flatten(), torch.tensor([-1.0, 1, -1, 1]))
+    x = x0_hat.clone().requires_grad_(True)
+    dm_loss(x, grad).backward()
+    torch.testing.assert_close(x.grad, grad / grad.numel())           # 0.5 MSE to sg(x - grad): d/dx = grad / N
+    assert torch.isfinite(dm_gradient(real, real, fake)).all()          # a zero normaliser gives no NaN
+
+
+def test_the_fake_scores_loss_is_flow_matching_on_detached_samples():
+    cfg = load_config(MICRO, SETS)
+    net, encoders = build_backbone(cfg.model)
+    method = build_method(cfg, net, encoders)
+    assert isinstance(method, DMD2) and list(method.roles()) == ["model", "fake"]
+    nets = {"model": net, "fake": method.fake}
+    for due in ({"fake"}, {"model", "fake"}):
+        net.zero_grad(set_to_none=True)
+        out = method.losses(_batch(cfg), TrainStep(0, torch.Generator().manual_seed(0), nets, frozenset(due)))
+        assert set(out.losses) == due
+        out.losses["fake"].backward(retain_graph=True)
+        assert all(p.grad is None for p in net.parameters())           # no gradient reaches the student
+        assert any(p.grad is not None for p in method.fake.flow.parameters())
+        method.fake.zero_grad(set_to_none=True)
+    assert not any(p.requires_grad for p in method.teacher.parameters())
+
+
+def test_the_two_time_scale_rule_holds_across_a_resume(tmp_path):
+    """Student every 5th step, fake score every step, over 20 steps; a run resumed at step 10 ends bitwise equal."""
+    sets = SETS + ["train.steps=20", "train.log_every=1", "train.ckpt_every=5", "train.keep_ckpts=10",
+                   "train.batch_size=2", "train.sample_num=1", "train.sample_steps=[1]"]
+    cfg = load_config(MICRO, sets)
+    whole = train(cfg, tmp_path / "whole", progress=False)
+    rows = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss_dm" in r] == [5, 10, 15, 20]
+    assert all("loss_fake_fm" in r for r in rows) and len(rows) == 20
+    resumed = tmp_path / "resumed"
+    shutil.copytree(whole, resumed)
+    for ckpt in (resumed / "checkpoints").glob("step-*"):
+        if int(ckpt.name.split("-")[1]) > 10:
+            shutil.rmtree(ckpt)
+    train(cfg, resumed, resume=True, progress=False)
+    for name in ("model.safetensors", "fake.safetensors", "optim-fake.safetensors", "model-ema.safetensors"):
+        a, b = (load_file(r / "checkpoints/step-000020" / name) for r in (whole, resumed))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+@pytest.mark.parametrize("wan", [False, True])
+def test_the_first_frame_reaches_teacher_fake_score_its_classifier_and_student(wan, tmp_path):
+    if wan:
+        from tests.tiny_wan import save_tiny_wan
+        cfg = load_config(None, [f"model.{k}={v}" for k, v in save_tiny_wan(tmp_path).items()] + SETS)
+        shape = (1, 3, 5, 32, 32)
+    else:
+        cfg = load_config(MICRO, SETS)
+        shape = (1, 3, 4, 16, 16)
+    torch.manual_seed(0)
+    net, encoders = build_backbone(cfg.model)
+    method = build_method(cfg, net, encoders)
+    clip = torch.rand(shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    other = clip.clone()
+    other[:, :, 0] = -other[:, :, 0]
+    x0, cond_a = encoders.prepare(clip, ["a red ball"])
+    _, cond_b = encoders.prepare(other, ["a red ball"])
+    x_t, t = torch.randn_like(x0), torch.tensor([0.7])
+    nets = {"teacher": method.teacher, "student": net, "fake score": method.fake,
+            "classifier": lambda x, tt, c: method.fake(x, tt, c, classify=True)}
+    with torch.no_grad():
+        for label, f in nets.items():
+            assert not torch.allclose(f(x_t, t, cond_a), f(x_t, t, cond_b)), label
+
+
+def test_dmd2_one_step_at_wan_scale(tmp_path):
+    from tests.tiny_wan import save_tiny_wan
+    cfg = load_config(None, [f"model.{k}={v}" for k, v in save_tiny_wan(tmp_path).items()] + SETS +
+                      ["distill.guidance=2.0", "dmd2.student_every=1"])
+    net, encoders = build_backbone(cfg.model)
+    method = build_method(cfg, net, encoders)
+    clip = torch.rand(2, 3, 5, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    logs = steps_on_batch(method, cfg.train, {"video": clip, "caption": ["a red ball", "a cat"]}, 1)
+    assert all(math.isfinite(v) for v in logs[0].values()) and {"loss_dm", "loss_fake_fm"} <= set(logs[0])
+    with pytest.raises(ValueError, match="dmd2.gan_block"):
+        build_method(load_config(None, [f"model.{k}={v}" for k, v in save_tiny_wan(tmp_path / "b").items()] + SETS +
+                                 ["dmd2.gan_block=7"]), net, encoders)

@@ -1,0 +1,127 @@
+"""DMD2 (Yin et al. 2024; tianweiy/DMD2 main/sd_guidance.py), in this project's flow convention (t = 0 data).
+
+The student makes x0_hat from noise (backward simulation for a multi-step student: its own no_grad rollout with the
+`consistency` sampler to a random time of its step list, then one prediction with grad). Roles:
+  fake   every step: a trainable copy of the teacher (the fake score) trained by flow matching on the student's
+         detached samples, plus a GAN classifier head on one of its blocks, real clips against samples, both
+         re-noised (non-saturating; weight gan_fake_weight).
+  model  every student_every-th step (the two time-scale rule): the distribution-matching loss
+         grad = (x0_fake - x0_real) / mean_{CTHW} |x0_hat - x0_real|, L_DM = 0.5 MSE(x0_hat, sg(x0_hat - grad)),
+         at x_t = (1 - t) x0_hat + t eps, t ~ U[min_t, max_t], x0_real from the frozen teacher (distill.guidance),
+         x0_fake from the fake score; plus gan_weight x the generator's non-saturating GAN loss.
+The model role is declared first: its loss runs through the fake score, which must not have stepped yet.
+Weights as published (SDXL recipe: gen_cls_loss_weight 5e-3, guidance_cls_loss_weight 1e-2), not balanced.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn.functional import mse_loss, softplus
+
+from workbench.flow import denoise, expand_t, interpolate
+from workbench.methods.adversarial import BlockHeads
+from workbench.methods.base import Distillation, LossOut, Role
+from workbench.models.wan import block_features
+from workbench.sampling import schedule
+
+
+def dm_gradient(x0_hat, x0_real, x0_fake):
+    """(x0_fake - x0_real) / mean_{C,T,H,W} |x0_hat - x0_real|, per sample (sd_guidance.py; nan_to_num as there)."""
+    norm = (x0_hat - x0_real).abs().flatten(1).mean(1)
+    return torch.nan_to_num((x0_fake - x0_real) / expand_t(norm, x0_hat))
+
+
+def dm_loss(x0_hat, grad):
+    """0.5 MSE(x0_hat, sg(x0_hat - grad)): its gradient on x0_hat is grad / numel."""
+    return 0.5 * mse_loss(x0_hat.float(), (x0_hat - grad).detach().float())
+
+
+class FakeScore(nn.Module):
+    """The fake score (a FlowNet) and its classifier head on block `block`; one role, one optimizer."""
+
+    def __init__(self, flow, block: int, head_width: int = 64):
+        super().__init__()
+        self.flow, self.block = flow, block
+        self.head = BlockHeads(flow, 1, head_width)
+
+    def forward(self, x_t, t, cond, classify: bool = False):
+        """The fake velocity, or (classify) the head's logits (B, L) on the block's tokens."""
+        if not classify:
+            return self.flow(x_t, t, cond)
+        return self.head(block_features(self.flow, x_t, t, cond, (self.block,)))[0]
+
+
+class DMD2(Distillation):
+    uses_target = False
+
+    def __init__(self, cfg, net, encoders):
+        super().__init__(cfg, net, encoders)
+        c, depth = cfg.dmd2, len(net.transformer.blocks)
+        if not c.min_t < c.max_t:
+            raise ValueError(f"dmd2.min_t: {c.min_t} must be below dmd2.max_t ({c.max_t})")
+        block = c.gan_block if c.gan_block >= 0 else depth // 2
+        if block >= depth:
+            raise ValueError(f"dmd2.gan_block: {c.gan_block} must be a block 0..{depth - 1} (or -1, the middle one)")
+        self.fake = FakeScore(copy.deepcopy(self.teacher).requires_grad_(True).train(), block)  # from the teacher
+
+    def roles(self):
+        c = self.cfg.dmd2
+        return {"model": Role(self.net, ema=self.cfg.train.ema_decay, export=True, every=c.student_every,
+                              offset=c.student_every - 1),
+                "fake": Role(self.fake, lr=c.fake_lr or None)}
+
+    def times(self, n: int, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+        c = self.cfg.dmd2
+        return (c.min_t + (c.max_t - c.min_t) * torch.rand(n, generator=generator)).to(like)
+
+    def generate(self, student, cond, shape, generator: torch.Generator, grad: bool) -> torch.Tensor:
+        """x0_hat (B,C,T,H,W): the student's no_grad rollout over a random number k of its steps (backward
+        simulation, fresh noise at each re-noising as its `consistency` sampler), then one prediction."""
+        ts = schedule(self.cfg.dmd2.denoising_steps, self.cfg.sample.shift)
+        k = int(torch.randint(0, len(ts) - 1, (1,), generator=generator))
+        x = torch.randn(shape, generator=generator)
+        with torch.no_grad():
+            for i in range(k):
+                t_B = ts[i].expand(shape[0]).to(x)
+                x0 = denoise(x, student(x, t_B, cond), t_B)
+                x = interpolate(x0, torch.randn(shape, generator=generator).to(x), ts[i + 1].expand(shape[0]).to(x))
+        t_B = ts[k].expand(shape[0]).to(x)
+        with torch.set_grad_enabled(grad):
+            return denoise(x, student(x, t_B, cond), t_B)
+
+    def losses(self, batch, step):
+        c, g, fake = self.cfg.dmd2, step.generator, step.nets["fake"]
+        x0_real, cond = self.encoders.prepare(batch["video"], batch["caption"])
+        B = x0_real.shape[0]
+        train_student = "model" in step.due
+        x0_hat = self.generate(step.nets["model"], cond, x0_real.shape, g, grad=train_student).to(x0_real)
+        sample = x0_hat.detach()
+
+        # the fake score: flow matching on the detached samples, and its classifier (real clips vs samples)
+        t, eps = self.times(B, g, sample), torch.randn(sample.shape, generator=g).to(sample)
+        loss_fm = mse_loss(fake(interpolate(sample, eps, t), t, cond).float(), (eps - sample).float())
+        t_cls, eps_cls = self.times(B, g, sample), torch.randn(sample.shape, generator=g).to(sample)
+        logit_real = fake(interpolate(x0_real, eps_cls, t_cls), t_cls, cond, classify=True)
+        logit_fake = fake(interpolate(sample, eps_cls, t_cls), t_cls, cond, classify=True)
+        loss_cls = softplus(-logit_real).mean() + softplus(logit_fake).mean()
+        losses = {"fake": loss_fm + c.gan_fake_weight * loss_cls}
+        logs = {"loss_fake_fm": loss_fm.item(), "loss_cls": loss_cls.item(),
+                "logit_real": logit_real.mean().item(), "logit_fake": logit_fake.mean().item(),
+                "x0_hat_std": sample.flatten(2).std(2).mean().item()}   # spatial-temporal spread: ~0 = solid colour
+
+        if train_student:                       # distribution matching (+ the generator's GAN term)
+            t, eps = self.times(B, g, sample), torch.randn(sample.shape, generator=g).to(sample)
+            x_t = interpolate(sample, eps, t)
+            with torch.no_grad():
+                x0_from_teacher = denoise(x_t, self.teacher_velocity(x_t, t, cond), t)
+                x0_from_fake = denoise(x_t, fake(x_t, t, cond), t)
+                grad = dm_gradient(x0_hat.detach(), x0_from_teacher, x0_from_fake)
+            loss_dm = dm_loss(x0_hat, grad)
+            t_gan, eps_gan = self.times(B, g, sample), torch.randn(sample.shape, generator=g).to(sample)
+            loss_gan = softplus(-fake(interpolate(x0_hat, eps_gan, t_gan), t_gan, cond, classify=True)).mean()
+            losses["model"] = loss_dm + c.gan_weight * loss_gan
+            logs.update({"loss": losses["model"].item(), "loss_dm": loss_dm.item(), "loss_gan": loss_gan.item(),
+                         "dm_grad_norm": grad.flatten(1).norm(dim=1).mean().item()})
+        return LossOut(losses, logs)
