@@ -111,3 +111,22 @@ def test_a_finished_stage_or_pair_set_made_otherwise_is_refused_not_reused(pipel
         cached_preferences(pipeline_run / "teacher" / "model", prefs, meta["num_pairs"], meta["win_steps"],
                            meta["lose_steps"])
 
+
+
+def test_only_the_stages_a_trained_stage_starts_from_are_needed(tmp_path):
+    """Table 1 reuses the shipped SwiftVideo: its TA round 1, which only the final round starts from, is skipped;
+    without the shipped folder the whole chain is needed."""
+    from workbench.pipeline import needed_stages
+
+    def pipeline(final_reuse: str):
+        text = f"""stages:
+  - {{name: teacher, reuse: experiments/toy/teacher}}
+  - {{name: ta1, config: experiments/micro/dpo.yaml, init: teacher}}
+  - {{name: ta2, config: experiments/micro/dpo.yaml, init: ta1, reuse: {final_reuse}}}
+  - {{name: lcm, config: experiments/micro/teacher.yaml, init: teacher}}
+eval: {{models: [teacher, ta2, lcm]}}
+"""
+        (tmp_path / "p.yaml").write_text(text)
+        return load_pipeline(tmp_path / "p.yaml")
+    assert needed_stages(pipeline("experiments/toy/swiftvideo")) == {"teacher", "ta2", "lcm"}
+    assert needed_stages(pipeline(str(tmp_path / "nowhere"))) == {"teacher", "ta1", "ta2", "lcm"}

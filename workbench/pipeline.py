@@ -75,7 +75,7 @@ def run_stage(stage: Stage, run: Path, init: Path | None, teacher: Path | None =
     from workbench.train import train
     from workbench.export import export_model
     from workbench.train.checkpoint import complete_checkpoints
-    if stage.reuse and (Path(stage.reuse) / "model.safetensors").is_file():
+    if shipped(stage):
         log(f"reused {stage.reuse}")
         return Path(stage.reuse)
     if not stage.config:
@@ -111,15 +111,33 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     models: dict[str, Path] = {}
     t0 = time.time()
+    needed = needed_stages(cfg)
     for i, stage in enumerate(cfg.stages):
         def log(msg, i=i, stage=stage):
             print(f"[{i + 1}/{len(cfg.stages)} {stage.name} | {(time.time() - t0) / 60:.1f} min] {msg}", flush=True)
+        if stage.name not in needed:
+            log("not needed: every stage that starts from it is reused")
+            continue
         init = models.get(stage.init) or (Path(stage.init) if stage.init else None)
         teacher = models.get(stage.teacher) or (Path(stage.teacher) if stage.teacher else None)
         models[stage.name] = run_stage(stage, out / stage.name, init, teacher, log)
     evaluate_stages(cfg, out, models)
     print(f"[eval | {(time.time() - t0) / 60:.1f} min] wrote {out / 'eval' / 'table.md'}", flush=True)
     return out
+
+
+def shipped(stage: Stage) -> bool:
+    return bool(stage.reuse) and (Path(stage.reuse) / "model.safetensors").is_file()
+
+
+def needed_stages(cfg: PipelineConfig) -> set[str]:
+    """The evaluated stages and, for each of them that must be trained, the stages it starts from (init, teacher):
+    a stage only a reused (shipped) stage builds on is skipped (Table 1 reuses SwiftVideo without its TA round 1)."""
+    needed = set(cfg.eval.models or [s.name for s in cfg.stages])
+    for stage in reversed(cfg.stages):
+        if stage.name in needed and not shipped(stage):
+            needed |= {ref for ref in (stage.init, stage.teacher) if ref}
+    return needed
 
 
 def evaluate_stages(cfg: PipelineConfig, out: Path, models: dict[str, Path]) -> None:
@@ -148,9 +166,11 @@ def write_curves(cfg: PipelineConfig, out: Path, models: dict[str, Path]) -> Non
     from workbench.runs import Run
     runs = {}
     for s in cfg.stages:
-        run = out / s.name if (out / s.name / "metrics.jsonl").is_file() else models[s.name].parent
-        if (run / "metrics.jsonl").is_file():                         # a shipped model folder's parent has none
-            runs[s.name] = run
+        if s.name not in models:                                      # not needed, not run
+            continue
+        found = [r for r in (out / s.name, models[s.name], models[s.name].parent) if (r / "metrics.jsonl").is_file()]
+        if found:                                                     # a run, a shipped model folder (its copy), ...
+            runs[s.name] = found[0]
     logged = {name: set(Run(run).metrics.columns) for name, run in runs.items()}
     for figure, keys in CURVES.items():
         having = {name: runs[name] for name in runs if logged[name] & set(keys)}
