@@ -6,6 +6,7 @@ networks, state, losses per role due). The training loop knows no method by name
 from workbench.methods.adversarial import Adversarial
 from workbench.methods.base import Distillation, LossOut, Method, Role, TrainStep
 from workbench.methods.ccd import CCD
+from workbench.methods.cdm import CDM
 from workbench.methods.dcd import DCD
 from workbench.methods.dmd2 import DMD2
 from workbench.methods.dpo import FlowDPO
@@ -25,6 +26,7 @@ METHODS: dict[str, type[Method]] = {
     "lcm": LCM,
     "pcm": PCM,
     "osv": OSV,
+    "cdm": CDM,
     "dmd2": DMD2,
 }
 
