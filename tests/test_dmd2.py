@@ -70,6 +70,8 @@ def test_the_two_time_scale_rule_holds_across_a_resume(tmp_path):
         if int(ckpt.name.split("-")[1]) > 10:
             shutil.rmtree(ckpt)
     train(cfg, resumed, resume=True, progress=False)
+    sheet = "samples/estimates-000020.png"           # student, real-score and fake-score x0, decoded (last step)
+    assert (whole / sheet).read_bytes() == (resumed / sheet).read_bytes()
     for name in ("model.safetensors", "fake.safetensors", "optim-fake.safetensors", "model-ema.safetensors"):
         a, b = (load_file(r / "checkpoints/step-000020" / name) for r in (whole, resumed))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name

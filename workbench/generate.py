@@ -96,11 +96,20 @@ def comparison_sheet(models: dict[str, tuple[Model, list[int]]], path: Path, num
         for s in steps_list:
             outs[f"{label} {s} step{'s' * (s != 1)}".strip()] = generate(model, batch, s, seed)
         model.net.train(was_training)
+    return _write_sheet({"real": batch["video"], **outs}, path)
+
+
+def estimates_sheet(latents: dict[str, torch.Tensor], encoders, path: Path, num: int) -> Path:
+    """PNG of a training step's named latents (B,C,T,H,W), decoded: per clip a row per name (DMD2's x0s)."""
+    with torch.no_grad():
+        return _write_sheet({name: encoders.decode(x[:num].detach()).cpu() for name, x in latents.items()}, path)
+
+
+def _write_sheet(videos: dict[str, torch.Tensor], path: Path) -> Path:
+    """Per clip i, a row per named video batch (B,3,T,H,W in [-1, 1]) with its label."""
     rows, labels = [], []
-    for i in range(batch["video"].shape[0]):
-        rows.append(to_uint8(batch["video"][i]))
-        labels.append("real")
-        for name, video in outs.items():
+    for i in range(next(iter(videos.values())).shape[0]):
+        for name, video in videos.items():
             rows.append(to_uint8(video[i]))
             labels.append(name)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@
     frozen()  -> {name: Module}   networks the loop places on the device and never trains (teacher, features)
     state()   -> {name: Module}   method-owned state the loop checkpoints (CCD's target network)
     losses(batch, step: TrainStep) -> LossOut     a scalar loss for each role due at this step, and only those
+                                  (and, at snapshot steps, images to look at: DMD2's x0 estimates)
     after_update(step)            e.g. CCD's target EMA (Algorithm 1 line 11)
 The loop knows roles, never a method by name, and writes nothing into a method.
 """
@@ -53,12 +54,14 @@ class TrainStep:
     generator: torch.Generator                    # the step's only source of randomness
     nets: Mapping[str, nn.Module]                 # each role's network as prepared (forward through these)
     due: frozenset[str]                           # roles updated at this step
+    snapshot: bool = False                        # a sample-sheet step: the loop saves LossOut.images as a sheet
 
 
 @dataclass
 class LossOut:
     losses: dict[str, torch.Tensor]               # role name -> scalar loss to minimise
     logs: dict[str, float] = field(default_factory=dict)
+    images: dict[str, torch.Tensor] = field(default_factory=dict)  # at snapshot steps: named latents B,C,T,H,W
 
 
 class Method(abc.ABC):

@@ -110,18 +110,22 @@ class DMD2(Distillation):
         logs = {"loss_fake_fm": loss_fm.item(), "loss_cls": loss_cls.item(),
                 "logit_real": logit_real.mean().item(), "logit_fake": logit_fake.mean().item(),
                 "x0_hat_std": sample.flatten(2).std(2).mean().item()}   # spatial-temporal spread: ~0 = solid colour
+        images = {}
 
-        if train_student:                       # distribution matching (+ the generator's GAN term)
+        if train_student or step.snapshot:     # the real and fake scores' x0 at the student's re-noised sample
             t, eps = self.times(B, g, sample), torch.randn(sample.shape, generator=g).to(sample)
             x_t = interpolate(sample, eps, t)
             with torch.no_grad():
                 x0_from_teacher = denoise(x_t, self.teacher_velocity(x_t, t, cond), t)
                 x0_from_fake = denoise(x_t, fake(x_t, t, cond), t)
-                grad = dm_gradient(x0_hat.detach(), x0_from_teacher, x0_from_fake)
+            if step.snapshot:                   # the DMD2 authors' collapse check: look at all three
+                images = {"student x0": sample, "real score x0": x0_from_teacher, "fake score x0": x0_from_fake}
+        if train_student:                       # distribution matching (+ the generator's GAN term)
+            grad = dm_gradient(sample, x0_from_teacher, x0_from_fake)
             loss_dm = dm_loss(x0_hat, grad)
             t_gan, eps_gan = self.times(B, g, sample), torch.randn(sample.shape, generator=g).to(sample)
             loss_gan = softplus(-fake(interpolate(x0_hat, eps_gan, t_gan), t_gan, cond, classify=True)).mean()
             losses["model"] = loss_dm + c.gan_weight * loss_gan
             logs.update({"loss": losses["model"].item(), "loss_dm": loss_dm.item(), "loss_gan": loss_gan.item(),
                          "dm_grad_norm": grad.flatten(1).norm(dim=1).mean().item()})
-        return LossOut(losses, logs)
+        return LossOut(losses, logs, images)

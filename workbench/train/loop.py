@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 
 from workbench.config import Config, ConfigError, load_config, to_dict, trained_changes
 from workbench.data import build_dataset, collate
-from workbench.generate import Model, sample_sheet
-from workbench.methods import Role, TrainStep, build_method
+from workbench.generate import Model, estimates_sheet, sample_sheet
+from workbench.methods import LossOut, Role, TrainStep, build_method
 from workbench.models import build_backbone
 from workbench.models.ema import ema_update, frozen_copy
 from workbench.train.checkpoint import (CheckpointError, RoleCheckpoint, complete_checkpoints, load_checkpoint,
@@ -112,8 +112,9 @@ def build_trained(roles: dict[str, Role], tc, accelerator) -> dict[str, Trained]
     return out
 
 
-def update_roles(method, trained: dict[str, Trained], batch: dict, step: TrainStep, accelerator, tc) -> tuple[dict, dict]:
-    """One step: the due roles' losses, then each due role's update in declared order; (losses, logs)."""
+def update_roles(method, trained: dict[str, Trained], batch: dict, step: TrainStep, accelerator, tc) -> LossOut:
+    """One step: the due roles' losses, then each due role's update in declared order; the losses, the logs
+    (with grad norms) and the method's images."""
     for name, t in trained.items():  # no graph through a role that does not update now
         for p in t.role.params:
             p.requires_grad_(name in step.due)
@@ -136,13 +137,14 @@ def update_roles(method, trained: dict[str, Trained], batch: dict, step: TrainSt
         if t.ema is not None:
             ema_update(t.ema, t.role.net, t.role.ema)
     method.after_update(step)
-    return res.losses, logs
+    return LossOut(res.losses, logs, res.images)
 
 
-def train_step(trained: dict[str, Trained], index: int, generator: torch.Generator) -> TrainStep:
+def train_step(trained: dict[str, Trained], index: int, generator: torch.Generator, snapshot: bool = False
+               ) -> TrainStep:
     """Step `index` as a method sees it: the prepared nets and the roles due now."""
     return TrainStep(index, generator, {n: t.net for n, t in trained.items()},
-                     frozenset(n for n, t in trained.items() if t.role.due(index)))
+                     frozenset(n for n, t in trained.items() if t.role.due(index)), snapshot)
 
 
 def steps_on_batch(method, tc, batch: dict, steps: int, generator=None) -> list[dict]:
@@ -154,7 +156,7 @@ def steps_on_batch(method, tc, batch: dict, steps: int, generator=None) -> list[
     logs = []
     for i in range(steps):
         step = train_step(trained, i, generator(i) if generator else step_generator(tc.seed, i))
-        logs.append(update_roles(method, trained, batch, step, accelerator, tc)[1])
+        logs.append(update_roles(method, trained, batch, step, accelerator, tc).logs)
     return logs
 
 
@@ -203,8 +205,11 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False, 
     with open(out / "metrics.jsonl", "a") as metrics:
         for index, batch in zip(range(start, tc.steps), loader):
             batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            step = train_step(trained, index, step_generator(tc.seed, index, rank))
-            losses, logs = update_roles(method, trained, batch, step, accelerator, tc)
+            done = index + 1
+            sheet_due = done == tc.steps or bool(tc.sample_every and done % tc.sample_every == 0)
+            step = train_step(trained, index, step_generator(tc.seed, index, rank), snapshot=sheet_due)
+            out_step = update_roles(method, trained, batch, step, accelerator, tc)
+            losses, logs = out_step.losses, out_step.logs
             for name, loss in losses.items():
                 if not torch.isfinite(loss):
                     bar.close()
@@ -212,7 +217,6 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False, 
                     raise NonFiniteLossError(
                         f"step {index}: loss '{name}' is {loss.item()}; run stopped, "
                         + (f"last good checkpoint kept: {kept[-1]}" if kept else "no checkpoint had been written"))
-            done = index + 1
             bar.update(1)
             if done % tc.log_every == 0 or done == tc.steps:
                 lrs = {f"lr/{n}": t.scheduler.get_last_lr()[0] for n, t in trained.items()}
@@ -222,8 +226,11 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False, 
                 metrics.flush()
                 bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if not k.startswith("grad_norm")})
             # The step's outputs first, its checkpoint last: a run killed in between redoes the step on resume.
-            if accelerator.is_main_process and (done == tc.steps or (tc.sample_every and done % tc.sample_every == 0)):
+            if accelerator.is_main_process and sheet_due:
                 sample_sheet(sampled, out / "samples" / f"step-{done:06d}.png")
+                if out_step.images:                                   # e.g. DMD2's student / real / fake x0
+                    estimates_sheet(out_step.images, encoders, out / "samples" / f"estimates-{done:06d}.png",
+                                    tc.sample_num)
             if accelerator.is_main_process and (done % tc.ckpt_every == 0 or done == tc.steps):
                 save_checkpoint(ckpt_root, done, _role_files(trained), method.state(), {"name": cfg.name},
                                 keep=tc.keep_ckpts)
