@@ -114,3 +114,22 @@ def test_dmd2_one_step_at_wan_scale(tmp_path):
     with pytest.raises(ValueError, match="dmd2.gan_block"):
         build_method(load_config(None, [f"model.{k}={v}" for k, v in save_tiny_wan(tmp_path / "b").items()] + SETS +
                                  ["dmd2.gan_block=7"]), net, encoders)
+
+
+def test_the_fake_score_as_a_lora_on_the_teachers_frozen_base():
+    """One base in memory: the fake score trains only its adapter and head; the real score stays the teacher."""
+    cfg = load_config(MICRO, SETS + ["dmd2.fake_lora_rank=4", "dmd2.student_every=1"])
+    net, encoders = build_backbone(cfg.model)
+    method = build_method(cfg, net, encoders)
+    x0, cond = encoders.prepare(torch.rand(1, 3, 4, 16, 16) * 2 - 1, ["a red ball"])
+    x_t, t = torch.randn_like(x0), torch.tensor([0.6])
+    with torch.no_grad():
+        before = method.teacher_velocity(x_t, t, cond)
+    trained = method.roles()["fake"].params
+    assert trained and all("lora_" in n or n.startswith("head.") for n, p in method.fake.named_parameters()
+                           if any(p is q for q in trained))
+    assert method.fake.flow is method.teacher                          # shared, not copied
+    steps_on_batch(method, cfg.train, _batch(cfg), 3)
+    with torch.no_grad():
+        torch.testing.assert_close(method.teacher_velocity(x_t, t, cond), before)    # the real score is unchanged
+        assert not torch.allclose(method.fake(x_t, t, cond), before)               # the fake score has moved

@@ -183,8 +183,10 @@ class DMD2Config:
     gan_weight: float = 5.0e-3       # the generator's GAN weight (gen_cls_loss_weight, SDXL recipe)
     gan_fake_weight: float = 1.0e-2  # the classifier's weight in the fake score's loss (guidance_cls_loss_weight)
     gan_block: int = -1              # the fake score's transformer block the classifier head reads (-1 = the middle one)
+    fake_lora_rank: int = 0          # > 0: the fake score is a LoRA of this rank on the teacher's own frozen weights
+                                     # (one base in memory; model.lora's alpha and targets), 0: a full trainable copy
     RANGES = {"student_every": (1, None), "fake_lr": (0, None), "denoising_steps": (1, None), "min_t": (0, 1),
-              "max_t": (0, 1), "gan_weight": (0, None), "gan_fake_weight": (0, None)}
+              "max_t": (0, 1), "gan_weight": (0, None), "gan_fake_weight": (0, None), "fake_lora_rank": (0, None)}
 
 
 @dataclass

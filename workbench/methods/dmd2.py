@@ -23,6 +23,7 @@ from torch.nn.functional import mse_loss, softplus
 from workbench.flow import denoise, expand_t, interpolate
 from workbench.methods.adversarial import BlockHeads
 from workbench.methods.base import Distillation, LossOut, Role
+from workbench.models.lora import adapters_disabled, add_lora
 from workbench.models.wan import block_features
 from workbench.sampling import schedule
 
@@ -64,13 +65,25 @@ class DMD2(Distillation):
         block = c.gan_block if c.gan_block >= 0 else depth // 2
         if block >= depth:
             raise ValueError(f"dmd2.gan_block: {c.gan_block} must be a block 0..{depth - 1} (or -1, the middle one)")
-        self.fake = FakeScore(copy.deepcopy(self.teacher).requires_grad_(True).train(), block)  # from the teacher
+        if c.fake_lora_rank:                    # a LoRA on the teacher's frozen base: the teacher runs without it
+            lora = cfg.model.lora
+            add_lora(self.teacher.transformer, c.fake_lora_rank, lora.alpha, lora.targets)
+            self.fake = FakeScore(self.teacher, block)
+        else:                                   # a full trainable copy of the teacher, as DMD2's
+            self.fake = FakeScore(copy.deepcopy(self.teacher).requires_grad_(True).train(), block)
 
     def roles(self):
         c = self.cfg.dmd2
         return {"model": Role(self.net, ema=self.cfg.train.ema_decay, export=True, every=c.student_every,
                               offset=c.student_every - 1),
                 "fake": Role(self.fake, lr=c.fake_lr or None)}
+
+    def teacher_velocity(self, x_t, t, cond):
+        """The real score: the teacher, without the fake score's adapter when the two share a base."""
+        if not self.cfg.dmd2.fake_lora_rank:
+            return super().teacher_velocity(x_t, t, cond)
+        with adapters_disabled(self.teacher.transformer):
+            return super().teacher_velocity(x_t, t, cond)
 
     def times(self, n: int, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
         c = self.cfg.dmd2
