@@ -133,3 +133,25 @@ def test_the_fake_score_as_a_lora_on_the_teachers_frozen_base():
     with torch.no_grad():
         torch.testing.assert_close(method.teacher_velocity(x_t, t, cond), before)    # the real score is unchanged
         assert not torch.allclose(method.fake(x_t, t, cond), before)               # the fake score has moved
+
+
+def test_bench_memory_counts_the_parts_the_methods_build(tmp_path):
+    """bench/memory.py's arithmetic (meta-device counts) against DMD2 built at the tiny-wan size."""
+    import importlib.util
+
+    from tests.tiny_wan import save_tiny_wan
+    spec = importlib.util.spec_from_file_location("bench_memory", "bench/memory.py")
+    memory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(memory)
+    c = memory.counts("tiny-wan", 4)
+    model = [f"model.{k}={v}" for k, v in save_tiny_wan(tmp_path).items()]
+    n = lambda params: sum(p.numel() for p in params)  # noqa: E731
+    for rank in (0, 4):
+        cfg = load_config(None, [*model, *SETS, f"dmd2.fake_lora_rank={rank}"])
+        net, encoders = build_backbone(cfg.model)
+        method = build_method(cfg, net, encoders)
+        roles = method.roles()
+        head = n(method.fake.head.parameters())
+        assert n(roles["model"].params) == c["params"]
+        assert n(method.teacher.parameters()) == c["params"] + (c["lora"] if rank else 0)   # the base (+ the adapter)
+        assert n(roles["fake"].params) - head == (c["lora"] if rank else c["params"])
