@@ -96,8 +96,8 @@ class ToyFVDNet(nn.Module):
         return out
 
 
-def load_toy_fvd_net(path: str | Path) -> ToyFVDNet:
-    """The frozen net from a safetensors file whose metadata holds its config."""
+def load_frozen_net(path: str | Path, net_class, config_class) -> nn.Module:
+    """A frozen evaluation net from a safetensors file whose metadata holds its config (the toy FVD nets)."""
     from safetensors import SafetensorError, safe_open
     try:
         with safe_open(str(path), "pt") as f:
@@ -105,9 +105,13 @@ def load_toy_fvd_net(path: str | Path) -> ToyFVDNet:
     except (SafetensorError, OSError) as e:
         raise WeightsError(f"--fvd-extractor {path}: not a readable safetensors file ({e})") from None
     cfg = json.loads(meta.get("config", "{}"))
-    net = ToyFVDNet(ToyFVDNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}))
+    net = net_class(config_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}))
     load_weights(net, path, "--fvd-extractor")
     return net.eval().requires_grad_(False)
+
+
+def load_toy_fvd_net(path: str | Path) -> ToyFVDNet:
+    return load_frozen_net(path, ToyFVDNet, ToyFVDNetConfig)
 
 
 def _seen_direction(xy: list[tuple[int, int]]) -> int:

@@ -32,8 +32,7 @@ from torch.nn import functional as nnf
 from tqdm.auto import tqdm
 
 from workbench.data.synthetic import FEATURE_SPEC, ToySpec, render_clip, to_tensor
-from workbench.eval.feature_nets import FEATURE_SEED_OFFSET, VAL_SEED_OFFSET
-from workbench.models.weights import WeightsError, load_weights
+from workbench.eval.feature_nets import FEATURE_SEED_OFFSET, VAL_SEED_OFFSET, load_frozen_net
 
 
 @dataclass
@@ -96,17 +95,7 @@ class ToyVideoAE(nn.Module):
 
 
 def load_toy_video_ae(path: str | Path) -> ToyVideoAE:
-    """The frozen autoencoder from a safetensors file whose metadata holds its config."""
-    from safetensors import SafetensorError, safe_open
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError) as e:
-        raise WeightsError(f"--fvd-extractor {path}: not a readable safetensors file ({e})") from None
-    cfg = json.loads(meta.get("config", "{}"))
-    net = ToyVideoAE(ToyVideoAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}))
-    load_weights(net, path, "--fvd-extractor")
-    return net.eval().requires_grad_(False)
+    return load_frozen_net(path, ToyVideoAE, ToyVideoAEConfig)
 
 
 def clips(seeds, spec: ToySpec = FEATURE_SPEC) -> torch.Tensor:
