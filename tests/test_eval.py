@@ -1,4 +1,5 @@
 """Evaluation metrics against known answers: Frechet distance, VBench formulas, PSNR/SSIM, oracle, extractors."""
+import math
 import json
 from pathlib import Path
 
@@ -270,3 +271,23 @@ def test_background_columns_see_background_noise_and_what_an_object_leaves_behin
     frozen = np.repeat(video[:1], len(video), 0)
     errs = background_errors(frozen, video, truth)
     assert errs["background_mae"] == 0.0 and errs["wake_mae"] > 10
+
+
+def test_free_direction_shares_count_only_objects_whose_caption_states_none():
+    """Mode collapse: free_<dir> is the object's first move when the caption leaves the direction open."""
+    from dataclasses import asdict
+
+    from workbench.eval.oracle import FREE_DIRECTIONS, path_centroids, start_motion
+    seen = {True: 0, False: 0}
+    for seed in range(40):
+        video, _, objs = render_clip(TEST_SEED_OFFSET + seed, ToySpec())
+        truth = [asdict(o) for o in objs]
+        m = clip_metrics(video, video, truth)
+        stated = truth[0]["direction_stated"]
+        seen[stated] += 1
+        if stated:
+            assert all(math.isnan(m[f"free_{d}"]) for d in FREE_DIRECTIONS)
+        else:
+            first = start_motion(path_centroids(truth[0]["xy"], truth[0]["size"]))[0]
+            assert [m[f"free_{d}"] for d in FREE_DIRECTIONS] == [float(first == d) for d in FREE_DIRECTIONS]
+    assert seen[True] and seen[False]

@@ -12,6 +12,8 @@ toy's backgrounds are dark and desaturated, its objects bright). Per clip, over 
   direction_agree  first move (frame 0 -> 1) goes the truth's way: the stated direction, or away from the wall
                    an object starts against (only clips whose caption states direction)
   speed_agree      first move's speed equals the truth's (only clips whose caption states speed)
+  free_<dir>       share of objects whose caption states no direction that first move right / left / up / down:
+                   mode collapse shows as one direction taking far more than the real clips' share (~25% each)
   sharpness        Laplacian energy of the clip / that of the real clip (1 = as crisp as real)
   background_mae   mean |clip - real| in [0, 255] over background pixels: outside every true object and every
                    object-coloured pixel of the clip (patch noise, colour shifts, a smeared texture)
@@ -26,6 +28,7 @@ from scipy import ndimage
 from workbench.data.synthetic import shape_mask
 
 COLOUR_TOL = 60
+FREE_DIRECTIONS = ("right", "left", "up", "down")
 MIN_PIXELS = 3
 
 
@@ -132,6 +135,7 @@ def clip_metrics(video_THWC: np.ndarray, real_THWC: np.ndarray, truth: list[dict
             "path_accel": float(np.mean(accel)) if accel else float("nan"),
             "direction_agree": float(gen_dir == true_dir) if obj["direction_stated"] else float("nan"),
             "speed_agree": float(abs(gen_speed - true_speed) < 0.5) if obj["speed_stated"] else float("nan"),
+            **{f"free_{d}": float("nan") if obj["direction_stated"] else float(gen_dir == d) for d in FREE_DIRECTIONS},
             "components": [f["components"] for f in frames],
         })
     seen = np.sum([r.pop("components") for r in rows], axis=0)

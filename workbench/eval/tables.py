@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 
 METRIC_ORDER = ["colour_mass", "solid", "shape_iou", "count_ok", "path_accel", "first_frame_mae",
-                "direction_agree", "speed_agree", "sharpness", "background_mae", "wake_mae"]  # the oracle's columns
+                "direction_agree", "speed_agree", "sharpness", "background_mae", "wake_mae",
+                "free_right", "free_left", "free_up", "free_down"]  # the oracle's columns
 TABLE1 = ["sec_per_clip", "fvd", "fvd_ae", "temporal_quality", "frame_quality", "i2v_subject", "i2v_background", "psnr",
           "ssim"]  # fvd: the toy FVD net (or I3D); fvd_ae: the toy video autoencoder, beside the toy FVD net
 DIMENSIONS = ["subject_consistency", "background_consistency", "temporal_flickering", "motion_smoothness",
