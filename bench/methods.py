@@ -1,16 +1,22 @@
-"""Seconds per training step of each toy method against CCD's, from one run, as JSON.
+"""Seconds and peak memory of a training step of each toy method against a flow-matching step's, as JSON.
 
-    python bench/method_steps.py [--steps 10] [--out experiments/bench/method_steps.json]
+    python bench/methods.py [--steps 10] [--out experiments/bench/methods.json]
 
 Each method trains from its shipped config (the CCD student's budget: batch 16) through the training loop's own
 update (every role due, its optimizer, EMA and target updates; `steps_on_batch`) on one fixed batch, so the data
 loader is out of the timing and every method sees the same clips. One warm-up step, then `--steps` timed steps.
-The ratios to CCD, not the seconds, are what carries to another machine. Run it alone (pin it with taskset).
+Each method runs in its own subprocess (this file with `--child NAME`): peak memory is that process's maximum
+resident set (ru_maxrss: the networks, optimizer states, activations, and the Python + torch baseline every row
+shares). The ratios to flow matching (the teacher's own step, same model and batch), not the seconds, are what
+carries to another machine. Run it alone (pin it with taskset).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,13 +28,18 @@ from workbench.methods import build_method
 from workbench.models import build_backbone
 from workbench.train import steps_on_batch
 
-METHODS = {  # label: (config, overrides)
+METHODS = {  # label: (config, overrides); every one at batch 16 from the shipped teacher's weights
+    "flow_matching": ("experiments/toy/teacher.yaml", ["train.batch_size=16",
+                                                       "model.weights=experiments/toy/teacher/model.safetensors"]),
     "ccd": ("experiments/toy/ccd.yaml", []),
     "lcm": ("experiments/toy/lcm.yaml", []),
     "pcm": ("experiments/toy/pcm.yaml", []),
     "pcm_adversarial": ("experiments/toy/pcm.yaml", ["pcm.adversarial=true"]),
     "osv_stage2": ("experiments/toy/osv.yaml", ["osv.stage1_steps=0"]),
     "ccd_da": ("experiments/toy/da.yaml", []),
+    "dmd2": ("experiments/toy/dmd2.yaml", []),
+    "dmd2_lora_fake": ("experiments/toy/dmd2.yaml", ["dmd2.fake_lora_rank=16"]),
+    "cdm": ("experiments/toy/cdm.yaml", []),
 }
 
 
@@ -45,16 +56,34 @@ def seconds_per_step(config: str, overrides: list[str], steps: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
+def child(name: str, steps: int) -> None:
+    config, sets = METHODS[name]
+    sec = seconds_per_step(config, sets, steps)
+    print(json.dumps({"sec": sec, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--out", help="also write the JSON here")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    sec = {name: seconds_per_step(cfg, sets, args.steps) for name, (cfg, sets) in METHODS.items()}
+    if args.child:
+        return child(args.child, args.steps)
+    res = {}
+    for name in METHODS:
+        run = subprocess.run([sys.executable, __file__, "--child", name, "--steps", str(args.steps)],
+                             capture_output=True, text=True, check=True)
+        res[name] = json.loads(run.stdout.strip().splitlines()[-1])
+    base = res["flow_matching"]
     out = {"threads": torch.get_num_threads(), "steps": args.steps, "batch": 16,
            "configs": {k: " ".join([c, *(f"--set {s}" for s in sets)]) for k, (c, sets) in METHODS.items()},
-           "sec_per_step": {k: round(v, 3) for k, v in sec.items()},
-           "ratio_to_ccd": {k: round(v / sec["ccd"], 2) for k, v in sec.items()}}
+           "sec_per_step": {k: round(v["sec"], 3) for k, v in res.items()},
+           "peak_rss_mb": {k: round(v["peak_rss_mb"]) for k, v in res.items()},
+           "time_ratio_to_flow_matching": {k: round(v["sec"] / base["sec"], 2) for k, v in res.items()},
+           "peak_rss_ratio_to_flow_matching": {k: round(v["peak_rss_mb"] / base["peak_rss_mb"], 2)
+                                               for k, v in res.items()},
+           "time_ratio_to_ccd": {k: round(v["sec"] / res["ccd"]["sec"], 2) for k, v in res.items()}}
     text = json.dumps(out, indent=1)
     print(text)
     if args.out:
