@@ -71,32 +71,15 @@ METHOD_SETS = {"lcm": ["train.method=lcm"], "pcm-adversarial": ["train.method=pc
 def test_the_first_frame_reaches_every_network(name, wan, tmp_path, dino):
     """Perturbing the conditioning first frame changes every network's prediction (image channels, and CLIP tokens
     at Wan scale): teacher, student, target, and the teacher's block features PCM's discriminator reads."""
+    from tests.first_frame import assert_every_network_sees_the_first_frame, method_and_two_first_frames
     from workbench.models.wan import block_features
     sets = METHOD_SETS[name] + ([f"adversarial.feature_net={dino}", "adversarial.layers=[1,2]"] if name == "osv" else [])
-    if wan:
-        from tests.tiny_wan import save_tiny_wan
-        cfg = load_config(None, [f"model.{k}={v}" for k, v in save_tiny_wan(tmp_path).items()] + sets)
-        shape = (1, 3, 5, 32, 32)
-    else:
-        cfg = load_config(MICRO, sets)
-        shape = (1, 3, 4, 16, 16)
-    torch.manual_seed(0)
-    net, encoders = build_backbone(cfg.model)
-    method = build_method(cfg, net, encoders)
-    clip = torch.rand(shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    other = clip.clone()
-    other[:, :, 0] = -other[:, :, 0]                                          # another first frame
-    x0, cond_a = encoders.prepare(clip, ["a red ball"])
-    _, cond_b = encoders.prepare(other, ["a red ball"])
-    x_t, t = torch.randn_like(x0), torch.tensor([0.7])
+    method, net, *inputs = method_and_two_first_frames(sets, wan, tmp_path)
     nets = {"teacher": method.teacher, "student": net, "target": method.target}
     if name == "pcm-adversarial":
         nets["teacher blocks"] = lambda x, tt, c: torch.cat(block_features(method.teacher, x, tt, c, method.blocks), 1)
-    with torch.no_grad():
-        for label, f in nets.items():
-            if f is not None:
-                assert not torch.allclose(f(x_t, t, cond_a), f(x_t, t, cond_b)), label
-    assert isinstance(cond_a, Conditioning) and (method.target is not None or name == "pcm-adversarial")
+    assert_every_network_sees_the_first_frame(nets, *inputs)
+    assert isinstance(inputs[2], Conditioning) and (method.target is not None or name == "pcm-adversarial")
 
 
 def test_pcm_jumps_land_on_the_phase_edge_and_the_target_is_euler_then_jump():

@@ -145,25 +145,9 @@ def test_rollout_schedules_are_random_in_length_and_fall_from_1_to_0():
 @pytest.mark.parametrize("wan", [False, True])
 def test_the_first_frame_reaches_every_network(wan, tmp_path):
     """Teacher, fake teacher and student all read the first frame (image channels, and CLIP tokens at Wan scale)."""
-    if wan:
-        from tests.tiny_wan import save_tiny_wan
-        cfg = load_config(None, [f"model.{k}={v}" for k, v in save_tiny_wan(tmp_path).items()] + ["train.method=cdm"])
-        shape = (1, 3, 5, 32, 32)
-    else:
-        cfg = load_config(MICRO, ["train.method=cdm"])
-        shape = (1, 3, 4, 16, 16)
-    torch.manual_seed(0)
-    net, encoders = build_backbone(cfg.model)
-    method = build_method(cfg, net, encoders)
-    clip = torch.rand(shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    other = clip.clone()
-    other[:, :, 0] = -other[:, :, 0]
-    x0, cond_a = encoders.prepare(clip, ["a red ball"])
-    _, cond_b = encoders.prepare(other, ["a red ball"])
-    x_t, t = torch.randn_like(x0), torch.tensor([0.7])
-    with torch.no_grad():
-        for label, f in {"teacher": method.teacher, "fake": method.fake, "student": net}.items():
-            assert not torch.allclose(f(x_t, t, cond_a), f(x_t, t, cond_b)), label
+    from tests.first_frame import assert_every_network_sees_the_first_frame, method_and_two_first_frames
+    method, net, *inputs = method_and_two_first_frames(["train.method=cdm"], wan, tmp_path)
+    assert_every_network_sees_the_first_frame({"teacher": method.teacher, "fake": method.fake, "student": net}, *inputs)
 
 
 def test_cdm_one_step_at_wan_scale(tmp_path):
