@@ -139,3 +139,13 @@ def test_bench_memory_counts_the_parts_the_methods_build(tmp_path):
         assert n(roles["model"].params) == c["params"]
         assert n(method.teacher.parameters()) == c["params"] + (c["lora"] if rank else 0)   # the base (+ the adapter)
         assert n(roles["fake"].params) - head == (c["lora"] if rank else c["params"])
+
+
+def test_a_method_trains_again_after_steps_on_batch():
+    """update_roles switches off roles not due; steps_on_batch leaves every role trainable (notebooks call it twice)."""
+    cfg = load_config(MICRO, SETS)
+    net, encoders = build_backbone(cfg.model)
+    method = build_method(cfg, net, encoders)
+    steps_on_batch(method, cfg.train, _batch(cfg), 1)                    # step 0: the student is not due
+    assert all(p.requires_grad for p in net.parameters())
+    assert len(steps_on_batch(method, cfg.train, _batch(cfg), 5)) == 5

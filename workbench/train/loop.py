@@ -154,9 +154,14 @@ def steps_on_batch(method, tc, batch: dict, steps: int, generator=None) -> list[
     accelerator = Accelerator(cpu=True)
     trained = build_trained(method.roles(), tc, accelerator)
     logs = []
-    for i in range(steps):
-        step = train_step(trained, i, generator(i) if generator else step_generator(tc.seed, i))
-        logs.append(update_roles(method, trained, batch, step, accelerator, tc).logs)
+    try:
+        for i in range(steps):
+            step = train_step(trained, i, generator(i) if generator else step_generator(tc.seed, i))
+            logs.append(update_roles(method, trained, batch, step, accelerator, tc).logs)
+    finally:  # every role trainable again (update_roles switches off the ones not due): the method can be reused
+        for t in trained.values():
+            for p in t.role.params:
+                p.requires_grad_(True)
     return logs
 
 
