@@ -136,12 +136,19 @@ def _features(scorer: Scorer, chunks: list[dict]) -> dict[str, np.ndarray]:
     return {col: np.concatenate([c[_feature_key(col)] for c in chunks]) for col in scorer.extractors}
 
 
+def _metrics_code() -> str:
+    """A hash of the code that scores clips: a cached row of the real clips' metrics is stale when it changes."""
+    from workbench.eval import fidelity, oracle, vbench
+    return _key([Path(m.__file__).read_text() for m in (fidelity, oracle, vbench)])
+
+
 def _reference(scorer: Scorer, cache: Cache, cfg, batches: list[dict], num: int) -> tuple[dict, dict]:
     """FVD features (per FVD column) of the real test clips and their own metrics (the ceiling), cached by
-    extractors + data + num."""
+    extractors + data + num + the metrics' code."""
     extractor = scorer.extractor.describe() if len(scorer.extractors) == 1 else \
         {col: ext.describe() for col, ext in scorer.extractors.items()}
-    key = _key({"extractor": extractor, "variant": scorer.variant, "data": to_dict(cfg.data), "num": num})
+    key = _key({"extractor": extractor, "variant": scorer.variant, "data": to_dict(cfg.data), "num": num,
+                "metrics": _metrics_code()})
     hit = cache.load("reference", key)
     if hit is not None and all(f"features_{col}" in hit for col in scorer.extractors):
         return {col: hit[f"features_{col}"] for col in scorer.extractors}, json.loads(str(hit["row"]))
