@@ -23,25 +23,24 @@ Samples with plain Euler (sample.sampler: euler).
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
 
 from workbench.flow import denoise, expand_t, interpolate, shift_timesteps
 from workbench.methods.base import Distillation, LossOut, Role
-from workbench.models.ema import ema_update
+from workbench.methods.dmd2 import dm_loss as dmd2_loss, dm_normaliser
+from workbench.models.ema import ema_update, trainable_copy
 
 
 def push_loss(x0_student: torch.Tensor, push: torch.Tensor, anchor: torch.Tensor, norm_min: float
               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(MSE(x0_S, sg(x0_S + push / n)), n) with the per-sample normaliser n = max(mean|anchor - sg(x0_S)|, norm_min)
-    over C,T,H,W (compute_dm_loss / compute_cfg_loss); the gradient on x0_S is -2 push / (n * numel per sample)."""
-    x0 = x0_student.float()
-    dims = tuple(range(1, x0.dim()))
-    norm = ((anchor.float() - x0.detach()).abs().mean(dim=dims, keepdim=True) + 1e-8).clamp(min=norm_min)
-    target = x0.detach() + torch.nan_to_num(push.float() / norm)
-    return ((x0 - target) ** 2).mean(dim=dims).mean(), norm.flatten()
+    """(MSE(x0_S, sg(x0_S + push / n)), n): DMD2's normalised push (dmd2.dm_gradient with x0_fake - x0_real = -push)
+    with n = max(mean|anchor - sg(x0_S)|, norm_min) per sample (compute_dm_loss / compute_cfg_loss); the gradient
+    on x0_S is -2 push / (n * numel per sample)."""
+    norm = dm_normaliser(x0_student, anchor, norm_min)
+    grad = torch.nan_to_num(-push.float() / expand_t(norm, x0_student))
+    return dmd2_loss(x0_student, grad, scale=1.0), norm
 
 
 def dm_loss(x0_student, x0_real, x0_fake, norm_min: float = 0.1):
@@ -111,7 +110,7 @@ class CDM(Distillation):
             raise ValueError(f"cdm.min_steps ({c.min_steps}) must not exceed cdm.max_steps ({c.max_steps})")
         if not c.sigma_lo <= c.sigma_hi:
             raise ValueError(f"cdm.sigma_lo ({c.sigma_lo}) must not exceed cdm.sigma_hi ({c.sigma_hi})")
-        self.fake = copy.deepcopy(self.teacher).requires_grad_(True).train()   # FT starts as the teacher
+        self.fake = trainable_copy(self.teacher)                          # FT starts as the teacher
 
     def roles(self):
         c, tc = self.cfg.cdm, self.cfg.train

@@ -14,8 +14,6 @@ Weights as published (SDXL recipe: gen_cls_loss_weight 5e-3, guidance_cls_loss_w
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 from torch.nn.functional import mse_loss, softplus
@@ -23,20 +21,27 @@ from torch.nn.functional import mse_loss, softplus
 from workbench.flow import denoise, expand_t, interpolate
 from workbench.methods.adversarial import BlockHeads
 from workbench.methods.base import Distillation, LossOut, Role
+from workbench.models.ema import trainable_copy
 from workbench.models.lora import adapters_disabled, add_lora
 from workbench.models.wan import block_features
-from workbench.sampling import schedule
+from workbench.sampling import consistency, schedule
 
 
-def dm_gradient(x0_hat, x0_real, x0_fake):
-    """(x0_fake - x0_real) / mean_{C,T,H,W} |x0_hat - x0_real|, per sample (sd_guidance.py; nan_to_num as there)."""
-    norm = (x0_hat - x0_real).abs().flatten(1).mean(1)
-    return torch.nan_to_num((x0_fake - x0_real) / expand_t(norm, x0_hat))
+def dm_normaliser(x0_hat, anchor, norm_min: float = 0.0) -> torch.Tensor:
+    """max(mean_{C,T,H,W} |x0_hat - anchor|, norm_min) per sample (B,): DMD2's (norm_min 0), CDM's (0.1)."""
+    return (x0_hat.detach().float() - anchor.float()).abs().flatten(1).mean(1).clamp(min=norm_min)
 
 
-def dm_loss(x0_hat, grad):
-    """0.5 MSE(x0_hat, sg(x0_hat - grad)): its gradient on x0_hat is grad / numel."""
-    return 0.5 * mse_loss(x0_hat.float(), (x0_hat - grad).detach().float())
+def dm_gradient(x0_hat, x0_real, x0_fake, norm_min: float = 0.0):
+    """(x0_fake - x0_real) / dm_normaliser(x0_hat, x0_real), per sample (sd_guidance.py; nan_to_num as there)."""
+    norm = dm_normaliser(x0_hat, x0_real, norm_min)
+    return torch.nan_to_num((x0_fake.float() - x0_real.float()) / expand_t(norm, x0_hat))
+
+
+def dm_loss(x0_hat, grad, scale: float = 0.5):
+    """scale x MSE(x0_hat, sg(x0_hat - grad)): its gradient on x0_hat is 2 scale grad / numel (DMD2: scale 0.5,
+    so grad / numel; CDM: 1)."""
+    return scale * mse_loss(x0_hat.float(), (x0_hat.float() - grad).detach())
 
 
 class FakeScore(nn.Module):
@@ -70,7 +75,7 @@ class DMD2(Distillation):
             add_lora(self.teacher.transformer, c.fake_lora_rank, lora.alpha, lora.targets)
             self.fake = FakeScore(self.teacher, block)
         else:                                   # a full trainable copy of the teacher, as DMD2's
-            self.fake = FakeScore(copy.deepcopy(self.teacher).requires_grad_(True).train(), block)
+            self.fake = FakeScore(trainable_copy(self.teacher), block)
 
     def roles(self):
         c = self.cfg.dmd2
@@ -94,12 +99,8 @@ class DMD2(Distillation):
         simulation, fresh noise at each re-noising as its `consistency` sampler), then one prediction."""
         ts = schedule(self.cfg.dmd2.denoising_steps, self.cfg.sample.shift)
         k = int(torch.randint(0, len(ts) - 1, (1,), generator=generator))
-        x = torch.randn(shape, generator=generator)
-        with torch.no_grad():
-            for i in range(k):
-                t_B = ts[i].expand(shape[0]).to(x)
-                x0 = denoise(x, student(x, t_B, cond), t_B)
-                x = interpolate(x0, torch.randn(shape, generator=generator).to(x), ts[i + 1].expand(shape[0]).to(x))
+        with torch.no_grad():                   # the sampler's first k steps: x at ts[k]
+            x = consistency(student, torch.randn(shape, generator=generator), cond, ts[:k + 1], generator=generator)
         t_B = ts[k].expand(shape[0]).to(x)
         with torch.set_grad_enabled(grad):
             return denoise(x, student(x, t_B, cond), t_B)

@@ -14,6 +14,7 @@ as DA's, so the student keeps the CCD budget of updates.
 from __future__ import annotations
 
 import torch
+
 from workbench.flow import expand_t, interpolate
 from workbench.methods.adversarial import BlockHeads, hinge_discriminator, hinge_generator
 from workbench.methods.base import Distillation, LossOut, Role

@@ -11,6 +11,11 @@ def frozen_copy(net: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(net).requires_grad_(False).eval()
 
 
+def trainable_copy(net: torch.nn.Module) -> torch.nn.Module:
+    """A copy that trains: a fake score starting as the teacher (DMD2, CDM)."""
+    return copy.deepcopy(net).requires_grad_(True).train()
+
+
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None:
     """ema <- decay ema + (1 - decay) net, parameter by parameter (a DDP wrapper has the same parameters)."""
