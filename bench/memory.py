@@ -1,6 +1,8 @@
 """Memory per GPU of each method's networks at a preset's size: parameters x bytes plus optimizer state, as JSON.
 
-    python bench/memory.py [--preset wan2.1-fun-1.3b-inp] [--gpus 8] [--lora-rank 64]
+    python bench/memory.py [--preset wan2.1-fun-1.3b-inp] [--gpus 8] [--lora-rank 64] [--markdown]
+
+--markdown prints the table of experiments/wan/MEMORY.md instead of the JSON of experiments/bench/memory_wan.json.
 
 The transformer is built on the meta device (no memory), so the counts are exact and the 1.3 B preset costs
 nothing to count. Bytes per parameter as the code builds the networks today (train.mixed_precision bf16 autocasts
@@ -57,6 +59,7 @@ def main() -> None:
     ap.add_argument("--preset", default="wan2.1-fun-1.3b-inp")
     ap.add_argument("--gpus", type=int, default=8, help="FSDP full shard over this many GPUs")
     ap.add_argument("--lora-rank", type=int, default=64)
+    ap.add_argument("--markdown", action="store_true", help="the table, not the JSON")
     args = ap.parse_args()
     c = counts(args.preset, args.lora_rank)
     out = {"preset": args.preset, "params": c["params"], "lora_rank": args.lora_rank, "lora_params": c["lora"],
@@ -69,7 +72,14 @@ def main() -> None:
             "per_gpu_ddp_GB": round(one / GB, 2),                                   # every GPU holds everything
             "per_gpu_fsdp_GB": round((copies + (one - copies) / args.gpus) / GB, 2),  # copies replicated
         }
-    print(json.dumps(out, indent=1))
+    print(markdown(out) if args.markdown else json.dumps(out, indent=1))
+
+
+def markdown(out: dict) -> str:
+    rows = [f"| {name} | {'; '.join(f'{p} {g:.1f}' for p, g in m['parts_GB'].items())} | {m['per_gpu_ddp_GB']:.1f} "
+            f"| {m['per_gpu_fsdp_GB']:.1f} |" for name, m in out["methods"].items()]
+    return "\n".join([f"| method | parts (GB) | per GPU, DDP | per GPU if FSDP shards the trained roles over "
+                      f"{out['fsdp_gpus']} (arithmetic) |", "|---|---|---|---|", *rows])
 
 
 if __name__ == "__main__":
