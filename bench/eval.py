@@ -54,7 +54,7 @@ def main() -> None:
     feats = []
     for b, clips in zip(batches, fakes):
         t0 = time.perf_counter()
-        feats.append(scorer.clips(clips, b)["features"])
+        feats.append(scorer.clips(clips, b)["features_fvd"])
         t["scoring"] += time.perf_counter() - t0
         x = torch.stack([to_tensor(v) for v in clips])
         frames = x.permute(0, 2, 1, 3, 4).flatten(0, 1)

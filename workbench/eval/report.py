@@ -85,7 +85,7 @@ class Scorer:
         """Per-clip metrics and FVD features of uint8 clips (B, T, H, W, 3) for a test batch."""
         real = np.stack([to_uint8(v) for v in batch["video"]])
         fake = torch.stack([to_tensor(v) for v in fake_BTHWC])
-        out = {_feature_key(col): ext(fake) for col, ext in self.extractors.items()}  # "features" for FVD
+        out = {f"features_{col}": ext(fake) for col, ext in self.extractors.items()}  # per FVD column
         out.update(vbench_clips(fake, batch["video"][:, :, 0], self.nets, proxies=not self.use_vbench))
         out["psnr"], out["ssim"] = psnr(fake_BTHWC, real), ssim(fake_BTHWC, real)
         truths = batch.get("truth")
@@ -126,14 +126,9 @@ class Cache:
             tmp.rename(self.root / kind / f"{key}.npz")
 
 
-def _feature_key(col: str) -> str:
-    """Where Scorer.clips puts the features of FVD column `col`: 'features' (fvd), 'features_fvd_ae' (fvd_ae)."""
-    return "features" if col == "fvd" else f"features_{col}"
-
-
 def _features(scorer: Scorer, chunks: list[dict]) -> dict[str, np.ndarray]:
     """FVD features per FVD column, concatenated over batches."""
-    return {col: np.concatenate([c[_feature_key(col)] for c in chunks]) for col in scorer.extractors}
+    return {col: np.concatenate([c[f"features_{col}"] for c in chunks]) for col in scorer.extractors}
 
 
 def _metrics_code() -> str:
@@ -145,12 +140,10 @@ def _metrics_code() -> str:
 def _reference(scorer: Scorer, cache: Cache, cfg, batches: list[dict], num: int) -> tuple[dict, dict]:
     """FVD features (per FVD column) of the real test clips and their own metrics (the ceiling), cached by
     extractors + data + num + the metrics' code."""
-    extractor = scorer.extractor.describe() if len(scorer.extractors) == 1 else \
-        {col: ext.describe() for col, ext in scorer.extractors.items()}
-    key = _key({"extractor": extractor, "variant": scorer.variant, "data": to_dict(cfg.data), "num": num,
-                "metrics": _metrics_code()})
+    key = _key({"extractors": {col: ext.describe() for col, ext in scorer.extractors.items()},
+                "variant": scorer.variant, "data": to_dict(cfg.data), "num": num, "metrics": _metrics_code()})
     hit = cache.load("reference", key)
-    if hit is not None and all(f"features_{col}" in hit for col in scorer.extractors):
+    if hit is not None:
         return {col: hit[f"features_{col}"] for col in scorer.extractors}, json.loads(str(hit["row"]))
     chunks = [scorer.clips(np.stack([to_uint8(v) for v in b["video"]]), b) for b in batches]
     feats, row = _features(scorer, chunks), _mean(chunks)
