@@ -115,11 +115,16 @@ def build_trained(roles: dict[str, Role], tc, accelerator) -> dict[str, Trained]
 def update_roles(method, trained: dict[str, Trained], batch: dict, step: TrainStep, accelerator, tc) -> LossOut:
     """One step: the due roles' losses, then each due role's update in declared order; the losses, the logs
     (with grad norms) and the method's images."""
-    for name, t in trained.items():  # no graph through a role that does not update now
+    for name, t in trained.items():  # no graph through a role that does not update now ...
         for p in t.role.params:
             p.requires_grad_(name in step.due)
-    with accelerator.autocast():
-        res = method.losses(batch, step)
+    try:
+        with accelerator.autocast():
+            res = method.losses(batch, step)
+    finally:                         # ... and every role trainable again once the graph is built
+        for t in trained.values():
+            for p in t.role.params:
+                p.requires_grad_(True)
     if set(res.losses) != set(step.due):
         raise RuntimeError(f"{type(method).__name__}.losses returned losses for {sorted(res.losses)} at step "
                            f"{step.index}, but the roles due are {sorted(step.due)}")
@@ -154,14 +159,9 @@ def steps_on_batch(method, tc, batch: dict, steps: int, generator=None) -> list[
     accelerator = Accelerator(cpu=True)
     trained = build_trained(method.roles(), tc, accelerator)
     logs = []
-    try:
-        for i in range(steps):
-            step = train_step(trained, i, generator(i) if generator else step_generator(tc.seed, i))
-            logs.append(update_roles(method, trained, batch, step, accelerator, tc).logs)
-    finally:  # every role trainable again (update_roles switches off the ones not due): the method can be reused
-        for t in trained.values():
-            for p in t.role.params:
-                p.requires_grad_(True)
+    for i in range(steps):
+        step = train_step(trained, i, generator(i) if generator else step_generator(tc.seed, i))
+        logs.append(update_roles(method, trained, batch, step, accelerator, tc).logs)
     return logs
 
 
