@@ -106,11 +106,17 @@ def main(argv: list[str] | None = None) -> int:
     pl.add_argument("--out", help="pipeline folder (default: the config's `out`)")
     pl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. eval.num=16")
 
-    x = sub.add_parser("export", help="write a run's EMA weights as a shippable model folder")
-    x.add_argument("run", help="run folder or checkpoint folder")
-    x.add_argument("--out", required=True)
+    x = sub.add_parser("export", help="write a run's EMA weights as a shippable model folder, or (--diffusers) as a "
+                                      "stock diffusers WanImageToVideoPipeline folder")
+    x.add_argument("run", help="run folder or checkpoint folder (--diffusers: also a model folder)")
+    where = x.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", help="the workbench's model folder")
+    where.add_argument("--diffusers", metavar="DIR", help="a WanImageToVideoPipeline folder (Wan-scale models only)")
+    x.add_argument("--steps", type=count, default=4, help="--diffusers: the step count the scheduler is set for "
+                                                          "and export.json's call names")
     x.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
-    x.add_argument("--force", action="store_true", help="replace --out if it is an earlier export (holds export.json)")
+    x.add_argument("--force", action="store_true", help="replace the folder if it is an earlier export (holds "
+                                                        "export.json)")
 
     d = sub.add_parser("data", help="toy data tools")
     dsub = d.add_subparsers(dest="data_cmd", required=True)
@@ -195,6 +201,10 @@ def _run(args) -> int:
         from workbench.pipeline import load_pipeline, run_pipeline
         out = run_pipeline(load_pipeline(args.config, args.set), args.out)
         print(f"pipeline folder: {out}")
+    elif args.cmd == "export" and args.diffusers:
+        from workbench.export_diffusers import export_diffusers
+        out = export_diffusers(args.run, args.diffusers, args.dtype, args.steps, force=args.force)
+        print(f"diffusers pipeline folder: {out} (load: WanImageToVideoPipeline.from_pretrained; call: {out}/export.json)")
     elif args.cmd == "export":
         from workbench.export import export_model
         print(f"model folder: {export_model(args.run, args.out, args.dtype, force=args.force)}")

@@ -28,15 +28,16 @@ MARKER = "export.json"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-def check_export_target(out: Path, force: bool) -> None:
-    """Refuse, before any work, an `out` that exists and is not an earlier export that `force` may replace."""
+def check_export_target(out: Path, force: bool, flag: str = "--out") -> None:
+    """Refuse, before any work, an `out` (given as `flag`) that exists and is not an earlier export that `force` may
+    replace."""
     if not out.exists() and not out.is_symlink():
         return
     if not force:
-        raise FileExistsError(f"--out {out}: already exists; choose a new folder, or pass --force to replace "
+        raise FileExistsError(f"{flag} {out}: already exists; choose a new folder, or pass --force to replace "
                               f"an earlier export")
     if out.is_symlink() or not out.is_dir() or not (out / MARKER).is_file():
-        raise FileExistsError(f"--out {out}: not an earlier export (no {MARKER}); --force replaces only those")
+        raise FileExistsError(f"{flag} {out}: not an earlier export (no {MARKER}); --force replaces only those")
 
 
 def export_model(run_or_ckpt: str | Path, out: str | Path, dtype: str = "float16", force: bool = False) -> Path:

@@ -1,0 +1,140 @@
+"""`export RUN --diffusers DIR` round trip: the stock WanImageToVideoPipeline, given the same noise, samples what the
+workbench's sampler samples (tiny Wan, float32, within ATOL); its schedulers walk `sampling.schedule` exactly.
+
+Runs are written as the trainer writes them (config.yaml + checkpoints/step-N/{state.json, model.safetensors}),
+with the tiny transformer's weights perturbed so that an export of the base folder instead of the run would show.
+"""
+import json
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+import yaml
+from diffusers import WanImageToVideoPipeline
+from safetensors.torch import save_file
+
+from tests.tiny_wan import save_tiny_wan
+from workbench.__main__ import main
+from workbench.config import load_config, to_dict
+from workbench.export_diffusers import diffusers_scheduler
+from workbench.models import build_backbone
+from workbench.runs import load_model
+from workbench.sampling import get_sampler, schedule
+
+ATOL = 1e-4      # float32 latents of mean |x| ~0.6-1; measured max |diff| <= 1e-6 (a wrong grid: >= 0.2)
+CAPTION = "a red ball moving left"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return save_tiny_wan(tmp_path_factory.mktemp("tiny-wan"))
+
+
+def write_run(root, overrides, paths=None, lora_rank=0):
+    """A run folder holding one checkpoint of the model `overrides` describe, its weights perturbed (and a LoRA's
+    B random: B = 0 would be the base model)."""
+    model = [f"model.{k}={v}" for k, v in (paths or {}).items()]
+    cfg = load_config(None, [*model, *overrides, f"model.lora.rank={lora_rank}"])
+    transformer = build_backbone(cfg.model)[0].transformer
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for n, p in transformer.named_parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=g) if "lora_B" in n else p + 0.02 * torch.randn(p.shape, generator=g))
+    ckpt = root / "checkpoints" / "step-000001"
+    ckpt.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in transformer.state_dict().items()}, ckpt / "model.safetensors")
+    (ckpt / "state.json").write_text(json.dumps({"step": 1, "export": "model"}))
+    (root / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return root
+
+
+def first_frame():
+    """A 32x32 RGB image (the tiny CLIP's size: its resize is the identity on both sides) and it as [-1, 1] pixels."""
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    return PIL.Image.fromarray(pixels), torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+
+def round_trip(run, out, steps, trust_remote_code):
+    """(the workbench sampler's latents, the stock pipeline's) on the same first frame, caption and noise."""
+    image, first = first_frame()
+    model = load_model(run)
+    sc = model.config.sample
+    cond = model.encoders.condition(first, [CAPTION], frames=5)
+    noise = torch.randn(1, 4, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    fresh = torch.Generator().manual_seed(2)   # the consistency sampler's re-noising draws ...
+    null = model.encoders.null_text(1) if sc.guidance != 1 else None
+    with torch.no_grad():
+        ours = get_sampler(sc.sampler)(model.net, noise, cond, schedule(steps, sc.shift), guidance=sc.guidance,
+                                       null_text=null, noise_sampler=lambda i: torch.randn(noise.shape, generator=fresh))
+    call = json.loads((out / "export.json").read_text())["call"]
+    assert call == {"num_inference_steps": steps, "guidance_scale": sc.guidance}
+    pipe = WanImageToVideoPipeline.from_pretrained(out, trust_remote_code=trust_remote_code)
+    torch.manual_seed(2)                       # ... and the pipeline's (it does not pass a generator to step)
+    theirs = pipe(image=image, prompt=CAPTION, height=32, width=32, num_frames=5, latents=noise.clone(),
+                  output_type="latent", **call).frames
+    return ours, theirs, pipe
+
+
+@pytest.mark.parametrize("sets, stock", [
+    (["sample.sampler=euler", "sample.shift=3.0", "sample.guidance=2.0"], "FlowMapEulerDiscreteScheduler"),
+    (["sample.sampler=consistency", "sample.shift=1.0"], "FlowMatchLCMScheduler"),
+    (["sample.sampler=consistency", "sample.shift=3.0"], None),            # no stock scheduler: the adapter
+    (["sample.sampler=euler", "model.prediction=x0"], None),               # x0 output: the adapter
+])
+def test_stock_pipeline_samples_what_the_workbench_samples(tiny, tmp_path, sets, stock):
+    run = write_run(tmp_path / "run", sets, tiny)
+    out = tmp_path / "pipe"
+    assert main(["export", str(run), "--diffusers", str(out), "--steps", "4", "--dtype", "float32"]) == 0
+    meta = json.loads((out / "export.json").read_text())
+    assert meta["stock_scheduler"] == (stock is not None) and meta["load"]["trust_remote_code"] == (stock is None)
+    if stock is None:   # refused without trust_remote_code: the adapter is code that ships in the folder
+        assert (out / "scheduler" / "scheduling_workbench_flow.py").is_file()
+        with pytest.raises(ValueError):
+            WanImageToVideoPipeline.from_pretrained(out)
+    ours, theirs, pipe = round_trip(run, out, 4, trust_remote_code=stock is None)
+    assert stock is None or type(pipe.scheduler).__name__ == stock
+    assert ours.abs().mean() > 0.1 and (ours - noise_of(ours)).abs().mean() > 0.1   # it sampled something
+    torch.testing.assert_close(theirs, ours, atol=ATOL, rtol=0)
+
+
+def noise_of(like):
+    return torch.randn(like.shape, generator=torch.Generator().manual_seed(1))
+
+
+def test_lora_run_exports_merged_and_as_a_load_lora_weights_file(tiny, tmp_path):
+    run = write_run(tmp_path / "run", ["sample.sampler=euler", "sample.shift=2.0"], tiny, lora_rank=2)
+    out = tmp_path / "pipe"
+    assert main(["export", str(run), "--diffusers", str(out), "--steps", "2", "--dtype", "float32"]) == 0
+    ours, theirs, pipe = round_trip(run, out, 2, trust_remote_code=False)
+    torch.testing.assert_close(theirs, ours, atol=ATOL, rtol=0)
+    # the adapter file on its base: the run's base weights + load_lora_weights sample the merged transformer's output
+    base = {k.replace(".base_layer", ""): v for k, v in load_model(run, merge_lora_weights=False)
+            .net.transformer.state_dict().items() if "lora_" not in k}
+    pipe.transformer.load_state_dict(base)
+    image, _ = first_frame()
+    kwargs = dict(image=image, prompt=CAPTION, height=32, width=32, num_frames=5, num_inference_steps=2,
+                  guidance_scale=1.0, output_type="latent")
+    without = pipe(latents=noise_of(ours), **kwargs).frames
+    pipe.load_lora_weights(out / "lora")
+    assert not torch.allclose(without, theirs, atol=1e-3)                          # the adapter matters ...
+    torch.testing.assert_close(pipe(latents=noise_of(ours), **kwargs).frames, theirs, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("sampler, shift, steps", [("euler", 5.0, 1), ("euler", 3.0, 25), ("consistency", 1.0, 1),
+                                                   ("consistency", 1.0, 4), ("consistency", 5.0, 2),
+                                                   ("consistency", 5.0, 4)])
+def test_every_scheduler_walks_the_workbench_grid(sampler, shift, steps):
+    scheduler, _ = diffusers_scheduler(sampler, shift, steps)
+    scheduler.set_timesteps(steps)
+    want = schedule(steps, shift).double()
+    torch.testing.assert_close(scheduler.sigmas.double(), want, atol=1e-6, rtol=0)
+    torch.testing.assert_close(scheduler.timesteps.double(), 1000 * want[:-1], atol=1e-3, rtol=0)
+
+
+def test_toy_model_is_refused_with_one_line(tmp_path, capsys):
+    run = write_run(tmp_path / "run", ["model.preset=toy"])
+    assert main(["export", str(run), "--diffusers", str(tmp_path / "pipe")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "toy model" in err and str(run) in err
+    assert not (tmp_path / "pipe").exists()

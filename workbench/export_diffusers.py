@@ -1,0 +1,120 @@
+"""Export a Wan-scale model as a stock diffusers pipeline folder (`python -m workbench export RUN --diffusers DIR`).
+
+    DIR/  model_index.json  transformer/  vae/  text_encoder/  tokenizer/  image_encoder/  image_processor/
+          scheduler/  export.json  (lora/pytorch_lora_weights.safetensors for a LoRA run such as TA)
+
+`diffusers.WanImageToVideoPipeline.from_pretrained(DIR)` loads it without the workbench; call it with export.json's
+`call` (num_inference_steps, guidance_scale). The pipeline builds the same Fun-InP input as `FlowNet.wan_inputs`
+(cat[x_t, 4 mask channels with frame 0 = 1, first-frame latents]), feeds timestep = 1000 t and steps with the
+scheduler, which must walk the workbench's grid `sampling.schedule(N, shift)` = shift(linspace(1, 0, N + 1)):
+  euler                                  FlowMapEulerDiscreteScheduler(shift): that grid at any N, x + (t' - t) F.
+  consistency, shift 1 or N <= 2         FlowMatchLCMScheduler (x0 = x - t F, re-noised): its grid is
+                                         shift(linspace(1, ~0, N)); shift 1 + shift_terminal = t_{N-1} makes it ours.
+  consistency with shift != 1 and N > 2, or any model.prediction=x0 (the pipeline reads the output as a velocity):
+                                         no stock scheduler; the adapter `scheduling_workbench_flow.py` is shipped in
+                                         scheduler/ (from_pretrained(DIR, trust_remote_code=True)).
+The pipeline does not pass its generator to the scheduler: re-noising draws from torch's global RNG.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from workbench.export import DTYPES, MARKER, _publish, _readable, check_export_target
+from workbench.flow import velocity_from_x0
+from workbench.models.lora import merge_lora, save_lora
+from workbench.runs import load_model, resolve_weights
+from workbench.sampling import schedule
+
+ADAPTER = Path(__file__).with_name("scheduling_workbench_flow.py")
+
+
+def diffusers_scheduler(sampler: str, shift: float, steps: int, prediction: str = "velocity"):
+    """The scheduler that steps as `sampling.SAMPLERS[sampler]` on `schedule(steps, shift)`: a stock one where
+    diffusers has it (see the module docstring), else the adapter; returns (scheduler, is_stock)."""
+    from diffusers import FlowMapEulerDiscreteScheduler, FlowMatchLCMScheduler
+    if prediction == "velocity" and sampler == "euler":
+        return FlowMapEulerDiscreteScheduler(shift=shift), True
+    if prediction == "velocity" and sampler == "consistency" and (shift == 1.0 or steps <= 2):
+        terminal = float(schedule(steps, shift)[-2]) if steps >= 2 else None   # N = 1: the grid is [1] already
+        return FlowMatchLCMScheduler(shift=1.0, shift_terminal=terminal), True
+    adapter = _adapter_class()
+    t_min = inspect.signature(velocity_from_x0).parameters["t_min"].default
+    return adapter(shift=shift, sampler=sampler, prediction=prediction, t_min=t_min), False
+
+
+def _adapter_class():
+    """WorkbenchFlowScheduler from the very file that is shipped (so the test runs what diffusers will load)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(ADAPTER.stem, ADAPTER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.WorkbenchFlowScheduler
+
+
+def _cast(transformer, dtype: torch.dtype):
+    """`dtype` for every parameter but those of the modules diffusers keeps in float32 (`_keep_in_fp32_modules`:
+    time embedding, norms, modulation tables), which `from_pretrained(torch_dtype=...)` then loads unrounded."""
+    keep = set(transformer._keep_in_fp32_modules or ())
+    for name, p in transformer.named_parameters():
+        if not keep & set(name.split(".")):
+            p.data = p.data.to(dtype)
+    return transformer
+
+
+def export_diffusers(path: str | Path, out: str | Path, dtype: str = "float16", steps: int = 4,
+                     force: bool = False) -> Path:
+    """Write `out` as a WanImageToVideoPipeline folder for the model of a run, checkpoint or model folder `path`,
+    with its scheduler set for the config's sampler and shift at `steps` steps; the transformer cast to `dtype`."""
+    from diffusers import WanImageToVideoPipeline
+    from transformers import CLIPImageProcessor
+    out = Path(out)
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+    if steps < 1:
+        raise ValueError(f"--steps: expected a whole number >= 1, got {steps}")
+    weights, _ = resolve_weights(path)
+    check_export_target(out, force, "--diffusers")
+    model = load_model(path, merge_lora_weights=False)
+    mc, sc, enc, net = model.config.model, model.config.sample, model.encoders, model.net
+    if not (mc.vae_path and mc.text_encoder_path) or net.positions:
+        raise ValueError(f"--diffusers: {path} is a toy model (model.preset={mc.preset}, no model.vae_path or "
+                         f"model.text_encoder_path); only Wan-scale models export to a diffusers pipeline")
+    scheduler, stock = diffusers_scheduler(sc.sampler, sc.shift, steps, mc.prediction)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))  # ours alone: safe to remove
+    try:
+        if mc.lora.rank:  # TA: the adapter alone for load_lora_weights on its base, and merged into transformer/
+            save_lora(net.transformer, tmp / "lora")
+            merge_lora(net.transformer)
+        clip = enc.image_encoder
+        # Wan (and the workbench's CLIPImageEncoder) stretch the first frame to the CLIP square, no centre crop
+        processor = None if clip is None else CLIPImageProcessor(
+            size={"height": clip.size, "width": clip.size}, do_center_crop=False, resample=3,  # PIL bicubic
+            image_mean=clip.mean.flatten().tolist(), image_std=clip.std.flatten().tolist())
+        pipe = WanImageToVideoPipeline(
+            tokenizer=enc.text_encoder.tokenizer, text_encoder=enc.text_encoder.model, vae=enc.codec.vae,
+            scheduler=scheduler, image_processor=processor, image_encoder=None if clip is None else clip.model,
+            transformer=_cast(net.transformer, DTYPES[dtype]))
+        pipe.save_pretrained(tmp)
+        if not stock:  # model_index.json names the shipped file; diffusers loads it with trust_remote_code=True
+            shutil.copy(ADAPTER, tmp / "scheduler" / ADAPTER.name)
+            index = json.loads((tmp / "model_index.json").read_text())
+            index["scheduler"] = [ADAPTER.stem, type(scheduler).__name__]
+            (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        (tmp / MARKER).write_text(json.dumps({
+            "source": str(Path(weights).resolve()), "dtype": dtype, "sampler": sc.sampler, "shift": sc.shift,
+            "prediction": mc.prediction, "scheduler": type(scheduler).__name__, "stock_scheduler": stock,
+            "load": {"trust_remote_code": not stock},
+            "call": {"num_inference_steps": steps, "guidance_scale": sc.guidance}}, indent=1))
+        _readable(tmp)
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
