@@ -100,7 +100,8 @@ class DMD2(Distillation):
         ts = schedule(self.cfg.dmd2.denoising_steps, self.cfg.sample.shift)
         k = int(torch.randint(0, len(ts) - 1, (1,), generator=generator))
         with torch.no_grad():                   # the sampler's first k steps: x at ts[k]
-            x = consistency(student, torch.randn(shape, generator=generator), cond, ts[:k + 1], generator=generator)
+            noise = torch.randn(shape, generator=generator).to(cond.first_BCTHW)
+            x = consistency(student, noise, cond, ts[:k + 1], generator=generator)
         t_B = ts[k].expand(shape[0]).to(x)
         with torch.set_grad_enabled(grad):
             return denoise(x, student(x, t_B, cond), t_B)
