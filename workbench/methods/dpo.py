@@ -2,7 +2,9 @@
 
 On a preference pair (x0^w from more Euler steps, x0^l from fewer; data/preferences.py), winner and loser
 share t and noise x1; v = x1 - x0 (Eq. 2). The reference v_ref is the same network with its LoRA disabled.
-Errors ||v - v(x_t, t)||^2 are per-element means (the Diffusion-DPO convention that beta = 2500 assumes).
+Errors ||v - v(x_t, t)||^2 are per-element means (the Diffusion-DPO convention that beta = 2500 assumes);
+`dpo.error: x0` measures them as ||x0 - x0_hat||^2 = t^2 ||v - F||^2 (Eq. 5), without velocity space's 1/t^2
+weight on the smallest times.
     L = -log sigmoid(-beta/2 [(e_w - e_w^ref) - (e_l - e_l^ref)]) + lambda_RF e_w
 Win Diff = e_w - e_w^ref (Figure 8): above 0, the model fits the preferred trajectories worse than the reference.
 """
@@ -27,10 +29,13 @@ class FlowDPO(Method):
 
     def __init__(self, cfg, net, encoders):
         super().__init__(cfg, net, encoders)
+        if cfg.dpo.error not in ("velocity", "x0"):
+            raise ValueError(f"dpo.error: expected 'velocity' or 'x0', got {cfg.dpo.error!r}")
         if not cfg.model.lora.rank:
             raise ValueError("model.lora.rank: Flow-DPO trains a LoRA; set a rank >= 1 (e.g. 16)")
 
-    def losses(self, batch, step):
+    def pair_errors(self, batch, step) -> tuple[torch.Tensor, ...]:
+        """(err_w, err_l, ref_w, ref_l, t), each (B,): the model's and the reference's errors on one pair batch."""
         d = self.cfg.dpo
         x_w, x_l = batch["winner"], batch["loser"]                          # B, C, T, H, W latents
         B = x_w.shape[0]
@@ -38,14 +43,18 @@ class FlowDPO(Method):
             cond = self.encoders.condition(batch["first"], batch["caption"], batch["frames"][0])
         x1 = torch.randn(x_w.shape, generator=step.generator).to(x_w)
         t = sample_timesteps(B, d.timesteps, p_mean=d.p_mean, p_std=d.p_std, generator=step.generator).to(x_w)
-        x0, x1, t = torch.cat([x_w, x_l]), torch.cat([x1, x1]), torch.cat([t, t])   # same t, noise for w and l
+        x0, x1, t2 = torch.cat([x_w, x_l]), torch.cat([x1, x1]), torch.cat([t, t])  # same t, noise for w and l
         cond = cond.select(torch.arange(B).repeat(2))
-        x_t, v = interpolate(x0, x1, t), target_velocity(x0, x1)
-        err = (v - step.nets["model"](x_t, t, cond)).float().pow(2).flatten(1).mean(1)
+        x_t, v = interpolate(x0, x1, t2), target_velocity(x0, x1)
+        weight = t2.float().pow(2) if d.error == "x0" else torch.ones_like(t2, dtype=torch.float32)  # x0 - x0_hat = t (v - F)
+        err = weight * (v - step.nets["model"](x_t, t2, cond)).float().pow(2).flatten(1).mean(1)
         with torch.no_grad(), adapters_disabled(self.net.transformer):     # the reference: base weights
-            ref = (v - self.net(x_t, t, cond)).float().pow(2).flatten(1).mean(1)
-        err_w, err_l = err.chunk(2)
-        ref_w, ref_l = ref.chunk(2)
+            ref = weight * (v - self.net(x_t, t2, cond)).float().pow(2).flatten(1).mean(1)
+        return (*err.chunk(2), *ref.chunk(2), t)
+
+    def losses(self, batch, step):
+        d = self.cfg.dpo
+        err_w, err_l, ref_w, ref_l, _ = self.pair_errors(batch, step)
         loss_dpo = dpo_loss(err_w, err_l, ref_w, ref_l, d.beta)
         loss_rf = err_w.mean()                                              # reflow loss on winners
         loss = loss_dpo + d.lambda_rf * loss_rf
