@@ -6,6 +6,9 @@ declared order (zero_grad, backward, clip, AdamW, LR schedule in its own updates
 Exact resume: the batch of step s and the step's random generator are pure functions of (seed, s), and a
 checkpoint holds every role's weights, optimizer, schedule and EMA, the method's state and the global RNG, so a
 run killed at any point and resumed from its last checkpoint ends bitwise equal to an uninterrupted run (on CPU).
+Several processes (`accelerate launch`): process r takes slice r of each step's global batch and draws from
+step_generator(seed, step, r); each role's gradients are averaged over processes before its clip and step, so the
+processes hold equal weights; only the main process writes files, and a metrics row is the mean over processes.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import math
 import os
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +26,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 
 from workbench.config import Config, ConfigError, load_config, to_dict, trained_changes
@@ -114,7 +119,17 @@ def build_trained(roles: dict[str, Role], tc, accelerator) -> dict[str, Trained]
 
 def update_roles(method, trained: dict[str, Trained], batch: dict, step: TrainStep, accelerator, tc) -> LossOut:
     """One step: the due roles' losses, then each due role's update in declared order; the losses, the logs
-    (with grad norms) and the method's images."""
+    (with grad norms) and the method's images.
+
+    DDP's own gradient hooks are off (no_sync): they fail on a net run several times before one backward (DMD2's
+    fake score) or reached by another role's backward; `average_grads` does their averaging instead."""
+    with ExitStack() as local:
+        for t in trained.values():
+            local.enter_context(accelerator.no_sync(t.net))
+        return _update_roles(method, trained, batch, step, accelerator, tc)
+
+
+def _update_roles(method, trained: dict[str, Trained], batch: dict, step: TrainStep, accelerator, tc) -> LossOut:
     for name, t in trained.items():  # no graph through a role that does not update now ...
         for p in t.role.params:
             p.requires_grad_(name in step.due)
@@ -134,6 +149,7 @@ def update_roles(method, trained: dict[str, Trained], batch: dict, step: TrainSt
             continue
         t.optimizer.zero_grad(set_to_none=True)
         accelerator.backward(res.losses[name])
+        average_grads(t.role.params, accelerator)
         clip = tc.grad_clip if t.role.grad_clip is None else t.role.grad_clip
         if clip > 0:
             logs[f"grad_norm/{name}"] = accelerator.clip_grad_norm_(t.role.params, clip).item()
@@ -143,6 +159,24 @@ def update_roles(method, trained: dict[str, Trained], batch: dict, step: TrainSt
             ema_update(t.ema, t.role.net, t.role.ema)
     method.after_update(step)
     return LossOut(res.losses, logs, res.images)
+
+
+def average_grads(params: list[torch.nn.Parameter], accelerator, bucket: int = 1 << 25) -> None:
+    """Each gradient <- its mean over processes (what DDP's reducer does), in buckets of `bucket` elements."""
+    if accelerator.num_processes == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    while grads:
+        n, size = 0, 0
+        while n < len(grads) and (n == 0 or size + grads[n].numel() <= bucket):
+            size += grads[n].numel()
+            n += 1
+        flat = torch.cat([g.reshape(-1) for g in grads[:n]])
+        torch.distributed.all_reduce(flat)
+        flat /= accelerator.num_processes
+        for g, part in zip(grads[:n], flat.split([g.numel() for g in grads[:n]])):
+            g.copy_(part.view_as(g))
+        grads = grads[n:]
 
 
 def train_step(trained: dict[str, Trained], index: int, generator: torch.Generator, snapshot: bool = False
@@ -179,6 +213,9 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False, 
     if not torch.distributed.is_initialized():  # one process (a notebook, a test): each run picks its own precision
         AcceleratorState._reset_state()
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=tc.mixed_precision)
+    if accelerator.distributed_type == DistributedType.FSDP:
+        raise ConfigError("accelerate config: distributed_type FSDP: the loop's EMA and checkpoints read whole "
+                          "tensors and a sharded role holds DTensors (issue 22); use experiments/wan/accelerate_ddp.yaml")
     torch.manual_seed(tc.seed)
     net, encoders = build_backbone(cfg.model)
     method = build_method(cfg, net, encoders)
@@ -188,16 +225,22 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False, 
         raise ValueError(f"train.method={tc.method}: exactly one role must be exported, got {exported}")
     dataset = build_dataset(cfg.data, "train")
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    main = accelerator.is_main_process                 # the only process that writes into the run folder
+    accelerator.wait_for_everyone()                    # every process has checked the folder before it changes
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     rank, world = accelerator.process_index, accelerator.num_processes
     trained = build_trained(roles, tc, accelerator)
     for module in method.frozen().values():
         module.to(accelerator.device)
     encoders.to(accelerator.device)
-    start = _resume(ckpts, trained, method.state())
-    prune_checkpoints(ckpt_root, tc.keep_ckpts)        # a run killed before its pruning left one more
-    _truncate_metrics(out / "metrics.jsonl", start)    # rows logged after that checkpoint are logged again
+    start, unreadable = _resume(ckpts, trained, method.state())
+    accelerator.wait_for_everyone()                    # every process has read the checkpoint it resumes from
+    if main:
+        _set_aside(unreadable, start)
+        prune_checkpoints(ckpt_root, tc.keep_ckpts)    # a run killed before its pruning left one more
+        _truncate_metrics(out / "metrics.jsonl", start)  # rows logged after that checkpoint are logged again
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=StepBatchSampler(len(dataset), tc.batch_size, tc.seed, start, tc.steps, rank, world),
         collate_fn=collate, num_workers=tc.num_workers,
@@ -207,7 +250,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False, 
 
     bar = tqdm(total=tc.steps, initial=start, desc=cfg.name, disable=not progress or not accelerator.is_main_process)
     t0 = time.time()
-    with open(out / "metrics.jsonl", "a") as metrics:
+    with open(out / "metrics.jsonl", "a") if main else open(os.devnull, "w") as metrics:
         for index, batch in zip(range(start, tc.steps), loader):
             batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             done = index + 1
@@ -215,15 +258,20 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False, 
             step = train_step(trained, index, step_generator(tc.seed, index, rank), snapshot=sheet_due)
             out_step = update_roles(method, trained, batch, step, accelerator, tc)
             losses, logs = out_step.losses, out_step.logs
-            for name, loss in losses.items():
-                if not torch.isfinite(loss):
+            finite = accelerator.reduce(torch.stack([torch.isfinite(v.detach()).all() for v in losses.values()])
+                                        .float().to(accelerator.device), "sum") == world  # every process stops
+            for (name, loss), ok in zip(losses.items(), finite.tolist()):
+                if not ok:
                     bar.close()
                     kept = complete_checkpoints(ckpt_root)
                     raise NonFiniteLossError(
-                        f"step {index}: loss '{name}' is {loss.item()}; run stopped, "
+                        f"step {index}: loss '{name}' is "
+                        + (f"{loss.item()}" if not torch.isfinite(loss) else "not finite on another process")
+                        + "; run stopped, "
                         + (f"last good checkpoint kept: {kept[-1]}" if kept else "no checkpoint had been written"))
             bar.update(1)
             if done % tc.log_every == 0 or done == tc.steps:
+                logs = _mean_over_processes(logs, accelerator)
                 lrs = {f"lr/{n}": t.scheduler.get_last_lr()[0] for n, t in trained.items()}
                 row = {"step": done, **logs, "lr": next(iter(lrs.values())), **(lrs if len(lrs) > 1 else {}),
                        "elapsed_s": round(time.time() - t0, 3)}
@@ -265,23 +313,36 @@ def _check_run_folder(out: Path, cfg: Config, resume: bool) -> list[Path]:
     return ckpts
 
 
-def _resume(ckpts: list[Path], trained: dict[str, Trained], state: dict) -> int:
-    """Load the newest readable checkpoint (step 0 if there is none); newer unreadable ones are set aside."""
+def _resume(ckpts: list[Path], trained: dict[str, Trained], state: dict
+            ) -> tuple[int, list[tuple[Path, CheckpointError]]]:
+    """Load the newest readable checkpoint (step 0 if there is none); also the newer unreadable ones."""
     errors = []
     for ckpt in reversed(ckpts):
         try:
-            step = load_checkpoint(ckpt, _role_files(trained), state)["step"]
+            return load_checkpoint(ckpt, _role_files(trained), state)["step"], errors
         except CheckpointError as e:
             errors.append((ckpt, e))
-            continue
-        for bad, e in errors:  # kept for a look, out of the way of the step that will be saved again
-            aside = bad.with_name(f".unreadable-{bad.name}")
-            os.replace(bad, aside)
-            print(f"warning: {e}; set aside as {aside.name}, resuming from {ckpt.name}", file=sys.stderr)
-        return step
     if errors:
         raise errors[0][1]
-    return 0
+    return 0, []
+
+
+def _set_aside(unreadable: list[tuple[Path, CheckpointError]], step: int) -> None:
+    """Unreadable checkpoints kept for a look, out of the way of the steps that will be saved again."""
+    for bad, e in unreadable:
+        aside = bad.with_name(f".unreadable-{bad.name}")
+        os.replace(bad, aside)
+        print(f"warning: {e}; set aside as {aside.name}, resuming from step-{step:06d}", file=sys.stderr)
+
+
+def _mean_over_processes(logs: dict[str, float], accelerator) -> dict[str, float]:
+    """Each logged number's mean over processes: a row describes the global batch (one process: unchanged)."""
+    if accelerator.num_processes == 1:
+        return logs
+    keys = sorted(logs)
+    mean = accelerator.reduce(torch.tensor([float(logs[k]) for k in keys], dtype=torch.float64,
+                                           device=accelerator.device), "mean")
+    return dict(zip(keys, mean.tolist()))
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
