@@ -11,8 +11,11 @@ the compute; model.dtype only sets the VAE and encoders; every FlowNet copy keep
   a copy          4  fp32: the exported EMA (the loop copies the whole role net, a LoRA's base included), CCD's
                      target, the frozen teacher, DPO's base (the reference) inside the trained role
   LoRA trained   16  per adapter parameter; the base it sits on is counted once, as a copy
-Activations and the small heads (discriminators, DMD2's classifier) are not included (bench/gpu.py measures
-steps on a GPU). The parts per method are the roles and frozen networks `build_method` declares; tests check the
+Activations at --tokens (480p x 81 frames = 21 x 30 x 52 = 32,760 tokens, one clip a GPU): the bytes autograd
+saves in one bf16 forward of the transformer on the meta device, with the s x s attention matrix left out (flash
+attention keeps none); x the graphs a method holds at once (GRAPHS). Without activation checkpointing (DDP config)
+every block's saved tensors stay; with it (FSDP config) only each block's input plus one block being recomputed.
+The small heads (discriminators, DMD2's classifier) are not included (bench/gpu.py measures steps on a GPU). The parts per method are the roles and frozen networks `build_method` declares; tests check the
 counts against the built methods at the tiny-wan size.
 """
 from __future__ import annotations
@@ -28,6 +31,9 @@ from workbench.models.lora import add_lora
 from workbench.models.wan import PRESETS
 
 GB = 1e9
+# forward graphs held at once at one clip a GPU: DMD2's fake-score update (flow matching + real and fake logits),
+# TA's DPO (winner and loser)
+GRAPHS = {"flow_matching": 1, "ccd": 1, "dmd2 (full fake score)": 3, "dmd2 (LoRA fake score)": 3, "ta (dpo, LoRA)": 2}
 
 
 def counts(preset: str, lora_rank: int) -> dict[str, int]:
@@ -38,6 +44,37 @@ def counts(preset: str, lora_rank: int) -> dict[str, int]:
         lora = LoraConfig()
         adapter = sum(p.numel() for p in add_lora(net, lora_rank, lora.alpha, lora.targets))
     return {"params": params, "lora": adapter}
+
+
+def activations(preset: str, frames: int, height: int, width: int) -> dict[str, float]:
+    """Bytes autograd saves in one bf16 forward at latent size (frames, height, width): outside the blocks, per
+    block, and a block's input; meta device, so nothing is allocated."""
+    cfg = PRESETS[preset]
+    with torch.device("meta"):
+        net = WanTransformer3DModel(**cfg).to(torch.bfloat16)
+        x = torch.zeros(1, cfg["in_channels"], frames, height, width, dtype=torch.bfloat16)
+        text = torch.zeros(1, 512, cfg["text_dim"], dtype=torch.bfloat16)
+        image = torch.zeros(1, 257, cfg["image_dim"], dtype=torch.bfloat16) if cfg.get("image_dim") else None
+        timestep = torch.full((1,), 500.0)
+    s = frames * (height // cfg["patch_size"][1]) * (width // cfg["patch_size"][2])
+    where, saved, block_in = ["outside"], {}, []
+
+    def pack(t):
+        if t.numel() % (s * s):                    # an s x s attention matrix: flash attention keeps none
+            saved.setdefault(where[0], {})[id(t)] = t.numel() * t.element_size()
+        return t
+
+    def enter(module, args):
+        where[0] = "block"
+        block_in.append(args[0].numel() * args[0].element_size())
+
+    for b in net.blocks[:1]:
+        b.register_forward_pre_hook(enter)
+        b.register_forward_hook(lambda *_: where.__setitem__(0, "other blocks"))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        net(x, timestep, text, encoder_hidden_states_image=image, return_dict=False)
+    return {"tokens": s, "layers": len(net.blocks), "outside": sum(saved["outside"].values()),
+            "block": sum(saved["block"].values()), "block_input": block_in[0]}
 
 
 def methods(P: int, L: int) -> dict[str, dict[str, tuple[int, int]]]:
@@ -59,27 +96,41 @@ def main() -> None:
     ap.add_argument("--preset", default="wan2.1-fun-1.3b-inp")
     ap.add_argument("--gpus", type=int, default=8, help="FSDP full shard over this many GPUs")
     ap.add_argument("--lora-rank", type=int, default=64)
+    ap.add_argument("--latent", type=int, nargs=3, default=[21, 60, 104], metavar=("T", "H", "W"),
+                    help="latent frames, height, width (default: 480p x 81 frames)")
     ap.add_argument("--markdown", action="store_true", help="the table, not the JSON")
     args = ap.parse_args()
     c = counts(args.preset, args.lora_rank)
+    a = activations(args.preset, *args.latent)
+    no_ckpt = a["outside"] + a["layers"] * a["block"]                          # every block's saved tensors
+    ckpt = a["outside"] + a["layers"] * a["block_input"] + a["block"]         # block inputs + one recomputed
     out = {"preset": args.preset, "params": c["params"], "lora_rank": args.lora_rank, "lora_params": c["lora"],
-           "fsdp_gpus": args.gpus, "unit": "GB (1e9 bytes), activations excluded", "methods": {}}
+           "fsdp_gpus": args.gpus, "tokens": a["tokens"],
+           "activations_GB": {"per_graph_no_checkpointing": round(no_ckpt / GB, 2),
+                              "per_graph_checkpointing": round(ckpt / GB, 2)},
+           "unit": "GB (1e9 bytes), one clip a GPU", "methods": {}}
     for name, parts in methods(c["params"], c["lora"]).items():
         one = sum(n * b for n, b in parts.values())
         copies = sum(n * b for n, b in parts.values() if b != 16)
+        fsdp = copies + (one - copies) / args.gpus                                   # copies replicated
         out["methods"][name] = {
             "parts_GB": {k: round(n * b / GB, 3) for k, (n, b) in parts.items()},
             "per_gpu_ddp_GB": round(one / GB, 2),                                   # every GPU holds everything
-            "per_gpu_fsdp_GB": round((copies + (one - copies) / args.gpus) / GB, 2),  # copies replicated
+            "per_gpu_fsdp_GB": round(fsdp / GB, 2),
+            "per_gpu_ddp_with_activations_GB": round((one + GRAPHS[name] * no_ckpt) / GB, 1),
+            "per_gpu_fsdp_checkpointed_with_activations_GB": round((fsdp + GRAPHS[name] * ckpt) / GB, 1),
         }
     print(markdown(out) if args.markdown else json.dumps(out, indent=1))
 
 
 def markdown(out: dict) -> str:
+    n = out["fsdp_gpus"]
     rows = [f"| {name} | {'; '.join(f'{p} {g:.1f}' for p, g in m['parts_GB'].items())} | {m['per_gpu_ddp_GB']:.1f} "
-            f"| {m['per_gpu_fsdp_GB']:.1f} |" for name, m in out["methods"].items()]
-    return "\n".join([f"| method | parts (GB) | per GPU, DDP | per GPU if FSDP shards the trained roles over "
-                      f"{out['fsdp_gpus']} (arithmetic) |", "|---|---|---|---|", *rows])
+            f"| {m['per_gpu_fsdp_GB']:.1f} | {m['per_gpu_ddp_with_activations_GB']:.0f} "
+            f"| {m['per_gpu_fsdp_checkpointed_with_activations_GB']:.1f} |" for name, m in out["methods"].items()]
+    return "\n".join([f"| method | parts (GB) | per GPU, DDP | per GPU, FSDP over {n} | DDP + activations at "
+                      f"{out['tokens']:,} tokens | FSDP over {n} + checkpointed activations |",
+                      "|---|---|---|---|---|---|", *rows])
 
 
 if __name__ == "__main__":
