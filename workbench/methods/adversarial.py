@@ -5,6 +5,9 @@ through a frozen DINOv2 (a local `Dinov2Model`; at toy scale the shipped experim
 trainable StyleGAN-T style heads: per chosen layer, a spatial head over each frame's patch tokens and a
 temporal head over the sequence of per-frame CLS tokens (`AdversarialTerm`). The generator's adversarial term
 (weight lambda_adv) joins the distillation loss after N_warmup steps, when the discriminator role starts to update.
+With `adversarial.t_min` > 0 the discriminator reads x0_hat made at its own t ~ U[t_min, 1] (one more student
+forward): the distillation's logit-normal times are mostly small, where x0_hat is close to x0 and the toy's
+frozen features hardly tell it from a real clip (bench/da_heads.py), while one-step averaging shows at large t.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from torch.nn.functional import layer_norm
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from workbench.flow import denoise
+from workbench.flow import denoise, interpolate
 from workbench.methods.base import Distillation, LossOut, Role
 from workbench.methods.ccd import ccd_loss
 from workbench.methods.dcd import dcd_loss
@@ -144,6 +147,10 @@ class Adversarial(Distillation):
         logs["loss_distill"] = distill_loss.item()
         if "disc" not in step.due:                                        # N_warmup: distillation only
             return LossOut({"model": distill_loss}, logs)
+        if a.t_min > 0:                                                   # D's own times, same clips
+            t = a.t_min + (1 - a.t_min) * torch.rand(t.shape, generator=step.generator).to(t)
+            x_t = interpolate(x0, torch.randn(x0.shape, generator=step.generator).to(x0), t)
+            F = step.nets["model"](x_t, t, cond)
         fake = self.encoders.decode(denoise(x_t, F, t))                   # x0_hat in pixels, B,3,T,H,W
         adv_g, fake_tokens = self.adversarial.generator_loss(step.nets["disc"], fake)
         loss_d, d_logs = self.adversarial.discriminator_loss(step.nets["disc"], batch["video"], fake_tokens)
