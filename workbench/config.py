@@ -250,6 +250,9 @@ class TrainConfig:
     sample_num: int = 4            # clips per sample grid
     sample_steps: tuple[int, ...] = (2, 4, 8, 25)
     num_workers: int = 0           # DataLoader workers
+    fsdp: bool = False             # several processes: FSDP2 full shard of each trained role and its EMA per Wan
+                                   # block + root (train/fsdp.py); frozen networks stay whole; one process: no-op
+    activation_checkpointing: bool = False  # trained transformers recompute each block in backward (DDP or FSDP)
     RANGES = {"steps": (1, None), "batch_size": (1, None), "lr": (0, None), "weight_decay": (0, None),
               "warmup_steps": (0, None), "min_lr_ratio": (0, 1), "grad_clip": (0, None), "ema_decay": (0, 1),
               "log_every": (1, None), "ckpt_every": (1, None), "keep_ckpts": (1, None), "sample_every": (0, None),
@@ -400,7 +403,8 @@ def to_dict(cfg) -> dict:
 
 # Keys that decide what is logged, kept or drawn, not what is trained: a resumed or reused run may differ in them.
 UNTRAINED_KEYS = {"out", "train.log_every", "train.ckpt_every", "train.keep_ckpts", "train.sample_every",
-                  "train.sample_num", "train.sample_steps", "train.num_workers"}
+                  "train.sample_num", "train.sample_steps", "train.num_workers",
+                  "train.fsdp", "train.activation_checkpointing"}  # how the work is spread: equal up to rounding
 
 
 def flat(d: dict, prefix: str = "") -> dict:

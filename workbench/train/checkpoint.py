@@ -6,6 +6,9 @@
 A folder named step-* is complete by construction; `.tmp-*` folders are leftovers of a killed run.
 A complete folder can still be unreadable later (a disk error, a hand edit): `load_checkpoint` reads and
 checks every file before it changes anything, so the caller can fall back to an older checkpoint.
+FSDP (train.fsdp): the files hold whole tensors, the same as unsharded training writes: every process gathers
+each sharded tensor (`save_checkpoint(write=False)` on all but the main process) and each reads the files back
+into its own shards.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from workbench.models.weights import WeightsError, check_fits, read_weights
+from workbench.train.fsdp import shard_like, whole
 
 
 def _flat_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -26,7 +30,7 @@ def _flat_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
     for pid, st in sd["state"].items():
         for k, v in st.items():
             if torch.is_tensor(v):
-                tensors[f"{pid}.{k}"] = v.contiguous()
+                tensors[f"{pid}.{k}"] = whole(v).contiguous()
             else:
                 scalars[f"{pid}.{k}"] = v
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
@@ -38,6 +42,14 @@ def _unflat_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
         pid, k = key.split(".", 1)
         state.setdefault(int(pid), {})[k] = v
     return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _sharded_optimizer(sd: dict, opt: torch.optim.Optimizer) -> dict:
+    """A whole optimizer state dict with each parameter's state tensors cut as the parameter is sharded."""
+    params = [p for group in opt.param_groups for p in group["params"]]  # state_dict()'s parameter ids
+    return {"state": {pid: {k: shard_like(v, params[pid]) if torch.is_tensor(v) and v.shape == params[pid].shape
+                            else v for k, v in st.items()} for pid, st in sd["state"].items()},
+            "param_groups": sd["param_groups"]}
 
 
 def weights_module(net: torch.nn.Module) -> torch.nn.Module:
@@ -55,23 +67,22 @@ class RoleCheckpoint(NamedTuple):
 
 
 def save_checkpoint(root: Path, step: int, roles: dict[str, RoleCheckpoint], state: dict, extra: dict,
-                    keep: int = 2) -> Path:
-    """`roles`: each trained role's RoleCheckpoint; `state`: the method's own {name: module} (a target network)."""
+                    keep: int = 2, write: bool = True) -> Path | None:
+    """`roles`: each trained role's RoleCheckpoint; `state`: the method's own {name: module} (a target network).
+
+    write=False: only gather the sharded tensors with the process that writes (FSDP), write nothing."""
     root = Path(root)
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    if write:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
     meta = {}
-    for name, (net, ema, opt, sched, exported) in roles.items():
-        save_file(_tensors(weights_module(net)), tmp / f"{name}.safetensors")
-        if ema is not None:
-            save_file(_tensors(weights_module(ema)), tmp / f"{name}-ema.safetensors")
-        tensors, m = _flat_optimizer(opt.state_dict())
-        save_file(tensors, tmp / f"optim-{name}.safetensors")
-        meta[name] = {"optimizer": m, "scheduler": sched.state_dict(), "ema": ema is not None}
-    for name, module in state.items():
-        save_file(_tensors(weights_module(module)), tmp / f"state-{name}.safetensors")
+    for name, tensors in _files(roles, state, meta):  # one file's tensors at a time
+        if write:
+            save_file(tensors, tmp / f"{name}.safetensors")
+    if not write:
+        return None
     save_file({"torch": torch.get_rng_state()}, tmp / "rng.safetensors")
     export = next(name for name, r in roles.items() if r.exported)
     (tmp / "state.json").write_text(json.dumps({"step": step, "export": export, "roles": meta, **extra}, indent=1))
@@ -85,8 +96,21 @@ def save_checkpoint(root: Path, step: int, roles: dict[str, RoleCheckpoint], sta
     return final
 
 
+def _files(roles: dict[str, RoleCheckpoint], state: dict, meta: dict):
+    """(file name, whole tensors) of each weights and optimizer file; fills `meta` with each role's state.json."""
+    for name, (net, ema, opt, sched, exported) in roles.items():
+        yield name, _tensors(weights_module(net))
+        if ema is not None:
+            yield f"{name}-ema", _tensors(weights_module(ema))
+        tensors, m = _flat_optimizer(opt.state_dict())
+        yield f"optim-{name}", tensors
+        meta[name] = {"optimizer": m, "scheduler": sched.state_dict(), "ema": ema is not None}
+    for name, module in state.items():
+        yield f"state-{name}", _tensors(weights_module(module))
+
+
 def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.contiguous() for k, v in module.state_dict().items()}
+    return {k: whole(v).contiguous() for k, v in module.state_dict().items()}
 
 
 def prune_checkpoints(root: Path, keep: int) -> None:
@@ -122,9 +146,10 @@ def load_checkpoint(path: Path, roles: dict[str, RoleCheckpoint], state: dict) -
     except (OSError, ValueError, KeyError, WeightsError) as e:  # JSONDecodeError and WeightsError are ValueErrors
         raise CheckpointError(f"{path}: unreadable checkpoint ({e})") from None
     for name, module in modules.items():
-        module.load_state_dict(weights[name])
+        own = module.state_dict()
+        module.load_state_dict({k: shard_like(v, own[k]) for k, v in weights[name].items()})
     for name, r in roles.items():
-        r.optimizer.load_state_dict(optim[name])
+        r.optimizer.load_state_dict(_sharded_optimizer(optim[name], r.optimizer))
         r.scheduler.load_state_dict(saved["roles"][name]["scheduler"])
     torch.set_rng_state(rng)
     return saved

@@ -9,6 +9,8 @@ run killed at any point and resumed from its last checkpoint ends bitwise equal 
 Several processes (`accelerate launch`): process r takes slice r of each step's global batch and draws from
 step_generator(seed, step, r); each role's gradients are averaged over processes before its clip and step, so the
 processes hold equal weights; only the main process writes files, and a metrics row is the mean over processes.
+train.fsdp: each trained role (and its EMA) is sharded by FSDP2 instead (train/fsdp.py): gradients arrive averaged
+in the shards, every process takes part in gathering checkpoints and sample sheets, the main process still writes.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -27,6 +30,7 @@ import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType
+from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
 from workbench.config import Config, ConfigError, load_config, to_dict, trained_changes
@@ -37,6 +41,7 @@ from workbench.models import build_backbone
 from workbench.models.ema import ema_update, frozen_copy
 from workbench.train.checkpoint import (CheckpointError, RoleCheckpoint, complete_checkpoints, load_checkpoint,
                                        prune_checkpoints, save_checkpoint)
+from workbench.train.fsdp import reshard, shard_role, whole
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -92,26 +97,43 @@ def lr_lambda(tc, updates: int, total: int) -> float:
 class Trained:
     """The loop's side of a role: its prepared network, optimizer, LR schedule (in its own updates) and EMA."""
     role: Role
-    net: torch.nn.Module                      # as prepared by accelerate (role.net is the unwrapped module)
+    net: torch.nn.Module                      # role.net wrapped by accelerate (DDP), or sharded in place (FSDP)
+    params: list[torch.nn.Parameter]          # role.params, or their sharded replacements (train.fsdp)
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     ema: torch.nn.Module | None
 
 
 def build_trained(roles: dict[str, Role], tc, accelerator) -> dict[str, Trained]:
-    """An AdamW and LR schedule per role (its settings over train's), every role prepared by accelerate."""
+    """An AdamW and LR schedule per role (its settings over train's), every role prepared by accelerate: wrapped
+    in DDP, or (train.fsdp, several processes) sharded with its EMA by FSDP2 and only its optimizer prepared."""
+    fsdp = tc.fsdp and accelerator.num_processes > 1
     out = {}
     for name, role in roles.items():
         total = sum(role.due(s) for s in range(tc.steps))
-        opt = torch.optim.AdamW(role.params, lr=tc.lr if role.lr is None else role.lr,
+        ema = frozen_copy(role.net) if role.ema is not None else None
+        transformer = getattr(role.net, "transformer", None)
+        if tc.activation_checkpointing and transformer is not None:
+            transformer.enable_gradient_checkpointing()      # diffusers: each block recomputed in backward
+        params = role.params
+        if fsdp:                                             # fully_shard replaces the parameters: find them by name
+            names = {id(p): n for n, p in role.net.named_parameters()}
+            shard_role(role.net)
+            if ema is not None:
+                shard_role(ema)                              # sharded the same way: its update lerps local shards
+            now = dict(role.net.named_parameters())
+            params = [now[names[id(p)]] for p in role.params]
+        opt = torch.optim.AdamW(params, lr=tc.lr if role.lr is None else role.lr,
                                 betas=role.betas or tc.betas,
                                 weight_decay=tc.weight_decay if role.weight_decay is None else role.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda u, total=total: lr_lambda(tc, u, total))
-        ema = frozen_copy(role.net) if role.ema is not None else None
-        out[name] = Trained(role, role.net, opt, sched, ema)
-    prepared = accelerator.prepare(*[t.net for t in out.values()], *[t.optimizer for t in out.values()])
+        out[name] = Trained(role, role.net, params, opt, sched, ema)
+    nets = [] if fsdp else [t.net for t in out.values()]
+    prepared = accelerator.prepare(*nets, *[t.optimizer for t in out.values()])
+    prepared = prepared if isinstance(prepared, tuple) else (prepared,)
     for i, t in enumerate(out.values()):
-        t.net, t.optimizer = prepared[i], prepared[len(out) + i]
+        t.optimizer = prepared[len(nets) + i]
+        t.net = prepared[i] if nets else t.net
         if t.ema is not None:
             t.ema.to(accelerator.device)
     return out
@@ -131,15 +153,16 @@ def update_roles(method, trained: dict[str, Trained], batch: dict, step: TrainSt
 
 def _update_roles(method, trained: dict[str, Trained], batch: dict, step: TrainStep, accelerator, tc) -> LossOut:
     for name, t in trained.items():  # no graph through a role that does not update now ...
-        for p in t.role.params:
+        for p in t.params:
             p.requires_grad_(name in step.due)
     try:
         with accelerator.autocast():
             res = method.losses(batch, step)
     finally:                         # ... and every role trainable again once the graph is built
         for t in trained.values():
-            for p in t.role.params:
+            for p in t.params:
                 p.requires_grad_(True)
+            reshard(t.net)           # FSDP: a root gathered without a backward to come would go stale
     if set(res.losses) != set(step.due):
         raise RuntimeError(f"{type(method).__name__}.losses returned losses for {sorted(res.losses)} at step "
                            f"{step.index}, but the roles due are {sorted(step.due)}")
@@ -149,10 +172,10 @@ def _update_roles(method, trained: dict[str, Trained], batch: dict, step: TrainS
             continue
         t.optimizer.zero_grad(set_to_none=True)
         accelerator.backward(res.losses[name])
-        average_grads(t.role.params, accelerator)
+        average_grads(t.params, accelerator)
         clip = tc.grad_clip if t.role.grad_clip is None else t.role.grad_clip
         if clip > 0:
-            logs[f"grad_norm/{name}"] = accelerator.clip_grad_norm_(t.role.params, clip).item()
+            logs[f"grad_norm/{name}"] = whole(accelerator.clip_grad_norm_(t.params, clip)).item()
         t.optimizer.step()
         t.scheduler.step()
         if t.ema is not None:
@@ -162,10 +185,11 @@ def _update_roles(method, trained: dict[str, Trained], batch: dict, step: TrainS
 
 
 def average_grads(params: list[torch.nn.Parameter], accelerator, bucket: int = 1 << 25) -> None:
-    """Each gradient <- its mean over processes (what DDP's reducer does), in buckets of `bucket` elements."""
+    """Each gradient <- its mean over processes (what DDP's reducer does), in buckets of `bucket` elements.
+    A sharded gradient (FSDP) is left alone: its backward has reduce-scattered the mean already."""
     if accelerator.num_processes == 1:
         return
-    grads = [p.grad for p in params if p.grad is not None]
+    grads = [p.grad for p in params if p.grad is not None and not isinstance(p.grad, DTensor)]
     while grads:
         n, size = 0, 0
         while n < len(grads) and (n == 0 or size + grads[n].numel() <= bucket):
@@ -214,8 +238,8 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False, 
         AcceleratorState._reset_state()
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=tc.mixed_precision)
     if accelerator.distributed_type == DistributedType.FSDP:
-        raise ConfigError("accelerate config: distributed_type FSDP: the loop's EMA and checkpoints read whole "
-                          "tensors and a sharded role holds DTensors (issue 22); use experiments/wan/accelerate_ddp.yaml")
+        raise ConfigError("accelerate config: distributed_type FSDP: the loop shards the trained roles itself; "
+                          "set train.fsdp=true and launch with experiments/wan/accelerate_fsdp.yaml (MULTI_GPU)")
     torch.manual_seed(tc.seed)
     net, encoders = build_backbone(cfg.model)
     method = build_method(cfg, net, encoders)
@@ -226,6 +250,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False, 
     dataset = build_dataset(cfg.data, "train")
 
     main = accelerator.is_main_process                 # the only process that writes into the run folder
+    fsdp = tc.fsdp and accelerator.num_processes > 1   # then every process gathers what the main one writes
     accelerator.wait_for_everyone()                    # every process has checked the folder before it changes
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -279,14 +304,16 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False, 
                 metrics.flush()
                 bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if not k.startswith("grad_norm")})
             # The step's outputs first, its checkpoint last: a run killed in between redoes the step on resume.
-            if accelerator.is_main_process and sheet_due:
-                sample_sheet(sampled, out / "samples" / f"step-{done:06d}.png")
-                if out_step.images:                                   # e.g. DMD2's student / real / fake x0
-                    estimates_sheet(out_step.images, encoders, out / "samples" / f"estimates-{done:06d}.png",
-                                    tc.sample_num)
-            if accelerator.is_main_process and (done % tc.ckpt_every == 0 or done == tc.steps):
+            if (main or fsdp) and sheet_due:
+                with tempfile.TemporaryDirectory() as scratch:  # the sheet of a process that does not write
+                    sample_sheet(sampled, (out if main else Path(scratch)) / "samples" / f"step-{done:06d}.png")
+                reshard(sampled.net)
+            if main and sheet_due and out_step.images:                # e.g. DMD2's student / real / fake x0
+                estimates_sheet(out_step.images, encoders, out / "samples" / f"estimates-{done:06d}.png",
+                                tc.sample_num)
+            if (main or fsdp) and (done % tc.ckpt_every == 0 or done == tc.steps):
                 save_checkpoint(ckpt_root, done, _role_files(trained), method.state(), {"name": cfg.name},
-                                keep=tc.keep_ckpts)
+                                keep=tc.keep_ckpts, write=main)
     bar.close()
     accelerator.wait_for_everyone()
     return out
