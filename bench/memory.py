@@ -7,10 +7,12 @@
 The transformer is built on the meta device (no memory), so the counts are exact and the 1.3 B preset costs
 nothing to count. Bytes per parameter as the code builds the networks today (train.mixed_precision bf16 autocasts
 the compute; model.dtype only sets the VAE and encoders; every FlowNet copy keeps fp32 weights):
-  trained        16  fp32 weights 4 + fp32 grads 4 + AdamW moments 8 (the only part FSDP shards: / GPUs)
+  trained        16  fp32 weights 4 + fp32 grads 4 + AdamW moments 8
   a copy          4  fp32: the exported EMA (the loop copies the whole role net, a LoRA's base included), CCD's
                      target, the frozen teacher, DPO's base (the reference) inside the trained role
   LoRA trained   16  per adapter parameter; the base it sits on is counted once, as a copy
+FSDP (train.fsdp) shards each trained role's whole network (a LoRA's base too) and its EMA: / GPUs; the frozen
+networks outside the roles (REPLICATED: CCD's target, a teacher not shared with a role) stay whole on every GPU.
 Activations at --tokens (480p x 81 frames = 21 x 30 x 52 = 32,760 tokens, one clip a GPU): the bytes autograd
 saves in one bf16 forward of the transformer on the meta device, with the s x s attention matrix left out (flash
 attention keeps none); x the graphs a method holds at once (GRAPHS). Without activation checkpointing (DDP config)
@@ -77,8 +79,11 @@ def activations(preset: str, frames: int, height: int, width: int) -> dict[str, 
             "block": sum(saved["block"].values()), "block_input": block_in[0]}
 
 
+REPLICATED = {"target theta^-", "teacher"}  # parts outside every trained role
+
+
 def methods(P: int, L: int) -> dict[str, dict[str, tuple[int, int]]]:
-    """Per method, {part: (parameters, bytes per parameter)}; 16 bytes = trained (FSDP-sharded), 4 = a copy."""
+    """Per method, {part: (parameters, bytes per parameter)}; 16 bytes = trained, 4 = a copy."""
     return {
         "flow_matching": {"model (trained)": (P, 16), "model EMA": (P, 4)},
         "ccd": {"student (trained)": (P, 16), "student EMA": (P, 4), "target theta^-": (P, 4), "teacher": (P, 4)},
@@ -111,8 +116,8 @@ def main() -> None:
            "unit": "GB (1e9 bytes), one clip a GPU", "methods": {}}
     for name, parts in methods(c["params"], c["lora"]).items():
         one = sum(n * b for n, b in parts.values())
-        copies = sum(n * b for n, b in parts.values() if b != 16)
-        fsdp = copies + (one - copies) / args.gpus                                   # copies replicated
+        whole = sum(n * b for part, (n, b) in parts.items() if part in REPLICATED)
+        fsdp = whole + (one - whole) / args.gpus                                    # the roles' parts sharded
         out["methods"][name] = {
             "parts_GB": {k: round(n * b / GB, 3) for k, (n, b) in parts.items()},
             "per_gpu_ddp_GB": round(one / GB, 2),                                   # every GPU holds everything
