@@ -8,6 +8,7 @@ the new export replaces the old one's files, and any other file in it (a table, 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -55,8 +56,7 @@ def export_model(run_or_ckpt: str | Path, out: str | Path, dtype: str = "float16
     check_export_target(out, force)
     weights = read_weights(exported_weights(ckpt))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))  # ours alone: safe to remove
-    try:
+    with staged(out) as tmp:
         cfg_text = (run / "config.yaml").read_text() if (run / "config.yaml").is_file() else None
         if any("lora_" in k for k in weights):  # written as diffusers' LoRA file, and merged into the weights
             model = load_model(ckpt, merge_lora_weights=False)
@@ -74,12 +74,21 @@ def export_model(run_or_ckpt: str | Path, out: str | Path, dtype: str = "float16
             shutil.copy(run / "metrics.jsonl", tmp / "metrics.jsonl")
         step = json.loads((ckpt / "state.json").read_text())["step"] if (ckpt / "state.json").is_file() else None
         (tmp / MARKER).write_text(json.dumps({"source": str(ckpt.resolve()), "step": step, "dtype": dtype}, indent=1))
+    return out
+
+
+@contextlib.contextmanager
+def staged(out: Path):
+    """A fresh folder beside `out` to write an export into; published as `out` when the block ends, removed if
+    it raises (a half-written export is never at `out`)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))  # ours alone: safe to remove
+    try:
+        yield tmp
         _readable(tmp)
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
 
 
 def _readable(folder: Path) -> None:

@@ -20,12 +20,11 @@ from __future__ import annotations
 import inspect
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from workbench.export import DTYPES, MARKER, _publish, _readable, check_export_target
+from workbench.export import DTYPES, MARKER, check_export_target, staged
 from workbench.flow import velocity_from_x0
 from workbench.models.lora import merge_lora, save_lora
 from workbench.runs import load_model, resolve_weights
@@ -87,8 +86,7 @@ def export_diffusers(path: str | Path, out: str | Path, dtype: str = "float16", 
                          f"model.text_encoder_path); only Wan-scale models export to a diffusers pipeline")
     scheduler, stock = diffusers_scheduler(sc.sampler, sc.shift, steps, mc.prediction)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))  # ours alone: safe to remove
-    try:
+    with staged(out) as tmp:
         if mc.lora.rank:  # TA: the adapter alone for load_lora_weights on its base, and merged into transformer/
             save_lora(net.transformer, tmp / "lora")
             merge_lora(net.transformer)
@@ -112,9 +110,4 @@ def export_diffusers(path: str | Path, out: str | Path, dtype: str = "float16", 
             "prediction": mc.prediction, "scheduler": type(scheduler).__name__, "stock_scheduler": stock,
             "load": {"trust_remote_code": not stock},
             "call": {"num_inference_steps": steps, "guidance_scale": sc.guidance}}, indent=1))
-        _readable(tmp)
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
