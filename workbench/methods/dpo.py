@@ -41,6 +41,9 @@ class FlowDPO(Method):
         B = x_w.shape[0]
         with torch.no_grad():
             cond = self.encoders.condition(batch["first"], batch["caption"], batch["frames"][0])
+        if d.condition_frame:                                               # frame 0 := the given frame
+            given = cond.first_BCTHW[:, :, :1].to(x_w)
+            x_w, x_l = (torch.cat([given, x[:, :, 1:]], 2) for x in (x_w, x_l))
         x1 = torch.randn(x_w.shape, generator=step.generator).to(x_w)
         t = sample_timesteps(B, d.timesteps, p_mean=d.p_mean, p_std=d.p_std, generator=step.generator).to(x_w)
         x0, x1, t2 = torch.cat([x_w, x_l]), torch.cat([x1, x1]), torch.cat([t, t])  # same t, noise for w and l
