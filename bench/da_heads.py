@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--t", type=float, help="read x0_hat at this t only (default: the distill sampler's times)")
     ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
     cfg = load_config(args.config, args.set)
     torch.manual_seed(0)
@@ -70,7 +71,10 @@ def main() -> None:
             curve.append({"step": step, "loss_d": loss_d.item(), "logit_real": real.mean().item(),
                           "logit_fake": fake.mean().item(), "gap": (real.mean() - fake.mean()).item(),
                           "held_out_accuracy": ((real > 0).float().mean() + (fake < 0).float().mean()).item() / 2})
-    print(json.dumps({"config": args.config, "set": args.set, "t": args.t, "curve": curve}, indent=1))
+    text = json.dumps({"config": args.config, "set": args.set, "t": args.t, "curve": curve}, indent=1)
+    print(text)
+    if args.out:
+        open(args.out, "w").write(text + "\n")
 
 
 if __name__ == "__main__":
