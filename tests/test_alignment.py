@@ -9,7 +9,7 @@ import torch
 
 from workbench.config import load_config
 from workbench.data import build_dataset, collate
-from workbench.methods import build_method
+from workbench.methods import TrainStep, build_method
 from workbench.train import steps_on_batch
 from workbench.methods.adversarial import Adversarial, hinge_discriminator, hinge_generator
 from workbench.methods.dpo import FlowDPO, dpo_loss
@@ -89,6 +89,58 @@ def test_dpo_starts_at_log2_and_changes_only_lora():
     lora = [k for k in after if "lora_B" in k]
     assert lora and all(p.requires_grad == ("lora_" in n) for n, p in net.transformer.named_parameters())
     assert any(after[k].abs().sum() > 0 for k in lora)                         # the adapter has learned
+
+
+def _pair_errors(overrides, batch_of=lambda b: b):
+    cfg = load_config("experiments/micro/dpo.yaml", ["data.preferences=''", *overrides])
+    torch.manual_seed(0)
+    net, cond = build_backbone(cfg.model)
+    method = build_method(cfg, net, cond)
+    batch = batch_of(_preference_batch(cfg, net, cond))
+    step = TrainStep(0, torch.Generator().manual_seed(5), {"model": net}, frozenset({"model"}))
+    with torch.no_grad():
+        return method.pair_errors(batch, step)
+
+
+def test_dpo_x0_errors_are_t_squared_velocity_errors():
+    v, x0 = _pair_errors(["dpo.error=velocity"]), _pair_errors(["dpo.error=x0"])
+    t = v[-1]
+    assert torch.equal(x0[-1], t)                                               # same t and noise
+    for e_v, e_x0 in zip(v[:4], x0[:4]):                                       # ||x0 - x0_hat||^2 = t^2 ||v - F||^2
+        torch.testing.assert_close(e_x0, t.pow(2) * e_v, rtol=1e-5, atol=1e-9)
+
+
+def test_dpo_condition_frame_gives_both_clips_the_given_frame():
+    def given_frame(batch):                                                     # the same, written into the data
+        first = batch["first"][:, :, None]                                      # toy latents are pixels
+        return {**batch, **{k: torch.cat([first, batch[k][:, :, 1:]], 2) for k in ("winner", "loser")}}
+
+    def drift(batch):                                                           # a frame 0 the condition does not have
+        return {**batch, **{k: batch[k] + torch.nn.functional.pad(torch.ones_like(batch[k][:, :, :1]),
+                                                                  (0, 0, 0, 0, 0, batch[k].shape[2] - 1))
+                            for k in ("winner", "loser")}}
+
+    switched = _pair_errors(["dpo.condition_frame=true"], drift)
+    by_hand = _pair_errors(["dpo.condition_frame=false"], given_frame)
+    plain = _pair_errors(["dpo.condition_frame=false"], drift)
+    for a, b, c in zip(switched, by_hand, plain):
+        torch.testing.assert_close(a, b)
+    assert not torch.allclose(switched[0], plain[0])
+
+
+def test_da_reads_x0_hat_at_its_own_large_times(dino, monkeypatch):
+    import workbench.methods.adversarial as adversarial
+    seen = []
+    real_denoise = adversarial.denoise
+    monkeypatch.setattr(adversarial, "denoise", lambda x, F, t: seen.append(t.clone()) or real_denoise(x, F, t))
+    cfg = load_config("experiments/micro/da.yaml", [f"adversarial.feature_net={dino}", "adversarial.warmup=0",
+                                                        "adversarial.layers=[1,2]", "adversarial.t_min=0.7", *ADAM])
+    torch.manual_seed(0)
+    net, cond = build_backbone(cfg.model)
+    method = build_method(cfg, net, cond)
+    batch = collate([build_dataset(cfg.data, "train")[i] for i in range(8)])
+    _steps(method, batch, 2)
+    assert len(seen) == 2 and all(bool((t >= 0.7).all() and (t <= 1).all()) for t in seen)
 
 
 def test_lora_round_trips_exactly_in_diffusers_format(tmp_path):
