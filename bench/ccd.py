@@ -30,6 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from _emit import emit  # bench/_emit.py (the script's folder is on sys.path)
+
 MODES = ("whole", "blockwise", "reverse", "reverse_blockwise", "finite_difference")
 MEMORY = ("MiB: peak resident memory during the call (Linux VmHWM, reset to the current resident size through "
           "/proc/self/clear_refs just before it) minus the resident memory just before it, on the call's first run; "
@@ -225,10 +227,7 @@ def main() -> None:
     for name, part in PARTS.items():
         result[name] = part(args)
     result["loadavg_end"] = os.getloadavg()
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

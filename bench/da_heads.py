@@ -12,7 +12,6 @@ A gap that stays near 0 means DA's generator term has nothing to follow.
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 
@@ -21,6 +20,8 @@ from workbench.data import build_dataset, collate
 from workbench.flow import denoise, interpolate
 from workbench.methods import build_method
 from workbench.models import build_backbone
+
+from _emit import emit  # bench/_emit.py (the script's folder is on sys.path)
 
 
 def fakes(method, batch, gen, t_fixed: float | None):
@@ -71,10 +72,7 @@ def main() -> None:
             curve.append({"step": step, "loss_d": loss_d.item(), "logit_real": real.mean().item(),
                           "logit_fake": fake.mean().item(), "gap": (real.mean() - fake.mean()).item(),
                           "held_out_accuracy": ((real > 0).float().mean() + (fake < 0).float().mean()).item() / 2})
-    text = json.dumps({"config": args.config, "set": args.set, "t": args.t, "curve": curve}, indent=1)
-    print(text)
-    if args.out:
-        open(args.out, "w").write(text + "\n")
+    emit({"config": args.config, "set": args.set, "t": args.t, "curve": curve}, args.out)
 
 
 if __name__ == "__main__":

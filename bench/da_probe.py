@@ -12,7 +12,6 @@ information is there. Per t, also the mean |x0_hat - x0| (how far the estimates 
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 
@@ -21,6 +20,8 @@ from workbench.flow import denoise, interpolate
 from workbench.methods.adversarial import frames_of
 from workbench.models.dino import frame_tokens, load_feature_net
 from workbench.runs import load_model
+
+from _emit import emit  # bench/_emit.py (the script's folder is on sys.path)
 
 TIMES = (0.2, 0.5, 0.8, 1.0)
 
@@ -90,10 +91,7 @@ def main() -> None:
         out["by_t"][str(t)] = {"probe_features": probe_accuracy(real_f, fake_f),
                                "probe_pixels": probe_accuracy(real_px, fake_px),
                                "mean_abs_x0_error": sum(gaps[t]) / len(gaps[t])}
-    text = json.dumps(out, indent=1)
-    print(text)
-    if args.out:
-        open(args.out, "w").write(text + "\n")
+    emit(out, args.out)
 
 
 if __name__ == "__main__":

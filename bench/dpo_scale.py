@@ -12,7 +12,6 @@ beta/4 * grad(e_w - e_l) + lambda_RF * grad(e_w). For `dpo.error` velocity (the 
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 
@@ -20,6 +19,8 @@ from workbench.config import load_config
 from workbench.data import build_dataset, collate
 from workbench.methods import TrainStep, build_method
 from workbench.models import build_backbone
+
+from _emit import emit  # bench/_emit.py (the script's folder is on sys.path)
 
 
 def grad_norm(loss: torch.Tensor, params: list[torch.Tensor]) -> float:
@@ -68,10 +69,7 @@ def main() -> None:
     common = [f"model.weights={args.model}/model.safetensors", f"data.preferences={args.pairs}", *args.set]
     res = {space: measure(args.config, [*common, f"dpo.error={space}"], args.batches) for space in ("velocity", "x0")}
     res["command"] = f"python bench/dpo_scale.py --model {args.model} --pairs {args.pairs} --batches {args.batches}"
-    text = json.dumps(res, indent=1)
-    print(text)
-    if args.out:
-        open(args.out, "w").write(text + "\n")
+    emit(res, args.out)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+
+from _emit import emit  # noqa: E402  bench/_emit.py (the script's folder is on sys.path)
 
 # latent (T', H', W') per size; tokens = T' (H'/2) (W'/2) with Wan's (1, 2, 2) patches. Real: 480x832 at 81 frames
 # is 21 x 60 x 104 latents (32,760 tokens), its quarter area 21 x 30 x 52 (8,190).
@@ -250,11 +251,7 @@ def main(argv=None) -> dict:
               "sampling": sampling(size, clock, accelerator), "attention_jvp": attention_jvp(size, clock),
               "steps": method_steps(size, clock, accelerator)}
     result["total_seconds"] = round(clock.elapsed(), 1)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    emit(result, args.out)
     return result
 
 
