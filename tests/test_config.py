@@ -15,7 +15,8 @@ def test_defaults_and_overrides():
 
 def test_every_shipped_config_loads(root):
     from workbench.pipeline import load_pipeline
-    paths = sorted((root / "experiments").rglob("*.yaml"))
+    paths = [p for p in sorted((root / "experiments").rglob("*.yaml"))    # accelerate's own launch configs aside
+             if "compute_environment" not in yaml.safe_load(p.read_text())]
     pipelines = [p for p in paths if "stages" in yaml.safe_load(p.read_text())]
     assert pipelines, "no pipeline config found"
     for path in paths:

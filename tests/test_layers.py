@@ -12,7 +12,7 @@ LAYERS = [
     ["workbench.sampling", "workbench.generate"],     # generate: a Model sampled to tensors and sheets (train uses it)
     ["workbench.methods"],
     ["workbench.train"],
-    ["workbench.runs", "workbench.export", "workbench.preferences"],
+    ["workbench.runs", "workbench.export", "workbench.export_diffusers", "workbench.preferences"],
     ["workbench.eval", "workbench.plots", "workbench.compare", "workbench.study"],
     ["workbench.pipeline", "workbench.__main__", "app"],
 ]

@@ -173,6 +173,8 @@ def test_resume_under_two_processes_ends_as_the_uninterrupted_run(launched, tmp_
 # FSDP against DDP: the same processes, data and noise, but FSDP sums the clip's grad norm from shards, so the
 # rounding differs (keyed-wan ended bitwise equal, CCD did not) and AdamW can turn it into +-lr steps (see REL).
 FSDP_REL = 1e-3      # weights by norm as in REL; measured <= 6.4e-5 (CCD's model), <= 4e-8 (its EMA, target, AdamW)
+FSDP_ROW_REL = 1e-5  # each logged loss and grad norm against DDP (sharded reductions sum in another order; measured
+                     # up to 1.2e-6: CCD's grad norm at step 4 in a CI rehearsal)
 SHARDED = {"keyed-wan": {"model": "FSDPFlowNet", "critic": "FSDPLinear"}, "ccd": {"model": "FSDPFlowNet"}}
 UNITS = {"model": 3, "critic": 1}  # tiny-wan: 2 transformer blocks + the root; the critic: its root
 FSDP_SETS = ["train.fsdp=true", "train.activation_checkpointing=true"]
@@ -208,7 +210,7 @@ def test_fsdp_ends_as_ddp_and_writes_once(name, launched, sharded, wan_model):
     for r1, r2 in zip(rows(ddp), rows(run)):
         assert r1.keys() == r2.keys()
         for k in (k for k in r1 if k.startswith(("loss", "grad_norm"))):
-            assert r2[k] == pytest.approx(r1[k], rel=ROW_REL), (r1["step"], k)
+            assert r2[k] == pytest.approx(r1[k], rel=FSDP_ROW_REL), (r1["step"], k)
 
 
 def test_resume_under_fsdp_ends_as_the_uninterrupted_run(sharded, wan_model, tmp_path, root):
