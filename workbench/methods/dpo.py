@@ -49,7 +49,7 @@ class FlowDPO(Method):
         x0, x1, t2 = torch.cat([x_w, x_l]), torch.cat([x1, x1]), torch.cat([t, t])  # same t, noise for w and l
         cond = cond.select(torch.arange(B).repeat(2))
         x_t, v = interpolate(x0, x1, t2), target_velocity(x0, x1)
-        weight = t2.float().pow(2) if d.error == "x0" else torch.ones_like(t2, dtype=torch.float32)  # x0 - x0_hat = t (v - F)
+        weight = t2.float().pow(2) if d.error == "x0" else 1.0            # x0 - x0_hat = t (v - F)
         err = weight * (v - step.nets["model"](x_t, t2, cond)).float().pow(2).flatten(1).mean(1)
         with torch.no_grad(), adapters_disabled(self.net.transformer):     # the reference: base weights
             ref = weight * (v - self.net(x_t, t2, cond)).float().pow(2).flatten(1).mean(1)
