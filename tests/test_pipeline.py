@@ -58,7 +58,7 @@ def test_exported_ta_model_equals_its_checkpoint_with_lora(pipeline_run):
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_preference_pairs_are_the_models_own_samples(pipeline_run, tmp_path):
+def test_preference_pairs_are_the_models_own_samples(pipeline_run, tmp_path, monkeypatch):
     model = pipeline_run / "ccd_da" / "model"
     out = build_preferences(model, tmp_path / "prefs", 5, 2, 1, batch_size=2, shard_size=2, progress=False)
     ds = PreferenceDataset(out)
@@ -77,6 +77,38 @@ def test_preference_pairs_are_the_models_own_samples(pipeline_run, tmp_path):
     torch.testing.assert_close(PreferenceDataset(real)[1]["winner"], clips["video"][1])  # pixel codec: x0 = clip
     with pytest.raises(FileExistsError):
         build_preferences(model, out, 5, progress=False)
+    _dpo_paired_noise_is_the_pairs_own(m, out, real, monkeypatch)
+
+
+def _dpo_paired_noise_is_the_pairs_own(m, pairs, real_pairs, monkeypatch):
+    """dpo.noise=paired: x_t lies between each clip and the noise it was sampled from (x1 = clip_noise(seed, clip))."""
+    import workbench.methods.dpo as dpo
+    from workbench.config import load_config
+    from workbench.data import collate
+    from workbench.generate import clip_noise
+    from workbench.flow import interpolate
+    from workbench.methods import TrainStep, build_method
+    from workbench.models import build_backbone
+    from workbench.sampling import get_sampler, schedule
+    ds = PreferenceDataset(pairs)
+    batch = collate([ds[i] for i in (1, 3)])
+    x1 = clip_noise(batch["seed"], tuple(batch["winner"].shape[1:]), ds.meta["seed"])
+    cond = m.encoders.condition(batch["first"], batch["caption"], batch["frames"][0])
+    again = get_sampler("euler")(m.net, x1, cond, schedule(ds.meta["win_steps"], m.config.sample.shift))
+    torch.testing.assert_close(again, batch["winner"])                  # this noise, sampled, gives the winner
+    seen = []
+    monkeypatch.setattr(dpo, "interpolate", lambda x0, n, t: seen.append(n) or interpolate(x0, n, t))
+    for noise in ("paired", "fresh"):
+        cfg = load_config("experiments/micro/dpo.yaml", ["data.preferences=''", f"dpo.noise={noise}"])
+        net, enc = build_backbone(cfg.model)
+        method = build_method(cfg, net, enc)
+        with torch.no_grad():
+            method.pair_errors(batch, TrainStep(0, torch.Generator().manual_seed(5), {"model": net}, frozenset()))
+    assert torch.equal(seen[0], torch.cat([x1, x1])) and not torch.allclose(seen[1], seen[0])
+    with pytest.raises(ValueError, match="dpo.noise: 'paired' needs sampled winners"):
+        method.cfg.dpo.noise = "paired"
+        method.pair_errors(collate([PreferenceDataset(real_pairs)[0]]), TrainStep(0, torch.Generator(), {"model": net},
+                                                                                  frozenset()))
 
 
 def test_bad_pipeline_and_preference_input(tmp_path, capsys):

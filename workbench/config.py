@@ -222,6 +222,8 @@ class DPOConfig:
     beta: float = 2500.0             # beta of Eq. (11); errors are per-element means
     error: str = "velocity"          # "velocity": ||v - F||^2 (Eq. 11); "x0": ||x0 - x0_hat||^2 = t^2 ||v - F||^2
     condition_frame: bool = False    # winner and loser take the condition's latent as frame 0 (the given frame)
+    noise: str = "fresh"             # x1 of x_t: "fresh" (a new draw each step) or "paired" (the noise the pair was
+                                     # sampled from: reflow's coupling, Liu et al. 2022; sampled winners only)
     lambda_rf: float = 2.0           # weight of the reflow loss ||v_w - v_theta(x_t^w, t)||^2 (0 = DPO alone)
     timesteps: str = "uniform"       # t sampler: "uniform" or "logit_normal"
     p_mean: float = 0.0

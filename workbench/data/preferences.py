@@ -43,4 +43,5 @@ class PreferenceDataset(torch.utils.data.Dataset):
         it = self.items[i]
         f, j = self._shard(it["shard"]), i - self.offsets[it["shard"]]
         return {k: f.get_slice(k)[j] for k in ("winner", "loser", "first")} | {
-            "caption": it["caption"], "frames": self.meta["frames"], "seed": it["clip"]}
+            "caption": it["caption"], "frames": self.meta["frames"], "seed": it["clip"],
+            "noise_seed": self.meta["seed"], "winners": self.meta["winners"]}   # the pair's x1: clip_noise(seed, clip)

@@ -1,7 +1,9 @@
 """Trajectory alignment (TA): Flow-DPO (Eq. 11) with the reflow regulariser, LoRA on the transformer.
 
 On a preference pair (x0^w from more Euler steps, x0^l from fewer; data/preferences.py), winner and loser
-share t and noise x1; v = x1 - x0 (Eq. 2). The reference v_ref is the same network with its LoRA disabled.
+share t and noise x1; v = x1 - x0 (Eq. 2). x1 is a fresh draw (`dpo.noise: fresh`) or the noise both clips were
+sampled from (`paired`): then x_t lies on the straight line from the pair's own x1 to each clip, the coupling of
+reflow (Liu et al. 2022) that makes L_RF teach fewer steps to land where more steps did. The reference v_ref is the same network with its LoRA disabled.
 Errors ||v - v(x_t, t)||^2 are per-element means (the Diffusion-DPO convention that beta = 2500 assumes);
 `dpo.error: x0` measures them as ||x0 - x0_hat||^2 = t^2 ||v - F||^2 (Eq. 5), without velocity space's 1/t^2
 weight on the smallest times.
@@ -14,6 +16,7 @@ import torch
 from torch.nn.functional import logsigmoid
 
 from workbench.flow import interpolate, sample_timesteps, target_velocity
+from workbench.generate import clip_noise
 from workbench.methods.base import LossOut, Method
 from workbench.models.lora import adapters_disabled
 
@@ -31,6 +34,8 @@ class FlowDPO(Method):
         super().__init__(cfg, net, encoders)
         if cfg.dpo.error not in ("velocity", "x0"):
             raise ValueError(f"dpo.error: expected 'velocity' or 'x0', got {cfg.dpo.error!r}")
+        if cfg.dpo.noise not in ("fresh", "paired"):
+            raise ValueError(f"dpo.noise: expected 'fresh' or 'paired', got {cfg.dpo.noise!r}")
         if not cfg.model.lora.rank:
             raise ValueError("model.lora.rank: Flow-DPO trains a LoRA; set a rank >= 1 (e.g. 16)")
 
@@ -44,7 +49,14 @@ class FlowDPO(Method):
         if d.condition_frame:                                               # frame 0 := the given frame
             given = cond.first_BCTHW[:, :, :1].to(x_w)
             x_w, x_l = (torch.cat([given, x[:, :, 1:]], 2) for x in (x_w, x_l))
-        x1 = torch.randn(x_w.shape, generator=step.generator).to(x_w)
+        if d.noise == "paired":                                             # the x1 both clips were sampled from
+            if any(w != "sampled" for w in batch["winners"]):
+                raise ValueError("dpo.noise: 'paired' needs sampled winners (these pairs have real clips as "
+                                 "winners, which no noise maps to); use dpo.noise=fresh")
+            x1 = torch.cat([clip_noise([s], x_w.shape[1:], n) for s, n in zip(batch["seed"], batch["noise_seed"])])
+            x1 = x1.to(x_w)
+        else:
+            x1 = torch.randn(x_w.shape, generator=step.generator).to(x_w)
         t = sample_timesteps(B, d.timesteps, p_mean=d.p_mean, p_std=d.p_std, generator=step.generator).to(x_w)
         x0, x1, t2 = torch.cat([x_w, x_l]), torch.cat([x1, x1]), torch.cat([t, t])  # same t, noise for w and l
         cond = cond.select(torch.arange(B).repeat(2))
