@@ -103,6 +103,8 @@ class FlowMatchingConfig:
 class DistillConfig:
     """Consistency distillation from a frozen teacher; the student starts from `model.weights`."""
     teacher: str = ""                # safetensors of F_pretrain ("" = model.weights: student and teacher start equal)
+    teacher_dtype: str = "float32"   # the frozen teacher's weights: "float32" or "bfloat16" (halves it; diffusers'
+                                     # fp32 modules kept); a teacher that is a role's LoRA base (DMD2) stays fp32
     timesteps: str = "logit_normal"  # t sampler (Algorithm 1 line 4): "logit_normal" or "uniform"
     p_mean: float = -0.6             # logit-normal location P_mean
     p_std: float = 1.4               # logit-normal scale P_std
@@ -160,6 +162,8 @@ class AdversarialConfig:
     temporal_heads: bool = True      # add temporal heads over the frame sequence (False: spatial heads only)
     lr: float = 0.0                  # discriminator learning rate (0 = train.lr)
     t_min: float = 0.0               # 0: D reads x0_hat at the distillation's t; > 0: at its own t ~ U[t_min, 1]
+    condition_frame: bool = False    # D sees the given frame as frame 0 of x0_hat (as in every real clip), so the GAN
+                                     # neither reads nor moves the generated frame 0; the distillation loss alone does
     RANGES = {"lambda_adv": (0, None), "warmup": (0, None), "head_width": (1, None), "lr": (0, None),
               "t_min": (0, 1)}
 
