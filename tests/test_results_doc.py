@@ -31,6 +31,26 @@ def test_a_table_is_mean_and_std_over_seeds_with_every_metric_column(tmp_path):
     assert only.splitlines()[2:] == ["| b | 2 | 2 | 0.600 ± 0.100 |"]
 
 
+def test_stage_changes_count_only_what_moves_beyond_the_spread(tmp_path, monkeypatch):
+    """b against a: FVD (lower is better) +1 inside its std 10 is level; psnr, solid identical: level; `changes`
+    renders it; a change beyond the spread is better or worse by the column's direction."""
+    from workbench.eval.results_doc import render
+    from workbench.eval.tables import stage_changes
+    monkeypatch.chdir(tmp_path)
+    df = pd.read_csv(results_csv(tmp_path / "results.csv"))
+    text = stage_changes(df, ["a", "b"], [1])
+    assert text.startswith("- **a -> b, 1 step**: better: none; worse: none; level: FVD, ") and "PSNR" in text
+    df.loc[df.method == "b", "fvd"] -= 50                                    # b's FVD 50 lower, stds 10
+    df.loc[df.method == "b", "psnr"] -= 5                                    # and its PSNR 5 dB lower, stds 1
+    df.loc[df.method == "b", "wobble"] += 1                                  # no known direction
+    assert stage_changes(df, ["a", "b"], [1]) == (
+        "- **a -> b, 1 step**: better: FVD 111.0 -> 62.00; worse: PSNR 29.00 -> 24.00; moved: wobble 0.250 -> 1.250; "
+        "level: subject consistency, solid.\n")
+    df.to_csv("results.csv", index=False)
+    (tmp_path / "t.md").write_text("<!-- changes: results.csv stages=a,b steps=1,2 -->\n")
+    assert "- **a -> b, 2 steps**: better: FVD 112.0 -> 63.00;" in render("t.md")
+
+
 def test_the_command_renders_a_template_and_check_tells_when_it_is_stale(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     results_csv(tmp_path / "results.csv")
@@ -57,7 +77,8 @@ def test_bad_markers_name_the_template_line(tmp_path, monkeypatch, capsys):
                              ("<!-- table: results.csv steps=3 -->", "no steps 3"),
                              ("<!-- table: results.csv methods=c -->", "no method c"),
                              ("<!-- table: results.csv colour=red -->", "unknown option 'colour'"),
-                             ("<!-- table results.csv -->", "malformed marker")]:
+                             ("<!-- table results.csv -->", "malformed marker"),
+                             ("<!-- changes: results.csv steps=1 -->", "changes takes stages=")]:
         (tmp_path / "t.md").write_text(f"text\n{marker}\n")
         assert main(["results", "--template", "t.md", "--out", "doc.md"]) == 2
         err = capsys.readouterr().err

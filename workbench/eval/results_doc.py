@@ -6,7 +6,9 @@ The template is Markdown in which a line holding only a marker is replaced by wh
         mean ± std over seeds of every metric column, in `report_markdown`'s layout (only `columns` if given);
         `methods` and `steps` keep those rows, `reference` adds the real clips' row;
     <!-- include: PATH.md -->
-        a shipped table that has no results.csv behind it, verbatim.
+        a shipped table that has no results.csv behind it, verbatim;
+    <!-- changes: PATH/results.csv stages=a,b,c steps=1,4 -->
+        what each stage does to every column against the one before it, at each step count (`stage_changes`).
 
 Headings inside a table become bold lines, so the document's outline is the template's. Paths are relative to the
 working directory. Numbers reach the document only through these markers; the prose around them is the template's.
@@ -18,11 +20,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from workbench.eval.tables import DIMENSIONS, METRIC_ORDER, TABLE1, metric_columns, report_markdown, summarise, \
-    to_markdown
+from workbench.eval.tables import DIMENSIONS, METRIC_ORDER, TABLE1, metric_columns, report_markdown, stage_changes, \
+    summarise, to_markdown
 
-MARKER = re.compile(r"^<!--\s*(table|include):\s*(\S+)((?:\s+\w+=\S+)*)\s*-->$")
-OPTIONS = {"methods", "steps", "columns", "reference"}
+MARKER = re.compile(r"^<!--\s*(table|include|changes):\s*(\S+)((?:\s+\w+=\S+)*)\s*-->$")
+OPTIONS = {"methods", "steps", "columns", "reference", "stages"}
 
 
 def _read_csv(path: str, loc: str, needs: tuple[str, ...]) -> pd.DataFrame:
@@ -98,7 +100,7 @@ def render(template: str | Path) -> str:
     for n, line in enumerate(template.read_text().splitlines(), 1):
         m = MARKER.match(line.strip())
         if not m:
-            if re.match(r"\s*<!--\s*(table|include)\b", line):
+            if re.match(r"\s*<!--\s*(table|include|changes)\b", line):
                 raise ValueError(f"{template}:{n}: malformed marker {line.strip()!r}")
             out.append(line)
             continue
@@ -109,6 +111,14 @@ def render(template: str | Path) -> str:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"{where}: {path}: no such file")
             out += [f"Included verbatim from `{path}`:", "", _bold_headings(Path(path).read_text()).rstrip("\n")]
+        elif kind == "changes":
+            opts = _options(m.group(3), where)
+            if set(opts) != {"stages", "steps"} or len(opts["stages"]) < 2:
+                raise ValueError(f"{where}: changes takes stages=a,b[,...] (two or more) and steps=N[,...]")
+            df = _read_csv(path, where, ("method", "steps", "seed"))
+            _keep(_keep(df, "method", opts["stages"], f"{where}: {path}"), "steps", opts["steps"], f"{where}: {path}")
+            out += [f"Computed from `{path}` (beyond the spread: the means differ by more than the larger seed-std):",
+                    "", stage_changes(df, opts["stages"], opts["steps"]).rstrip("\n")]
         else:
             opts = _options(m.group(3), where)
             scope = "".join(f", {k} {','.join(map(str, opts[k]))}" for k in ("methods", "steps") if k in opts)

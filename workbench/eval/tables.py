@@ -14,7 +14,9 @@ DIMENSIONS = ["subject_consistency", "background_consistency", "temporal_flicker
 NAMES = {"sec_per_clip": "s/clip", "fvd": "FVD", "fvd_ae": "FVD (toy-ae)", "psnr": "PSNR", "ssim": "SSIM",
          "i2v_subject": "I2V Subject", "i2v_background": "I2V Background"}
 IDS = ["method", "steps", "nfe", "seed", "num"]
-
+LOWER_IS_BETTER = {"sec_per_clip", "fvd", "fvd_ae", "path_accel", "first_frame_mae", "background_mae", "wake_mae"}
+TOWARDS = {"sharpness": 1.0}       # better when closer to this value (1 = as crisp as the real clip)
+NO_DIRECTION = {"dynamic_degree", "free_right", "free_left", "free_up", "free_down"}  # shares and degrees: no "better"
 
 
 def display(key: str) -> str:
@@ -57,6 +59,44 @@ def to_markdown(summary: pd.DataFrame, metrics: list[str] | None = None, referen
     for _, r in (reference if reference is not None else pd.DataFrame()).iterrows():
         lines.append(f"| {r['method']} | - | - | " + " | ".join(_fmt(r.get(m, np.nan)) for m in metrics) + " |")
     return head + "\n".join(lines) + "\n"
+
+
+def _verdict(key: str, a: float, b: float) -> int:
+    """+1 if b is better than a on metric `key`, -1 if worse, 0 if the metric has no better direction."""
+    key = key.removesuffix("_proxy")
+    if key in NO_DIRECTION or key not in TABLE1 + DIMENSIONS + METRIC_ORDER:
+        return 0
+    if key in TOWARDS:
+        return int(np.sign(abs(a - TOWARDS[key]) - abs(b - TOWARDS[key])))
+    return int(np.sign(a - b) if key in LOWER_IS_BETTER else np.sign(b - a))
+
+
+def stage_changes(df: pd.DataFrame, stages: list[str], steps: list[int]) -> str:
+    """Markdown bullets: what each stage does to every metric column against the stage before it, per step count.
+
+    A change counts when the two means differ by more than the larger of their seed-stds ("beyond the spread");
+    every other column is listed as level. Columns without a better direction (shares, unknown columns) as moved."""
+    s = summarise(df).set_index([("method", ""), ("steps", "")])
+    cols = [c for c in metric_columns(df) if c != "sec_per_clip" and df[c].notna().any()]
+    lines = []
+    for prev, stage in zip(stages, stages[1:]):
+        for n in steps:
+            a, b = s.loc[(prev, n)], s.loc[(stage, n)]
+            better, worse, moved, level = [], [], [], []
+            for c in cols:
+                m_a, m_b = a[("mean", c)], b[("mean", c)]
+                if not (np.isfinite(m_a) and np.isfinite(m_b)):
+                    continue
+                if abs(m_b - m_a) <= max(a[("std", c)], b[("std", c)]):
+                    level.append(display(c))
+                    continue
+                text = f"{display(c)} {_fmt(m_a)} -> {_fmt(m_b)}"
+                {1: better, -1: worse, 0: moved}[_verdict(c, m_a, m_b)].append(text)
+            parts = [f"better: {', '.join(better) or 'none'}", f"worse: {', '.join(worse) or 'none'}"]
+            parts += [f"moved: {', '.join(moved)}"] if moved else []
+            parts += [f"level: {', '.join(level) or 'none'}"]
+            lines.append(f"- **{prev} -> {stage}, {n} step{'s' * (n > 1)}**: " + "; ".join(parts) + ".")
+    return "\n".join(lines) + "\n"
 
 
 def caveats(df: pd.DataFrame) -> str:
