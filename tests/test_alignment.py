@@ -128,6 +128,18 @@ def test_dpo_condition_frame_gives_both_clips_the_given_frame():
     assert not torch.allclose(switched[0], plain[0])
 
 
+def test_dpo_region_difference_weighs_only_where_the_pair_differs():
+    from workbench.methods.dpo import difference_weight
+    x_w = torch.zeros(2, 1, 2, 1, 2)
+    x_l = torch.tensor([[0.0, 2.0, 0.0, 2.0], [0.0, 0.0, 0.0, -1.0]]).view(2, 1, 2, 1, 2)
+    torch.testing.assert_close(difference_weight(x_w, x_l).flatten(1),        # |x_w - x_l| / its clip mean
+                               torch.tensor([[0.0, 2.0, 0.0, 2.0], [0.0, 0.0, 0.0, 4.0]]))
+    everywhere, where = _pair_errors(["dpo.region=all"]), _pair_errors(["dpo.region=difference"])
+    torch.testing.assert_close(where.reflow_w, everywhere.err_w)               # reflow (and Win Diff) see every element
+    torch.testing.assert_close(where.reflow_ref_w, everywhere.ref_w)
+    assert torch.equal(everywhere.err_w, everywhere.reflow_w) and not torch.allclose(where.err_w, everywhere.err_w)
+
+
 def test_da_reads_x0_hat_at_its_own_large_times(dino, monkeypatch):
     import workbench.methods.adversarial as adversarial
     seen = []

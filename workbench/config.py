@@ -139,7 +139,8 @@ class PCMConfig:
     phases: int = 4                  # K; the model samples with Euler on the K + 1 phase edges (one model per K)
     grid: int = 48                   # N points of the teacher's schedule; K must divide N (48: K = 1, 2, 3, 4, 6, 8)
     skip: int = 1                    # solver step in grid intervals (not across a phase edge)
-    huber_c: float = 0.001           # pseudo-Huber c (0 = L1-like, the official code's default is Huber)
+    loss: str = "huber"              # "huber" (pseudo-Huber with huber_c, the official default) or "l2" (MSE)
+    huber_c: float = 0.001           # pseudo-Huber c (0 = L1-like)
     target: str = "online"           # "online": the student under no_grad (the official code); "ema": distill.target_decay
     adversarial: bool = False        # the official consistency-GAN: heads on the frozen teacher's block features
     adv_weight: float = 0.1          # its generator weight (the official SD3 run.sh)
@@ -228,6 +229,8 @@ class DPOConfig:
     condition_frame: bool = False    # winner and loser take the condition's latent as frame 0 (the given frame)
     noise: str = "fresh"             # x1 of x_t: "fresh" (a new draw each step) or "paired" (the noise the pair was
                                      # sampled from: reflow's coupling, Liu et al. 2022; sampled winners only)
+    region: str = "all"              # DPO errors over "all" elements or weighted by |x0^w - x0^l| ("difference": the
+                                     # preference speaks where the pair differs; reflow still sees every element)
     lambda_rf: float = 2.0           # weight of the reflow loss ||v_w - v_theta(x_t^w, t)||^2 (0 = DPO alone)
     timesteps: str = "uniform"       # t sampler: "uniform" or "logit_normal"
     p_mean: float = 0.0

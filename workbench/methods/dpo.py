@@ -3,7 +3,11 @@
 On a preference pair (x0^w from more Euler steps, x0^l from fewer; data/preferences.py), winner and loser
 share t and noise x1; v = x1 - x0 (Eq. 2). x1 is a fresh draw (`dpo.noise: fresh`) or the noise both clips were
 sampled from (`paired`): then x_t lies on the straight line from the pair's own x1 to each clip, the coupling of
-reflow (Liu et al. 2022) that makes L_RF teach fewer steps to land where more steps did. The reference v_ref is the same network with its LoRA disabled.
+reflow (Liu et al. 2022) that makes L_RF teach fewer steps to land where more steps did. With
+`dpo.region: difference` the DPO errors weigh each element by |x0^w - x0^l| (per clip, mean 1): the preference
+then speaks only where the pair differs, and cannot be met by changing what both clips share (a static
+background, the given frame), which is left to L_RF.
+The reference v_ref is the same network with its LoRA disabled.
 Errors ||v - v(x_t, t)||^2 are per-element means (the Diffusion-DPO convention that beta = 2500 assumes);
 `dpo.error: x0` measures them as ||x0 - x0_hat||^2 = t^2 ||v - F||^2 (Eq. 5), without velocity space's 1/t^2
 weight on the smallest times.
@@ -11,6 +15,8 @@ weight on the smallest times.
 Win Diff = e_w - e_w^ref (Figure 8): above 0, the model fits the preferred trajectories worse than the reference.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch.nn.functional import logsigmoid
@@ -27,6 +33,23 @@ def dpo_loss(err_w: torch.Tensor, err_l: torch.Tensor, ref_w: torch.Tensor, ref_
     return -logsigmoid(-0.5 * beta * ((err_w - ref_w) - (err_l - ref_l))).mean()
 
 
+class PairErrors(NamedTuple):
+    """Per-clip errors (B,) of one pair batch: the DPO term's (model, reference; winner, loser), reflow's, and t."""
+    err_w: torch.Tensor
+    err_l: torch.Tensor
+    ref_w: torch.Tensor
+    ref_l: torch.Tensor
+    reflow_w: torch.Tensor          # the winner's error over every element (= err_w unless dpo.region weighs)
+    reflow_ref_w: torch.Tensor      # the reference's, the same way (Win Diff = reflow_w - reflow_ref_w, Figure 8)
+    t: torch.Tensor
+
+
+def difference_weight(x_w: torch.Tensor, x_l: torch.Tensor) -> torch.Tensor:
+    """|x_w - x_l| per element, scaled to mean 1 per clip (B, C, T, H, W); 0 where a pair is identical."""
+    diff = (x_w - x_l).abs().float()
+    return diff / diff.flatten(1).mean(1).clamp_min(1e-12).view(-1, *[1] * (diff.dim() - 1))
+
+
 class FlowDPO(Method):
     """Trains the LoRA of model.lora (its only trainable parameters); the reference is the network, adapters off."""
 
@@ -34,13 +57,15 @@ class FlowDPO(Method):
         super().__init__(cfg, net, encoders)
         if cfg.dpo.error not in ("velocity", "x0"):
             raise ValueError(f"dpo.error: expected 'velocity' or 'x0', got {cfg.dpo.error!r}")
+        if cfg.dpo.region not in ("all", "difference"):
+            raise ValueError(f"dpo.region: expected 'all' or 'difference', got {cfg.dpo.region!r}")
         if cfg.dpo.noise not in ("fresh", "paired"):
             raise ValueError(f"dpo.noise: expected 'fresh' or 'paired', got {cfg.dpo.noise!r}")
         if not cfg.model.lora.rank:
             raise ValueError("model.lora.rank: Flow-DPO trains a LoRA; set a rank >= 1 (e.g. 16)")
 
-    def pair_errors(self, batch, step) -> tuple[torch.Tensor, ...]:
-        """(err_w, err_l, ref_w, ref_l, t), each (B,): the model's and the reference's errors on one pair batch."""
+    def pair_errors(self, batch, step) -> PairErrors:
+        """The model's and the reference's errors on one pair batch (`PairErrors`)."""
         d = self.cfg.dpo
         x_w, x_l = batch["winner"], batch["loser"]                          # B, C, T, H, W latents
         B = x_w.shape[0]
@@ -61,20 +86,22 @@ class FlowDPO(Method):
         x0, x1, t2 = torch.cat([x_w, x_l]), torch.cat([x1, x1]), torch.cat([t, t])  # same t, noise for w and l
         cond = cond.select(torch.arange(B).repeat(2))
         x_t, v = interpolate(x0, x1, t2), target_velocity(x0, x1)
-        weight = t2.float().pow(2) if d.error == "x0" else 1.0            # x0 - x0_hat = t (v - F)
-        err = weight * (v - step.nets["model"](x_t, t2, cond)).float().pow(2).flatten(1).mean(1)
+        weight = t2.float().pow(2)[:, None] if d.error == "x0" else 1.0   # x0 - x0_hat = t (v - F)
+        sq = weight * (v - step.nets["model"](x_t, t2, cond)).float().pow(2).flatten(1)
         with torch.no_grad(), adapters_disabled(self.net.transformer):     # the reference: base weights
-            ref = weight * (v - self.net(x_t, t2, cond)).float().pow(2).flatten(1).mean(1)
-        return (*err.chunk(2), *ref.chunk(2), t)
+            sq_ref = weight * (v - self.net(x_t, t2, cond)).float().pow(2).flatten(1)
+        region = difference_weight(x_w, x_l).flatten(1).repeat(2, 1) if d.region == "difference" else 1.0
+        err, ref = (region * sq).mean(1), (region * sq_ref).mean(1)
+        return PairErrors(*err.chunk(2), *ref.chunk(2), reflow_w=sq[:B].mean(1), reflow_ref_w=sq_ref[:B].mean(1), t=t)
 
     def losses(self, batch, step):
         d = self.cfg.dpo
-        err_w, err_l, ref_w, ref_l, _ = self.pair_errors(batch, step)
+        err_w, err_l, ref_w, ref_l, reflow_w, reflow_ref_w, _ = self.pair_errors(batch, step)
         loss_dpo = dpo_loss(err_w, err_l, ref_w, ref_l, d.beta)
-        loss_rf = err_w.mean()                                              # reflow loss on winners
+        loss_rf = reflow_w.mean()                                           # reflow loss on winners
         loss = loss_dpo + d.lambda_rf * loss_rf
         margin = -0.5 * d.beta * ((err_w - ref_w) - (err_l - ref_l))
         return LossOut({"model": loss}, {
             "loss": loss.item(), "loss_dpo": loss_dpo.item(), "loss_rf": loss_rf.item(),
-            "win_diff": (err_w - ref_w).mean().item(), "lose_diff": (err_l - ref_l).mean().item(),
+            "win_diff": (reflow_w - reflow_ref_w).mean().item(), "lose_diff": (err_l - ref_l).mean().item(),
             "dpo_accuracy": (margin > 0).float().mean().item()})
