@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from workbench.config import load_config
+from workbench.flow import interpolate
 from workbench.methods import build_method
 from workbench.methods.base import TrainStep
 from workbench.methods.dmd2 import DMD2, dm_gradient, dm_loss
@@ -55,6 +56,29 @@ def test_the_fake_scores_loss_is_flow_matching_on_detached_samples():
     assert not any(p.requires_grad for p in method.teacher.parameters())
 
 
+def test_the_fake_scores_loss_value_is_the_flow_matching_mse_on_the_detached_samples():
+    """loss_fake_fm = mean (v_fake(x_t, t) - (eps - sg(x0_hat)))^2 with t ~ U[min_t, max_t] and eps, drawn in that
+    order from the step's generator; its backward leaves x0_hat without a gradient."""
+    cfg = load_config(MICRO, SETS)
+    net, encoders = build_backbone(cfg.model)
+    method = build_method(cfg, net, encoders)
+    batch = _batch(cfg)
+    _, cond = encoders.prepare(batch["video"], batch["caption"])
+    x0_hat = torch.randn(2, 3, 4, 16, 16, generator=torch.Generator().manual_seed(5)).requires_grad_(True)
+    method.generate = lambda *args, **kwargs: x0_hat                 # the student's sample; draws nothing
+    out = method.losses(batch, TrainStep(0, torch.Generator().manual_seed(0), {"model": net, "fake": method.fake},
+                                         frozenset({"fake"})))
+    g, c = torch.Generator().manual_seed(0), cfg.dmd2
+    t = c.min_t + (c.max_t - c.min_t) * torch.rand(2, generator=g)
+    eps = torch.randn(x0_hat.shape, generator=g)
+    x = x0_hat.detach()
+    with torch.no_grad():
+        want = ((method.fake(interpolate(x, eps, t), t, cond) - (eps - x)) ** 2).mean()
+    assert out.logs["loss_fake_fm"] == pytest.approx(want.item(), rel=1e-5)
+    out.losses["fake"].backward()
+    assert x0_hat.grad is None
+
+
 def test_the_two_time_scale_rule_holds_across_a_resume(tmp_path):
     """Student every 5th step, fake score every step, over 20 steps; a run resumed at step 10 ends bitwise equal."""
     sets = SETS + ["train.steps=20", "train.log_every=1", "train.ckpt_every=5", "train.keep_ckpts=10",
@@ -86,18 +110,34 @@ def test_the_first_frame_reaches_teacher_fake_score_its_classifier_and_student(w
          "classifier": lambda x, tt, c: method.fake(x, tt, c, classify=True)}, *inputs)
 
 
-def test_dmd2_one_step_at_wan_scale(tmp_path):
+@pytest.mark.parametrize("rank,teacher_dtype", [(0, "float32"), (4, "float32"), (0, "bfloat16"), (4, "bfloat16")])
+def test_dmd2_one_step_at_wan_scale(rank, teacher_dtype, tmp_path):
+    """Full or LoRA fake score, fp32 or bf16 teacher: finite losses; a bf16 teacher (the real score outside every
+    role) keeps diffusers' fp32 modules, the trained networks stay fp32, and a LoRA fake score's base stays fp32."""
     from tests.tiny_wan import save_tiny_wan
     cfg = load_config(None, [f"model.{k}={v}" for k, v in save_tiny_wan(tmp_path).items()] + SETS +
-                      ["distill.guidance=2.0", "dmd2.student_every=1"])
+                      ["distill.guidance=2.0", "dmd2.student_every=1", f"dmd2.fake_lora_rank={rank}",
+                       f"distill.teacher_dtype={teacher_dtype}"])
     net, encoders = build_backbone(cfg.model)
     method = build_method(cfg, net, encoders)
     clip = torch.rand(2, 3, 5, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     logs = steps_on_batch(method, cfg.train, {"video": clip, "caption": ["a red ball", "a cat"]}, 1)
     assert all(math.isfinite(v) for v in logs[0].values()) and {"loss_dm", "loss_fake_fm"} <= set(logs[0])
-    with pytest.raises(ValueError, match="dmd2.gan_block"):
-        build_method(load_config(None, [f"model.{k}={v}" for k, v in save_tiny_wan(tmp_path / "b").items()] + SETS +
-                                 ["dmd2.gan_block=7"]), net, encoders)
+    assert all(p.dtype == torch.float32 for role in method.roles().values() for p in role.params)
+    keep = set(method.teacher.transformer._keep_in_fp32_modules)
+    for name, p in method.teacher.named_parameters():
+        in_bf16 = teacher_dtype == "bfloat16" and not rank and not keep & set(name.split("."))
+        assert p.dtype == (torch.bfloat16 if in_bf16 else torch.float32), name
+
+
+def test_bad_dmd2_and_teacher_dtype_values_are_refused(tmp_path):
+    from tests.tiny_wan import save_tiny_wan
+    model = [f"model.{k}={v}" for k, v in save_tiny_wan(tmp_path).items()]
+    net, encoders = build_backbone(load_config(None, model).model)
+    for key, message in (("dmd2.gan_block=7", "dmd2.gan_block"), ("distill.teacher_dtype=float16",
+                                                                  "distill.teacher_dtype: expected float32 or bfloat16")):
+        with pytest.raises(ValueError, match=message):
+            build_method(load_config(None, [*model, *SETS, key]), net, encoders)
 
 
 def test_the_fake_score_as_a_lora_on_the_teachers_frozen_base():

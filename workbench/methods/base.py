@@ -87,6 +87,20 @@ class Method(abc.ABC):
         """Called after the due roles have stepped."""
 
 
+TEACHER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def cast_frozen(net: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A frozen FlowNet's weights in `dtype`, in place, except the modules diffusers keeps in fp32 when it loads
+    Wan in bf16 (`_keep_in_fp32_modules`: rope, time embedder, modulation tables, norms). FlowNet feeds the
+    transformer inputs in its weights' dtype and returns the velocity in the caller's (wan_inputs, velocity)."""
+    keep = set(getattr(net.transformer, "_keep_in_fp32_modules", None) or ())
+    for name, tensor in [*net.named_parameters(), *net.named_buffers()]:
+        if tensor.is_floating_point() and not keep & set(name.split(".")):
+            tensor.data = tensor.data.to(dtype)
+    return net
+
+
 # A distillation loss: (student, target, teacher velocity, x_t, t, cond, step, distill config)
 #   -> (loss, the student's F_theta(x_t, t) with its graph, logs)
 DistillLoss = Callable[..., tuple[torch.Tensor, torch.Tensor, dict]]
@@ -103,11 +117,22 @@ class Distillation(Method):
 
     def __init__(self, cfg, net, encoders):
         super().__init__(cfg, net, encoders)
+        dtype = TEACHER_DTYPES.get(cfg.distill.teacher_dtype)
+        if dtype is None:
+            raise ValueError(f"distill.teacher_dtype: expected {' or '.join(TEACHER_DTYPES)}, "
+                             f"got {cfg.distill.teacher_dtype!r}")
         self.teacher = frozen_copy(net)
         if cfg.distill.teacher:                           # e.g. DA after CCD: the student is the CCD model
             load_weights(self.teacher.transformer, cfg.distill.teacher, "distill.teacher")
             check_prediction_fits(cfg.distill.teacher, cfg.model.prediction, "distill.teacher")
+        if self.teacher_is_frozen():
+            cast_frozen(self.teacher, dtype)
         self.target = frozen_copy(net) if self.uses_target else None
+
+    def teacher_is_frozen(self) -> bool:
+        """Whether the teacher is outside every role, so distill.teacher_dtype may cast it (DMD2: not when it is
+        the LoRA fake score's base)."""
+        return True
 
     def frozen(self):
         return {"teacher": self.teacher, **({"target": self.target} if self.uses_target else {})}

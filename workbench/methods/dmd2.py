@@ -10,6 +10,8 @@ The student makes x0_hat from noise (backward simulation for a multi-step studen
          at x_t = (1 - t) x0_hat + t eps, t ~ U[min_t, max_t], x0_real from the frozen teacher (distill.guidance),
          x0_fake from the fake score; plus gan_weight x the generator's non-saturating GAN loss.
 The model role is declared first: its loss runs through the fake score, which must not have stepped yet.
+Memory at Wan scale: distill.teacher_dtype bfloat16 holds the real score in bf16 (a full fake score is its fp32
+copy); dmd2.fake_lora_rank > 0 makes the fake score a LoRA on the teacher's own base, which then stays fp32.
 Weights as published (SDXL recipe: gen_cls_loss_weight 5e-3, guidance_cls_loss_weight 1e-2), not balanced.
 """
 from __future__ import annotations
@@ -74,8 +76,11 @@ class DMD2(Distillation):
             lora = cfg.model.lora
             add_lora(self.teacher.transformer, c.fake_lora_rank, lora.alpha, lora.targets)
             self.fake = FakeScore(self.teacher, block)
-        else:                                   # a full trainable copy of the teacher, as DMD2's
-            self.fake = FakeScore(trainable_copy(self.teacher), block)
+        else:                                   # a full trainable copy of the teacher, as DMD2's, in fp32
+            self.fake = FakeScore(trainable_copy(self.teacher).float(), block)
+
+    def teacher_is_frozen(self):
+        return not self.cfg.dmd2.fake_lora_rank  # a LoRA fake score's base is a role's network: it stays fp32
 
     def roles(self):
         c = self.cfg.dmd2
