@@ -91,6 +91,20 @@ def test_no_gradient_reaches_the_student_through_the_fake_teachers_loss():
         assert math.isfinite(out.logs[key]), key
 
 
+def test_snapshot_steps_return_the_x0_estimates_and_change_nothing_trained():
+    """At a sample-sheet step, with or without a student update: the student's, real score's and fake teacher's x0
+    (the x0 shape, no graph), and the same losses as at a plain step."""
+    cfg, net, encoders, method = _micro()
+    batch = _batch(cfg)
+    x0, _ = encoders.prepare(batch["video"], batch["caption"])
+    for due in ({"fake"}, {"model", "fake"}):
+        outs = [method.losses(batch, TrainStep(4, torch.Generator().manual_seed(0), {"model": net, "fake": method.fake},
+                                               frozenset(due), snapshot=snapshot)) for snapshot in (False, True)]
+        assert outs[0].images == {} and list(outs[1].images) == ["student x0", "real score x0", "fake teacher x0"]
+        assert all(v.shape == x0.shape and not v.requires_grad for v in outs[1].images.values())
+        assert {k: v.item() for k, v in outs[0].losses.items()} == {k: v.item() for k, v in outs[1].losses.items()}
+
+
 def _train_rows_and_weights(cfg, out, resume=False):
     from workbench.train import train
     run = train(cfg, out, resume=resume, progress=False)
@@ -122,6 +136,8 @@ def test_update_ratio_holds_over_20_steps_and_across_a_resume(tmp_path):
     for name in full:
         for k, v in full[name].items():
             assert torch.equal(v, resumed[name][k]), (name, k)
+    sheet = "samples/estimates-000020.png"           # student, real-score and fake-teacher x0, decoded (last step)
+    assert (tmp_path / "full" / sheet).read_bytes() == (half / sheet).read_bytes()
 
 
 def test_rollout_schedules_are_random_in_length_and_fall_from_1_to_0():
@@ -150,13 +166,17 @@ def test_the_first_frame_reaches_every_network(wan, tmp_path):
     assert_every_network_sees_the_first_frame({"teacher": method.teacher, "fake": method.fake, "student": net}, *inputs)
 
 
-def test_cdm_one_step_at_wan_scale(tmp_path):
+@pytest.mark.parametrize("teacher_dtype", ["float32", "bfloat16"])
+def test_cdm_one_step_at_wan_scale(teacher_dtype, tmp_path):
     from tests.tiny_wan import save_tiny_wan
     model = [f"model.{k}={v}" for k, v in save_tiny_wan(tmp_path).items()]
-    cfg = load_config(None, [*model, "train.method=cdm", "cdm.update_ratio=1", "cdm.max_steps=3"])
+    cfg = load_config(None, [*model, "train.method=cdm", "cdm.update_ratio=1", "cdm.max_steps=3",
+                             f"distill.teacher_dtype={teacher_dtype}"])
     net, encoders = build_backbone(cfg.model)
     method = build_method(cfg, net, encoders)
     clip = torch.rand(2, 3, 5, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     logs = steps_on_batch(method, cfg.train, {"video": clip, "caption": ["a red ball", "a cat"]}, 1)
     assert all(math.isfinite(v) for v in logs[0].values())
     assert {"loss_ca", "loss_dm", "loss_cdm", "grad_norm/model", "grad_norm/fake"} <= set(logs[0])
+    assert all(p.dtype == torch.float32 for role in method.roles().values() for p in role.params)   # the FT too
+    assert (torch.bfloat16 in {p.dtype for p in method.teacher.parameters()}) == (teacher_dtype == "bfloat16")

@@ -17,6 +17,9 @@ one step on the sum of (cdm/training/losses.py):
        "fresh_independent"), same DM loss.
 Each push is a target: MSE(x0_S, sg(x0_S + push)), whose gradient moves x0_S along +push (towards the real
 teacher's estimate, away from the fake's: DMD2's x0_S - (x0_fake - x0_real) / norm).
+At sample-sheet steps (step.snapshot) it returns the student's x0 at the trajectory point with the real score's
+and the fake teacher's x0 at it re-noised (DMD2's collapse check; the loop writes samples/estimates-*.png), drawn
+after the losses so a snapshot changes nothing that is trained.
 The loop computes every due role's loss before any update, so the student's DM step reads the FT before that step's
 FT update, and the FT merge reads the student after its update (the reference updates the FT first).
 Samples with plain Euler (sample.sampler: euler).
@@ -110,7 +113,7 @@ class CDM(Distillation):
             raise ValueError(f"cdm.min_steps ({c.min_steps}) must not exceed cdm.max_steps ({c.max_steps})")
         if not c.sigma_lo <= c.sigma_hi:
             raise ValueError(f"cdm.sigma_lo ({c.sigma_lo}) must not exceed cdm.sigma_hi ({c.sigma_hi})")
-        self.fake = trainable_copy(self.teacher)                          # FT starts as the teacher
+        self.fake = trainable_copy(self.teacher).float()                  # FT starts as the teacher, in fp32
 
     def roles(self):
         c, tc = self.cfg.cdm, self.cfg.train
@@ -144,7 +147,8 @@ class CDM(Distillation):
         logs = {"loss_fake": loss_fake.item(), "rollout_steps": float(n),
                 "x0_rollout_mean": traj.xs[-1].mean().item(), "x0_rollout_std": traj.xs[-1].std().item()}
         if "model" not in step.due:
-            return LossOut({"fake": loss_fake}, logs)
+            images = self.estimates(fake, x0_next, self._uniform(B, g, x_t), randn(), cond) if step.snapshot else {}
+            return LossOut({"fake": loss_fake}, logs, images)
 
         # 3) the student: CA and DM at the trajectory point (one forward serves both), CDM off the trajectory
         x0_s = denoise(x_t, student(x_t, t, cond), t)
@@ -177,7 +181,15 @@ class CDM(Distillation):
                      "norm_dm": n_dm.mean().item(), "norm_cdm": n_cdm.mean().item(),
                      "x0_student_mean": x0_s.mean().item(), "x0_student_std": x0_s.std().item(),
                      "x0_real_fake_gap": (x0_real - x0_fake).abs().mean().item()})
-        return LossOut({"model": total, "fake": loss_fake}, logs)
+        images = ({"student x0": x0_s.detach(), "real score x0": x0_real, "fake teacher x0": x0_fake}
+                  if step.snapshot else {})
+        return LossOut({"model": total, "fake": loss_fake}, logs, images)
+
+    @torch.no_grad()
+    def estimates(self, fake, x0_student, tau, noise, cond) -> dict[str, torch.Tensor]:
+        """The student's x0 and the real score's and fake teacher's x0 at it re-noised to tau (as the DM branch)."""
+        return {"student x0": x0_student, "real score x0": self._x0(self.teacher, x0_student, tau, noise, cond),
+                "fake teacher x0": self._x0(fake, x0_student, tau, noise, cond)}
 
     def after_update(self, step):
         if "fake" in step.due:                                          # FT <- student merge after each FT update
