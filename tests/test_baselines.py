@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from workbench.config import load_config
-from workbench.flow import denoise
+from workbench.flow import denoise, shift_timesteps
 from workbench.methods import build_method
 from workbench.methods.lcm import LCM, lcm_loss, pseudo_huber
 from workbench.models import build_backbone
@@ -62,8 +62,8 @@ def test_lcm_one_step_at_wan_scale(tmp_path):
     assert math.isfinite(logs[0]["loss"])
 
 
-METHOD_SETS = {"lcm": ["train.method=lcm"], "pcm-adversarial": ["train.method=pcm", "pcm.adversarial=true"],
-               "osv": ["train.method=osv"]}
+METHOD_SETS = {"lcm": ["train.method=lcm"], "pcm-ema": ["train.method=pcm", "pcm.target=ema"],   # as shipped
+               "pcm-adversarial": ["train.method=pcm", "pcm.adversarial=true"], "osv": ["train.method=osv"]}
 
 
 @pytest.mark.parametrize("name", sorted(METHOD_SETS))
@@ -83,7 +83,7 @@ def test_the_first_frame_reaches_every_network(name, wan, tmp_path, dino):
 
 
 def test_pcm_jumps_land_on_the_phase_edge_and_the_target_is_euler_then_jump():
-    from workbench.methods.pcm import jump, pcm_loss
+    from workbench.methods.pcm import consistency_distance, jump, pcm_loss
     g = torch.Generator().manual_seed(0)
     x_t = torch.randn(2, 3, 2, 4, 4, generator=g)
     t, s, edge = torch.tensor([0.7, 0.3]), torch.tensor([0.68, 0.28]), torch.tensor([0.5, 0.25])
@@ -94,13 +94,17 @@ def test_pcm_jumps_land_on_the_phase_edge_and_the_target_is_euler_then_jump():
     te = t.view(2, 1, 1, 1, 1)
     on_path = jump((1 - te) * x0 + te * x1, x1 - x0, t, edge)
     torch.testing.assert_close(on_path, (1 - edge.view(2, 1, 1, 1, 1)) * x0 + edge.view(2, 1, 1, 1, 1) * x1)
-    loss, pred, target, _ = pcm_loss(student, teacher, x_t, t, s, edge, None, huber_c=0.0)
+    loss, pred, target, _ = pcm_loss(student, teacher, x_t, t, s, edge, None, consistency_distance("huber", 0.0))
     se, ee = s.view(2, 1, 1, 1, 1), edge.view(2, 1, 1, 1, 1)
     x_s = x_t + (se - te) * (-1.5 * x_t)                                    # Euler step of the teacher
     want_pred, want_target = x_t + (ee - te) * 0.5 * x_t, x_s + (ee - se) * 0.5 * x_s   # then both jump to the edge
     torch.testing.assert_close(pred, want_pred)
     torch.testing.assert_close(target, want_target)
-    assert loss.item() == pytest.approx((want_pred - want_target).abs().mean().item(), rel=1e-5)
+    assert loss.item() == pytest.approx((want_pred - want_target).abs().mean().item(), rel=1e-5)   # Huber, c = 0
+    l2, *_ = pcm_loss(student, teacher, x_t, t, s, edge, None, consistency_distance("l2", 0.001))
+    assert l2.item() == pytest.approx(((want_pred - want_target) ** 2).mean().item(), rel=1e-5)
+    with pytest.raises(ValueError, match="pcm.loss: expected 'huber' or 'l2', got 'l1'"):
+        consistency_distance("l1", 0.001)
 
 
 def test_pcm_draws_solver_steps_inside_one_phase_and_keeps_no_target(tmp_path):
@@ -112,9 +116,9 @@ def test_pcm_draws_solver_steps_inside_one_phase_and_keeps_no_target(tmp_path):
     seen = []
     real = __import__("workbench.methods.pcm", fromlist=["pcm_loss"]).pcm_loss
 
-    def spy(student, teacher_velocity, x_t, t, s, edge, cond, c, target=None):  # noqa: PLR0913
+    def spy(student, teacher_velocity, x_t, t, s, edge, cond, distance, target=None):  # noqa: PLR0913
         seen.append((t.clone(), s.clone(), edge.clone()))
-        return real(student, teacher_velocity, x_t, t, s, edge, cond, c, target=target)
+        return real(student, teacher_velocity, x_t, t, s, edge, cond, distance, target=target)
 
     import workbench.methods.pcm as pcm
     pcm.pcm_loss, saved = spy, pcm.pcm_loss
@@ -129,6 +133,46 @@ def test_pcm_draws_solver_steps_inside_one_phase_and_keeps_no_target(tmp_path):
         assert (edge == torch.where(t > 0.5, torch.tensor(0.5), torch.tensor(0.0))).all()
     with pytest.raises(ValueError, match="pcm.phases: 5 must divide pcm.grid"):
         build_method(load_config(MICRO, ["train.method=pcm", "pcm.phases=5"]), net, encoders)
+
+
+class _Identity:
+    """Encoders whose latents are the clips themselves (no conditioning): enough for the grid samplers."""
+    def prepare(self, video, captions):
+        return video, None
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_lcm_grid_lies_on_the_teachers_shifted_schedule(shift):
+    """t = t_n and s = t_{n-k} are points of schedule(N, sample.shift), k grid intervals apart (LCM and OSV)."""
+    from workbench.methods.lcm import grid_batch
+    from workbench.sampling import schedule
+    c = load_config(None, ["lcm.grid=10", "lcm.skip=2"]).lcm
+    _, t, s, _ = grid_batch(_Identity(), {"video": torch.zeros(64, 1, 1, 1, 1), "caption": [""] * 64}, c,
+                            torch.Generator().manual_seed(0), shift)
+    grid = schedule(c.grid, shift)                                    # grid[i] = shift(1 - i / N)
+    index = lambda x: int((grid - x).abs().argmin())  # noqa: E731
+    for tt, ss in zip(t, s):
+        torch.testing.assert_close(grid[index(tt)], tt)
+        assert index(ss) == index(tt) + c.skip
+    assert (t > s).all() and len(set(t.tolist())) > 3
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_pcm_k_step_euler_sampling_lands_on_the_phase_edges_under_a_shift(shift):
+    """The edges PCM trains towards, shift(j / K), are the points K-step Euler at sample.shift visits; every t_n lies
+    in its phase (edge, next edge] and s in [edge, t)."""
+    from workbench.methods.pcm import phase_times
+    from workbench.sampling import euler, schedule
+    c = load_config(None, ["pcm.phases=4", "pcm.grid=12", "pcm.skip=2"]).pcm
+    t, s, edge = phase_times(torch.arange(1, c.grid + 1), c, shift)
+    visited = []                                                      # x_t is the time itself: dx/dt = 1
+    landed = euler(lambda x, tt, cond: visited.append(x.item()) or torch.ones_like(x), torch.ones(1, 1, 1, 1, 1),
+                   None, schedule(c.phases, shift))
+    edges = torch.tensor([*visited, landed.item()])                  # e_K = 1, e_{K-1}, ..., e_0 = 0
+    torch.testing.assert_close(edges, shift_timesteps(torch.linspace(1, 0, c.phases + 1), shift))
+    torch.testing.assert_close(edge.unique().flip(0), edges[1:])    # the lower edges the jumps land on
+    upper = torch.stack([edges[(edges - e).abs().argmin() - 1] for e in edge])
+    assert (edge < t).all() and (t <= upper + 1e-6).all() and (edge <= s).all() and (s < t).all()
 
 
 def test_pcm_target_can_be_the_online_student_or_an_ema():
@@ -190,16 +234,21 @@ def test_osv_trains_the_gan_alone_then_adds_consistency(dino):
     assert all(torch.equal(a, b) for a, b in zip(features, method.adversarial.features.parameters()))
 
 
-@pytest.mark.parametrize("method", ["osv", "pcm-adversarial"])
-def test_osv_and_adversarial_pcm_one_step_at_wan_scale(method, tmp_path, dino):
+@pytest.mark.parametrize("method,teacher_dtype", [("osv", "float32"), ("pcm-adversarial", "float32"),
+                                                  ("pcm-adversarial", "bfloat16")])
+def test_osv_and_adversarial_pcm_one_step_at_wan_scale(method, teacher_dtype, tmp_path, dino):
+    """bf16: the discriminator reads the bf16 teacher's block features (in the student's dtype) with a shift."""
     from tests.tiny_wan import save_tiny_wan
     model = [f"model.{k}={v}" for k, v in save_tiny_wan(tmp_path).items()]
     extra = (["train.method=osv", "osv.stage1_steps=0", f"adversarial.feature_net={dino}", "adversarial.layers=[1,2]",
               "lcm.grid=10"] if method == "osv" else ["train.method=pcm", "pcm.adversarial=true", "pcm.grid=8"])
-    cfg = load_config(None, [*model, *extra, "distill.guidance=2.0"])
+    cfg = load_config(None, [*model, *extra, "distill.guidance=2.0", f"distill.teacher_dtype={teacher_dtype}",
+                             "sample.shift=3.0"])
     net, encoders = build_backbone(cfg.model)
     built = build_method(cfg, net, encoders)
     clip = torch.rand(2, 3, 5, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     logs = steps_on_batch(built, cfg.train, {"video": clip, "caption": ["a red ball", "a cat"]}, 1)
     assert all(math.isfinite(v) for v in logs[0].values()) and "loss_adv_g" in logs[0]
     assert all(p.grad is not None for p in built.roles()["disc"].net.parameters())
+    assert all(p.dtype == torch.float32 for role in built.roles().values() for p in role.params)
+    assert (torch.bfloat16 in {p.dtype for p in built.teacher.parameters()}) == (teacher_dtype == "bfloat16")

@@ -33,7 +33,7 @@ class OSV(Distillation):
 
     def losses(self, batch, step):
         a, student = self.cfg.adversarial, step.nets["model"]
-        x_t, t, s, cond = grid_batch(self.encoders, batch, self.cfg.lcm, step.generator)
+        x_t, t, s, cond = grid_batch(self.encoders, batch, self.cfg.lcm, step.generator, self.cfg.sample.shift)
         if step.index < self.cfg.osv.stage1_steps:                        # stage 1: the GAN alone
             x0_hat, consistency, logs = denoise(x_t, student(x_t, t, cond), t), None, {}
         else:                                                             # stage 2: + consistency distillation

@@ -1,11 +1,12 @@
 """Phased consistency distillation (PCM, Wang et al. 2024), in this project's flow convention (t = 0 data).
 
-The teacher's grid t_n = n / N is cut into K phases with edges e_j = j / K. For x_t inside phase (e_lo, e_hi], the
-student's jump to the phase's lower edge, x_t + (e_lo - t) F_theta(x_t, t) (the flow's DDIM step), is pulled to
-the same jump from the teacher's Euler step x_s (s = t_{n-k}, not below e_lo) taken by the online student under
-no_grad (the official code keeps no EMA target; pcm.target: ema uses one). A phase's consistency ends at its own
-edge, not at 0, so the model samples deterministically with Euler on the K + 1 edges (`euler`, K steps, no shift);
-one model per K.
+The teacher's grid t_n = shift(n / N) (the sampler's schedule, sample.shift) is cut into K phases with edges
+e_j = shift(j / K). For x_t inside phase (e_lo, e_hi], the student's jump to the phase's lower edge,
+x_t + (e_lo - t) F_theta(x_t, t) (the flow's DDIM step), is pulled to the same jump from the teacher's Euler step
+x_s (s = t_{n-k}, not below e_lo) taken by the online student under no_grad (the official code keeps no EMA
+target; pcm.target: ema uses one), by pseudo-Huber or L2 (pcm.loss, the official code's loss_type). A phase's
+consistency ends at its own edge, not at 0, so the model samples deterministically with Euler on the K + 1 edges
+(`euler`, K steps: sampling.schedule(K, sample.shift) is the edges); one model per K.
 pcm.adversarial adds the official consistency-GAN (train_pcm_lora_sd3_adv.py, discriminator_sd3.py): the jump
 (fake) and its target (real) are re-noised inside the phase and read by the frozen teacher's transformer blocks,
 one trainable head per block, hinge losses. The official code alternates G and D steps; here both step every step,
@@ -14,8 +15,9 @@ as DA's, so the student keeps the CCD budget of updates.
 from __future__ import annotations
 
 import torch
+from torch.nn.functional import mse_loss
 
-from workbench.flow import expand_t, interpolate
+from workbench.flow import expand_t, interpolate, shift_timesteps
 from workbench.methods.adversarial import BlockHeads, hinge_discriminator, hinge_generator
 from workbench.methods.base import Distillation, LossOut, Role
 from workbench.methods.lcm import pseudo_huber
@@ -27,14 +29,31 @@ def jump(x, F, t, edge):
     return x + expand_t(edge - t, x) * F
 
 
-def pcm_loss(student, teacher_velocity, x_t, t, s, edge, cond, huber_c: float, target=None):
-    """(loss, the student's jump with its graph, the target jump, logs): the student's jump from (x_t, t) against
-    the no_grad jump from the teacher's Euler step of `target` (default: the online student, as the official code)."""
+def consistency_distance(kind: str, huber_c: float):
+    """distance(a, b) -> scalar, the official code's loss_type: "huber" (pseudo-Huber with c) or "l2" (MSE)."""
+    if kind == "huber":
+        return lambda a, b: pseudo_huber(a, b, huber_c)
+    if kind == "l2":
+        return lambda a, b: mse_loss(a.float(), b.float())
+    raise ValueError(f"pcm.loss: expected 'huber' or 'l2', got {kind!r}")
+
+
+def phase_times(n: torch.Tensor, c, shift: float = 1.0):
+    """(t, s, edge) for grid indices n (B,) in 1..N: t = t_n, the solver's s = t_{n-skip} not below the phase's lower
+    edge, that edge; every time shift(index / N), on the sampler's schedule."""
+    per = c.grid // c.phases                                            # grid intervals per phase
+    lo = (n - 1) // per * per                                           # the phase's lower edge, in grid units
+    return tuple(shift_timesteps(m / c.grid, shift) for m in (n, (n - c.skip).clamp(min=lo), lo))
+
+
+def pcm_loss(student, teacher_velocity, x_t, t, s, edge, cond, distance, target=None):
+    """(loss, the student's jump with its graph, the target jump, logs): distance(the student's jump from (x_t, t),
+    the no_grad jump from the teacher's Euler step of `target` (default: the online student, as the official code))."""
     with torch.no_grad():
         x_s = x_t + expand_t(s - t, x_t) * teacher_velocity(x_t, t, cond)    # the teacher's Euler step
         target_jump = jump(x_s, (target or student)(x_s, s, cond), s, edge)
     pred = jump(x_t, student(x_t, t, cond), t, edge)
-    loss = pseudo_huber(pred, target_jump, huber_c)
+    loss = distance(pred, target_jump)
     return loss, pred, target_jump, {"loss": loss.item()}
 
 
@@ -51,6 +70,7 @@ class PCM(Distillation):
         self.uses_target = cfg.pcm.target == "ema"
         super().__init__(cfg, net, encoders)
         c = cfg.pcm
+        self.distance = consistency_distance(c.loss, c.huber_c)
         if c.grid % c.phases:
             raise ValueError(f"pcm.phases: {c.phases} must divide pcm.grid ({c.grid}): phase edges lie on the grid")
         depth = len(net.transformer.blocks)
@@ -67,23 +87,27 @@ class PCM(Distillation):
         c, g = self.cfg.pcm, step.generator
         x0, cond = self.encoders.prepare(batch["video"], batch["caption"])
         x1 = torch.randn(x0.shape, generator=g).to(x0)
-        per = c.grid // c.phases                                            # grid intervals per phase
+        shift = self.cfg.sample.shift
         n = torch.randint(1, c.grid + 1, (x0.shape[0],), generator=g)       # t = t_n, in phase ceil(n / per)
-        lo = (n - 1) // per * per                                           # the phase's lower edge, in grid units
-        t, s, edge = n / c.grid, (n - c.skip).clamp(min=lo) / c.grid, lo / c.grid
-        t, s, edge = t.to(x0), s.to(x0), edge.to(x0)
+        t, s, edge = (x.to(x0) for x in phase_times(n, c, shift))
         loss, pred, target, logs = pcm_loss(step.nets["model"], self.teacher_velocity, interpolate(x0, x1, t), t, s,
-                                            edge, cond, c.huber_c, target=self.target)
+                                            edge, cond, self.distance, target=self.target)
         if self.heads is None:
             return LossOut({"model": loss}, logs)
-        sigma = edge + torch.rand(edge.shape, generator=g).to(edge) / c.phases   # in [edge, edge + 1/K)
+        lo = (n - 1) // (c.grid // c.phases) / c.phases                    # the lower edge before the shift
+        sigma = shift_timesteps(lo + torch.rand(lo.shape, generator=g) / c.phases, shift).to(x0)   # in the phase
         noise = torch.randn(x0.shape, generator=g).to(x0)
-        fake = block_features(self.teacher, renoise_in_phase(pred, noise, edge, sigma), sigma, cond, self.blocks)
+        fake = self.teacher_blocks(renoise_in_phase(pred, noise, edge, sigma), sigma, cond)
         with torch.no_grad():                                              # "real" is the consistency target
-            real = block_features(self.teacher, renoise_in_phase(target, noise, edge, sigma), sigma, cond, self.blocks)
+            real = self.teacher_blocks(renoise_in_phase(target, noise, edge, sigma), sigma, cond)
         adv_g = hinge_generator(step.nets["disc"](fake))
         loss_d = hinge_discriminator(step.nets["disc"](real), step.nets["disc"]([f.detach() for f in fake]))
         logs.update({"loss_consistency": loss.item(), "loss_adv_g": adv_g.item(), "loss_d": loss_d.item()})
         total = loss + c.adv_weight * adv_g
         logs["loss"] = total.item()
         return LossOut({"model": total, "disc": loss_d}, logs)
+
+    def teacher_blocks(self, x_t, t, cond) -> list[torch.Tensor]:
+        """The frozen teacher's block features at (x_t, t) in x_t's dtype (the teacher may be bf16:
+        distill.teacher_dtype)."""
+        return [f.to(x_t.dtype) for f in block_features(self.teacher, x_t, t, cond, self.blocks)]
