@@ -1,15 +1,18 @@
 """Memory per GPU of each method's networks at a preset's size: parameters x bytes plus optimizer state, as JSON.
 
-    python bench/memory.py [--preset wan2.1-fun-1.3b-inp] [--gpus 8] [--lora-rank 64] [--markdown]
+    python bench/memory.py [--preset wan2.1-fun-1.3b-inp] [--gpus 8] [--lora-rank 64] [--teacher-dtype bfloat16]
+                           [--markdown]
 
 --markdown prints the table of experiments/wan/MEMORY.md instead of the JSON of experiments/bench/memory_wan.json.
 
 The transformer is built on the meta device (no memory), so the counts are exact and the 1.3 B preset costs
-nothing to count. Bytes per parameter as the code builds the networks today (train.mixed_precision bf16 autocasts
-the compute; model.dtype only sets the VAE and encoders; every FlowNet copy keeps fp32 weights):
+nothing to count. Bytes per parameter as the code builds the networks (train.mixed_precision bf16 autocasts the
+compute; model.dtype only sets the VAE and encoders; every FlowNet copy keeps fp32 weights but a bf16 teacher):
   trained        16  fp32 weights 4 + fp32 grads 4 + AdamW moments 8
   a copy          4  fp32: the exported EMA (the loop copies the whole role net, a LoRA's base included), CCD's
                      target, the frozen teacher, DPO's base (the reference) inside the trained role
+  bf16 teacher   ~2  --teacher-dtype bfloat16 (distill.teacher_dtype): 2 bytes, 4 for the parameters of diffusers'
+                     fp32 modules (_keep_in_fp32_modules); not DMD2's LoRA fake score's base, which stays fp32
   LoRA trained   16  per adapter parameter; the base it sits on is counted once, as a copy
 FSDP (train.fsdp) shards each trained role's whole network (a LoRA's base too) and its EMA: / GPUs; the frozen
 networks outside the roles (REPLICATED: CCD's target, a teacher not shared with a role) stay whole on every GPU.
@@ -39,13 +42,16 @@ GRAPHS = {"flow_matching": 1, "ccd": 1, "dmd2 (full fake score)": 3, "dmd2 (LoRA
 
 
 def counts(preset: str, lora_rank: int) -> dict[str, int]:
-    """{"params": the transformer's, "lora": a rank-`lora_rank` adapter's on model.lora's targets}."""
+    """{"params": the transformer's, "fp32_kept": those a bf16 teacher keeps in fp32 (methods.base.cast_frozen),
+    "lora": a rank-`lora_rank` adapter's on model.lora's targets}."""
     with torch.device("meta"):
         net = WanTransformer3DModel(**PRESETS[preset])
         params = sum(p.numel() for p in net.parameters())
+        keep = set(net._keep_in_fp32_modules)
+        kept = sum(p.numel() for n, p in net.named_parameters() if keep & set(n.split(".")))
         lora = LoraConfig()
         adapter = sum(p.numel() for p in add_lora(net, lora_rank, lora.alpha, lora.targets))
-    return {"params": params, "lora": adapter}
+    return {"params": params, "fp32_kept": kept, "lora": adapter}
 
 
 def activations(preset: str, frames: int, height: int, width: int) -> dict[str, float]:
@@ -79,15 +85,17 @@ def activations(preset: str, frames: int, height: int, width: int) -> dict[str, 
             "block": sum(saved["block"].values()), "block_input": block_in[0]}
 
 
-REPLICATED = {"target theta^-", "teacher"}  # parts outside every trained role
+REPLICATED = {"target theta^-", "teacher", "teacher (bf16)"}  # parts outside every trained role
 
 
-def methods(P: int, L: int) -> dict[str, dict[str, tuple[int, int]]]:
-    """Per method, {part: (parameters, bytes per parameter)}; 16 bytes = trained, 4 = a copy."""
+def methods(P: int, L: int, teacher: tuple[str, float] = ("teacher", 4)) -> dict[str, dict[str, tuple[int, float]]]:
+    """Per method, {part: (parameters, bytes per parameter)}; 16 bytes = trained, 4 = a copy; `teacher`: the frozen
+    teacher's part name and bytes per parameter."""
+    name, b = teacher
     return {
         "flow_matching": {"model (trained)": (P, 16), "model EMA": (P, 4)},
-        "ccd": {"student (trained)": (P, 16), "student EMA": (P, 4), "target theta^-": (P, 4), "teacher": (P, 4)},
-        "dmd2 (full fake score)": {"student (trained)": (P, 16), "student EMA": (P, 4), "teacher": (P, 4),
+        "ccd": {"student (trained)": (P, 16), "student EMA": (P, 4), "target theta^-": (P, 4), name: (P, b)},
+        "dmd2 (full fake score)": {"student (trained)": (P, 16), "student EMA": (P, 4), name: (P, b),
                                    "fake score (trained)": (P, 16)},
         "dmd2 (LoRA fake score)": {"student (trained)": (P, 16), "student EMA": (P, 4),
                                    "teacher = the fake score's base": (P, 4), "fake score LoRA (trained)": (L, 16)},
@@ -103,9 +111,13 @@ def main() -> None:
     ap.add_argument("--lora-rank", type=int, default=64)
     ap.add_argument("--latent", type=int, nargs=3, default=[21, 60, 104], metavar=("T", "H", "W"),
                     help="latent frames, height, width (default: 480p x 81 frames)")
+    ap.add_argument("--teacher-dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="distill.teacher_dtype: the frozen teacher's weights (not a LoRA fake score's base)")
     ap.add_argument("--markdown", action="store_true", help="the table, not the JSON")
     args = ap.parse_args()
     c = counts(args.preset, args.lora_rank)
+    teacher = (("teacher (bf16)", 2 + 2 * c["fp32_kept"] / c["params"]) if args.teacher_dtype == "bfloat16"
+               else ("teacher", 4))
     a = activations(args.preset, *args.latent)
     no_ckpt = a["outside"] + a["layers"] * a["block"]                          # every block's saved tensors
     ckpt = a["outside"] + a["layers"] * a["block_input"] + a["block"]         # block inputs + one recomputed
@@ -114,7 +126,7 @@ def main() -> None:
            "activations_GB": {"per_graph_no_checkpointing": round(no_ckpt / GB, 2),
                               "per_graph_checkpointing": round(ckpt / GB, 2)},
            "unit": "GB (1e9 bytes), one clip a GPU", "methods": {}}
-    for name, parts in methods(c["params"], c["lora"]).items():
+    for name, parts in methods(c["params"], c["lora"], teacher).items():
         one = sum(n * b for n, b in parts.values())
         whole = sum(n * b for part, (n, b) in parts.items() if part in REPLICATED)
         fsdp = whole + (one - whole) / args.gpus                                    # the roles' parts sharded

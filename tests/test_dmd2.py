@@ -179,6 +179,9 @@ def test_bench_memory_counts_the_parts_the_methods_build(tmp_path):
         assert n(roles["model"].params) == c["params"]
         assert n(method.teacher.parameters()) == c["params"] + (c["lora"] if rank else 0)   # the base (+ the adapter)
         assert n(roles["fake"].params) - head == (c["lora"] if rank else c["params"])
+    cfg = load_config(None, [*model, *SETS, "distill.teacher_dtype=bfloat16"])    # --teacher-dtype bfloat16's bytes
+    teacher = build_method(cfg, *build_backbone(cfg.model)).teacher
+    assert sum(p.numel() * p.element_size() for p in teacher.parameters()) == 2 * c["params"] + 2 * c["fp32_kept"]
 
 
 def test_a_method_trains_again_after_steps_on_batch():
