@@ -88,7 +88,7 @@ class PCM(Distillation):
         x0, cond = self.encoders.prepare(batch["video"], batch["caption"])
         x1 = torch.randn(x0.shape, generator=g).to(x0)
         shift = self.cfg.sample.shift
-        n = torch.randint(1, c.grid + 1, (x0.shape[0],), generator=g)       # t = t_n, in phase ceil(n / per)
+        n = torch.randint(1, c.grid + 1, (x0.shape[0],), generator=g)       # t = t_n, in phase ceil(n K / N)
         t, s, edge = (x.to(x0) for x in phase_times(n, c, shift))
         loss, pred, target, logs = pcm_loss(step.nets["model"], self.teacher_velocity, interpolate(x0, x1, t), t, s,
                                             edge, cond, self.distance, target=self.target)
