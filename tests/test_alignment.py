@@ -83,6 +83,7 @@ def test_dpo_starts_at_log2_and_changes_only_lora():
     # B = 0 at init: the model is its reference, so the margin is 0 and L_DPO = log 2, Win Diff = 0
     assert logs[0]["loss_dpo"] == pytest.approx(math.log(2), abs=1e-6)
     assert logs[0]["win_diff"] == pytest.approx(0.0, abs=1e-7)
+    assert logs[0]["loss_keep"] == 0.0 and logs[-1]["loss_keep"] > 0           # F = F_ref until the LoRA moves
     assert logs[-1]["loss_dpo"] < math.log(2)
     after = {k.replace(".base_layer", ""): v for k, v in net.transformer.state_dict().items()}
     assert all(torch.equal(after[k], v) for k, v in base.items())              # every base weight is untouched

@@ -6,7 +6,9 @@ sampled from (`paired`): then x_t lies on the straight line from the pair's own 
 reflow (Liu et al. 2022) that makes L_RF teach fewer steps to land where more steps did. With
 `dpo.region: difference` the DPO errors weigh each element by |x0^w - x0^l| (per clip, mean 1): the preference
 then speaks only where the pair differs, and cannot be met by changing what both clips share (a static
-background, the given frame), which is left to L_RF.
+background, the given frame), which is left to L_RF. `dpo.lambda_keep` (not in the paper) adds
+lambda_keep ||F - F_ref||^2 over the elements where the pair agrees (|x0^w - x0^l| at most its clip mean): what
+both clips share, the model keeps from its reference.
 The reference v_ref is the same network with its LoRA disabled.
 Errors ||v - v(x_t, t)||^2 are per-element means (the Diffusion-DPO convention that beta = 2500 assumes);
 `dpo.error: x0` measures them as ||x0 - x0_hat||^2 = t^2 ||v - F||^2 (Eq. 5), without velocity space's 1/t^2
@@ -41,6 +43,7 @@ class PairErrors(NamedTuple):
     ref_l: torch.Tensor
     reflow_w: torch.Tensor          # the winner's error over every element (= err_w unless dpo.region weighs)
     reflow_ref_w: torch.Tensor      # the reference's, the same way (Win Diff = reflow_w - reflow_ref_w, Figure 8)
+    keep: torch.Tensor              # ||F - F_ref||^2 where the pair agrees, both clips (dpo.lambda_keep's term)
     t: torch.Tensor
 
 
@@ -87,21 +90,26 @@ class FlowDPO(Method):
         cond = cond.select(torch.arange(B).repeat(2))
         x_t, v = interpolate(x0, x1, t2), target_velocity(x0, x1)
         weight = t2.float().pow(2)[:, None] if d.error == "x0" else 1.0   # x0 - x0_hat = t (v - F)
-        sq = weight * (v - step.nets["model"](x_t, t2, cond)).float().pow(2).flatten(1)
+        F = step.nets["model"](x_t, t2, cond)
         with torch.no_grad(), adapters_disabled(self.net.transformer):     # the reference: base weights
-            sq_ref = weight * (v - self.net(x_t, t2, cond)).float().pow(2).flatten(1)
-        region = difference_weight(x_w, x_l).flatten(1).repeat(2, 1) if d.region == "difference" else 1.0
+            F_ref = self.net(x_t, t2, cond)
+        sq, sq_ref = (weight * (v - f).float().pow(2).flatten(1) for f in (F, F_ref))
+        diff = difference_weight(x_w, x_l).flatten(1)
+        region = diff.repeat(2, 1) if d.region == "difference" else 1.0
         err, ref = (region * sq).mean(1), (region * sq_ref).mean(1)
-        return PairErrors(*err.chunk(2), *ref.chunk(2), reflow_w=sq[:B].mean(1), reflow_ref_w=sq_ref[:B].mean(1), t=t)
+        agree = (diff <= 1).float().repeat(2, 1)                          # |x_w - x_l| at most its clip mean
+        keep = (agree * weight * (F - F_ref).float().pow(2).flatten(1)).mean(1)
+        return PairErrors(*err.chunk(2), *ref.chunk(2), reflow_w=sq[:B].mean(1), reflow_ref_w=sq_ref[:B].mean(1),
+                          keep=0.5 * sum(keep.chunk(2)), t=t)
 
     def losses(self, batch, step):
         d = self.cfg.dpo
-        err_w, err_l, ref_w, ref_l, reflow_w, reflow_ref_w, _ = self.pair_errors(batch, step)
+        err_w, err_l, ref_w, ref_l, reflow_w, reflow_ref_w, keep, _ = self.pair_errors(batch, step)
         loss_dpo = dpo_loss(err_w, err_l, ref_w, ref_l, d.beta)
         loss_rf = reflow_w.mean()                                           # reflow loss on winners
-        loss = loss_dpo + d.lambda_rf * loss_rf
+        loss = loss_dpo + d.lambda_rf * loss_rf + (d.lambda_keep * keep.mean() if d.lambda_keep else 0.0)
         margin = -0.5 * d.beta * ((err_w - ref_w) - (err_l - ref_l))
         return LossOut({"model": loss}, {
-            "loss": loss.item(), "loss_dpo": loss_dpo.item(), "loss_rf": loss_rf.item(),
+            "loss": loss.item(), "loss_dpo": loss_dpo.item(), "loss_rf": loss_rf.item(), "loss_keep": keep.mean().item(),
             "win_diff": (reflow_w - reflow_ref_w).mean().item(), "lose_diff": (err_l - ref_l).mean().item(),
             "dpo_accuracy": (margin > 0).float().mean().item()})
