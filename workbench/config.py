@@ -163,8 +163,6 @@ class AdversarialConfig:
     temporal_heads: bool = True      # add temporal heads over the frame sequence (False: spatial heads only)
     lr: float = 0.0                  # discriminator learning rate (0 = train.lr)
     t_min: float = 0.0               # 0: D reads x0_hat at the distillation's t; > 0: at its own t ~ U[t_min, 1]
-    condition_frame: bool = False    # D sees the given frame as frame 0 of x0_hat (as in every real clip), so the GAN
-                                     # neither reads nor moves the generated frame 0; the distillation loss alone does
     RANGES = {"lambda_adv": (0, None), "warmup": (0, None), "head_width": (1, None), "lr": (0, None),
               "t_min": (0, 1)}
 

@@ -8,8 +8,6 @@ temporal head over the sequence of per-frame CLS tokens (`AdversarialTerm`). The
 With `adversarial.t_min` > 0 the discriminator reads x0_hat made at its own t ~ U[t_min, 1] (one more student
 forward): the distillation's logit-normal times are mostly small, where x0_hat is close to x0 and the toy's
 frozen features hardly tell it from a real clip (bench/da_heads.py), while one-step averaging shows at large t.
-With `adversarial.condition_frame` the discriminator sees the given frame as frame 0 of x0_hat, as it is in every
-real clip: the GAN then judges only the frames the model makes, and leaves frame 0 to the distillation loss.
 """
 from __future__ import annotations
 
@@ -154,8 +152,6 @@ class Adversarial(Distillation):
             x_t = interpolate(x0, torch.randn(x0.shape, generator=step.generator).to(x0), t)
             F = step.nets["model"](x_t, t, cond)
         fake = self.encoders.decode(denoise(x_t, F, t))                   # x0_hat in pixels, B,3,T,H,W
-        if a.condition_frame:                                             # frame 0 := the given frame, as in x0
-            fake = torch.cat([batch["video"][:, :, :1].to(fake), fake[:, :, 1:]], 2)
         adv_g, fake_tokens = self.adversarial.generator_loss(step.nets["disc"], fake)
         loss_d, d_logs = self.adversarial.discriminator_loss(step.nets["disc"], batch["video"], fake_tokens)
         logs.update({"loss_adv_g": adv_g.item(), "loss_d": loss_d.item(), **d_logs})
