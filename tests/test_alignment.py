@@ -156,6 +156,33 @@ def test_da_reads_x0_hat_at_its_own_large_times(dino, monkeypatch):
     assert len(seen) == 2 and all(bool((t >= 0.7).all() and (t <= 1).all()) for t in seen)
 
 
+def test_da_first_frame_term_is_x0_hats_error_on_the_given_frame(dino, monkeypatch):
+    import workbench.methods.adversarial as adversarial
+    x0_hats = []
+    real_denoise = adversarial.denoise
+    monkeypatch.setattr(adversarial, "denoise", lambda x, F, t: x0_hats.append(real_denoise(x, F, t)) or x0_hats[-1])
+
+    def run(lambda_first: float, steps: int):
+        cfg = load_config("experiments/micro/da.yaml", [f"adversarial.feature_net={dino}", "adversarial.warmup=0",
+                                                            "adversarial.layers=[1,2]", "adversarial.t_min=0.5",
+                                                            f"adversarial.lambda_first={lambda_first}", *ADAM])
+        torch.manual_seed(0)
+        net, cond = build_backbone(cfg.model)
+        method = build_method(cfg, net, cond)
+        batch = collate([build_dataset(cfg.data, "train")[i] for i in range(4)])
+        return method, batch, _steps(method, batch, steps)
+
+    method, batch, logs = run(0.0, 1)
+    with torch.no_grad():
+        _, cond = method.encoders.prepare(batch["video"], batch["caption"])
+    given_B_C_1_H_W = cond.first_BCTHW[:, :, :1]
+    expected = (x0_hats[-1][:, :, :1].detach() - given_B_C_1_H_W).pow(2).mean().item()
+    assert logs[0]["loss_first"] == pytest.approx(expected, rel=1e-5) and expected > 0
+    off = run(0.0, 6)[2][-1]["loss_first"]
+    on = run(1e4, 6)[2][-1]["loss_first"]                               # same batches, times and noise
+    assert on < 0.5 * off                                                # the term pulls frame 0 to the given frame
+
+
 def test_lora_round_trips_exactly_in_diffusers_format(tmp_path):
     cfg = load_config("experiments/micro/dpo.yaml", ["model.lora.rank=0"])
     torch.manual_seed(0)

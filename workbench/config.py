@@ -163,8 +163,10 @@ class AdversarialConfig:
     temporal_heads: bool = True      # add temporal heads over the frame sequence (False: spatial heads only)
     lr: float = 0.0                  # discriminator learning rate (0 = train.lr)
     t_min: float = 0.0               # 0: D reads x0_hat at the distillation's t; > 0: at its own t ~ U[t_min, 1]
+    lambda_first: float = 0.0        # weight of ||x0_hat's frame 0 - the given frame's latent||^2 at D's x0_hat
+                                     # (not in the paper; 0 = off)
     RANGES = {"lambda_adv": (0, None), "warmup": (0, None), "head_width": (1, None), "lr": (0, None),
-              "t_min": (0, 1)}
+              "t_min": (0, 1), "lambda_first": (0, None)}
 
 
 @dataclass

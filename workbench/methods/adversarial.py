@@ -8,6 +8,8 @@ temporal head over the sequence of per-frame CLS tokens (`AdversarialTerm`). The
 With `adversarial.t_min` > 0 the discriminator reads x0_hat made at its own t ~ U[t_min, 1] (one more student
 forward): the distillation's logit-normal times are mostly small, where x0_hat is close to x0 and the toy's
 frozen features hardly tell it from a real clip (bench/da_heads.py), while one-step averaging shows at large t.
+`adversarial.lambda_first` (not in the paper) adds lambda_first ||x0_hat[:, :, 0] - z_image||^2 on that x0_hat:
+the given frame is known, and the GAN's push reaches frame 0 through the shared weights.
 """
 from __future__ import annotations
 
@@ -151,8 +153,11 @@ class Adversarial(Distillation):
             t = a.t_min + (1 - a.t_min) * torch.rand(t.shape, generator=step.generator).to(t)
             x_t = interpolate(x0, torch.randn(x0.shape, generator=step.generator).to(x0), t)
             F = step.nets["model"](x_t, t, cond)
-        fake = self.encoders.decode(denoise(x_t, F, t))                   # x0_hat in pixels, B,3,T,H,W
+        x0_hat = denoise(x_t, F, t)                                       # B, C, T, H, W latents
+        first = (x0_hat[:, :, :1] - cond.first_BCTHW[:, :, :1].to(x0_hat)).float().pow(2).mean()
+        fake = self.encoders.decode(x0_hat)                               # x0_hat in pixels, B,3,T,H,W
         adv_g, fake_tokens = self.adversarial.generator_loss(step.nets["disc"], fake)
         loss_d, d_logs = self.adversarial.discriminator_loss(step.nets["disc"], batch["video"], fake_tokens)
-        logs.update({"loss_adv_g": adv_g.item(), "loss_d": loss_d.item(), **d_logs})
-        return LossOut({"model": distill_loss + a.lambda_adv * adv_g, "disc": loss_d}, logs)
+        logs.update({"loss_adv_g": adv_g.item(), "loss_d": loss_d.item(), "loss_first": first.item(), **d_logs})
+        model_loss = distill_loss + a.lambda_adv * adv_g + a.lambda_first * first
+        return LossOut({"model": model_loss, "disc": loss_d}, logs)
