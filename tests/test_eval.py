@@ -273,6 +273,34 @@ def test_background_columns_see_background_noise_and_what_an_object_leaves_behin
     assert errs["background_mae"] == 0.0 and errs["wake_mae"] > 10
 
 
+def test_flicker_split_puts_a_static_background_at_zero_and_a_flickering_one_in_the_background_share():
+    """bench/flicker_split.py: the two shares sum to the proxy's frame difference; a real clip's background is
+    static (share 0); patch noise redrawn every frame on the background lands in the background share only."""
+    import importlib.util
+    import sys
+    from dataclasses import asdict
+
+    from workbench.config import ToySpec
+    from workbench.eval.oracle import covered
+
+    spec = importlib.util.spec_from_file_location("flicker_split", Path(__file__).parents[1] / "bench/flicker_split.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(Path(spec.origin).parent))
+    spec.loader.exec_module(bench)
+    video, _, objs = render_clip(5, ToySpec())
+    truth = [asdict(o) for o in objs]
+    real = bench.split(video[None], [truth])
+    assert real["from_background"] == 0.0 and real["from_objects"] > 0
+    assert abs(real["frame_diff"] - 255 * (1 - real["temporal_flickering"])) < 1e-3
+    true = covered(truth, *video.shape[:3])
+    noisy = video.copy()
+    patch = np.random.default_rng(0).integers(-20, 21, video.shape[:3])
+    noisy[~true] = np.clip(video[~true].astype(int) + patch[~true][:, None], 0, 255).astype(np.uint8)
+    shaky = bench.split(noisy[None], [truth])
+    assert shaky["from_background"] > 3 and abs(shaky["from_objects"] - real["from_objects"]) < 0.5
+    assert abs(shaky["from_background"] + shaky["from_objects"] - shaky["frame_diff"]) < 1e-3
+
+
 def test_free_direction_shares_count_only_objects_whose_caption_states_none():
     """Mode collapse: free_<dir> is the object's first move when the caption leaves the direction open."""
     from dataclasses import asdict
