@@ -27,19 +27,18 @@ from _emit import emit  # bench/_emit.py (the script's folder is on sys.path)
 
 
 def split(clips_BTHWC: np.ndarray, truths: list) -> dict[str, float]:
-    """Mean |x_t - x_{t-1}| over all pixels, split into background and object contributions (they sum to it)."""
-    total = background = 0.0
+    """The proxy's mean |x_t - x_{t-1}| (255 (1 - temporal_flickering)), split into the background's share and
+    the rest (they sum to it)."""
+    flicker = float(temporal_flickering(torch.from_numpy(clips_BTHWC).permute(0, 1, 4, 2, 3).float()).mean())
+    background = 0.0
     for clip, truth in zip(clips_BTHWC, truths):
         diff = np.abs(clip[1:].astype(np.float32) - clip[:-1].astype(np.float32)).mean(-1)      # T-1, H, W
         bg = background_mask(clip, truth)                                                         # T, H, W
-        both = bg[1:] & bg[:-1]
-        total += diff.mean()
-        background += (diff * both).sum() / diff.size
-    n = len(clips_BTHWC)
-    return {"frame_diff": float(total / n), "from_background": float(background / n),
-            "from_objects": float((total - background) / n),
-            "temporal_flickering": float(temporal_flickering(torch.from_numpy(clips_BTHWC).permute(0, 1, 4, 2, 3)
-                                                              .float()).mean())}
+        background += float((diff * (bg[1:] & bg[:-1])).sum() / diff.size)
+    background /= len(clips_BTHWC)
+    total = 255 * (1 - flicker)
+    return {"frame_diff": total, "from_background": background, "from_objects": total - background,
+            "temporal_flickering": flicker}
 
 
 @torch.no_grad()

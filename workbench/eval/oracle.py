@@ -158,21 +158,24 @@ def covered(truth: list[dict], T: int, H: int, W: int) -> np.ndarray:
     return out
 
 
-def background_mask(video_THWC: np.ndarray, truth: list[dict]) -> np.ndarray:
-    """(T, H, W) bool: outside every true object and every object-coloured pixel of the clip, wherever they are."""
-    T, H, W, _ = video_THWC.shape
-    drawn = np.zeros((T, H, W), bool)
+def drawn(video_THWC: np.ndarray, truth: list[dict]) -> np.ndarray:
+    """(T, H, W) bool: the clip's pixels coloured like some true object, wherever they are."""
+    out = np.zeros(video_THWC.shape[:3], bool)
     for obj in truth:
-        drawn |= (np.abs(video_THWC.astype(np.int16) - np.array(obj["rgb"], np.int16)) <= COLOUR_TOL).all(-1)
-    return ~(covered(truth, T, H, W) | drawn)
+        out |= (np.abs(video_THWC.astype(np.int16) - np.array(obj["rgb"], np.int16)) <= COLOUR_TOL).all(-1)
+    return out
+
+
+def background_mask(video_THWC: np.ndarray, truth: list[dict]) -> np.ndarray:
+    """(T, H, W) bool: outside every true object and every object-coloured pixel of the clip."""
+    return ~(covered(truth, *video_THWC.shape[:3]) | drawn(video_THWC, truth))
 
 
 def background_errors(video_THWC: np.ndarray, real_THWC: np.ndarray, truth: list[dict]) -> dict[str, float]:
     """background_mae and wake_mae over frames 1..T-1 (see the module docstring)."""
-    T, H, W, _ = video_THWC.shape
-    true = covered(truth, T, H, W)
+    true = covered(truth, *video_THWC.shape[:3])
     err = np.abs(video_THWC.astype(np.float32) - real_THWC.astype(np.float32)).mean(-1)   # T, H, W
-    background = background_mask(video_THWC, truth)
+    background = ~(true | drawn(video_THWC, truth))
     wake = true[:-1] & ~true[1:]                                                             # uncovered at t
     mean = lambda m, e: float(e[m].mean()) if m.any() else float("nan")  # noqa: E731
     return {"background_mae": mean(background[1:], err[1:]), "wake_mae": mean(wake, err[1:])}
