@@ -40,7 +40,8 @@ def measure(config: str, overrides: list[str], batches: int) -> dict:
     for i in range(batches):
         batch = collate([data[j] for j in range(i * b, (i + 1) * b)])
         step = TrainStep(i, torch.Generator().manual_seed(i), {"model": net}, frozenset({"model"}))
-        err_w, err_l, ref_w, ref_l, t = method.pair_errors(batch, step)
+        e = method.pair_errors(batch, step)
+        err_w, err_l, t = e.err_w, e.err_l, e.t
         dpo_push = 0.25 * cfg.dpo.beta * (err_w - err_l).mean()          # Eq. (11)'s gradient at model = reference
         rf_pull = cfg.dpo.lambda_rf * err_w.mean()
         rows.append({"t": t, "err_w": err_w.detach(), "gap": (err_w - err_l).detach(),

@@ -141,6 +141,31 @@ def test_dpo_region_difference_weighs_only_where_the_pair_differs():
     assert torch.equal(everywhere.err_w, everywhere.reflow_w) and not torch.allclose(where.err_w, everywhere.err_w)
 
 
+def test_dpo_first_frame_term_is_x0_hats_error_on_the_given_frame(monkeypatch):
+    import workbench.methods.dpo as dpo
+    x0_hats = []
+    real_denoise = dpo.denoise
+    monkeypatch.setattr(dpo, "denoise", lambda x, F, t: x0_hats.append(real_denoise(x, F, t)) or x0_hats[-1])
+
+    def run(lambda_first: float, steps: int):
+        cfg = load_config("experiments/micro/dpo.yaml", ["data.preferences=''", f"dpo.lambda_first={lambda_first}", *ADAM,
+                                                         "train.lr=1e-2"])           # a LoRA starts at B = 0
+        torch.manual_seed(0)
+        net, cond = build_backbone(cfg.model)
+        method = build_method(cfg, net, cond)
+        batch = _preference_batch(cfg, net, cond)
+        return batch, _steps(method, batch, steps)
+
+    batch, logs = run(0.0, 1)
+    given_B_C_1_H_W = batch["first"][:, :, None]                               # toy latents are pixels
+    x0_hat_2B = x0_hats[-1].detach()                                            # winners, then losers
+    expected = (x0_hat_2B[:, :, :1] - given_B_C_1_H_W.repeat(2, 1, 1, 1, 1)).pow(2).mean().item()
+    assert logs[0]["loss_first"] == pytest.approx(expected, rel=1e-5) and expected > 0
+    off = run(0.0, 8)[1][-1]["loss_first"]
+    on = run(1e3, 8)[1][-1]["loss_first"]                                       # same pairs, times and noise
+    assert on < 0.6 * off                                                       # the term pulls frame 0 to the given frame
+
+
 def test_da_reads_x0_hat_at_its_own_large_times(dino, monkeypatch):
     import workbench.methods.adversarial as adversarial
     seen = []

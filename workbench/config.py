@@ -233,10 +233,12 @@ class DPOConfig:
                                      # preference speaks where the pair differs; reflow still sees every element)
     lambda_rf: float = 2.0           # weight of the reflow loss ||v_w - v_theta(x_t^w, t)||^2 (0 = DPO alone)
     lambda_keep: float = 0.0         # weight of ||F - F_ref||^2 where winner and loser agree (not in the paper; 0 = off)
+    lambda_first: float = 0.0        # weight of ||x0_hat's frame 0 - the given frame's latent||^2 (not in the paper)
     timesteps: str = "uniform"       # t sampler: "uniform" or "logit_normal"
     p_mean: float = 0.0
     p_std: float = 1.0
-    RANGES = {"beta": (0, None), "lambda_rf": (0, None), "lambda_keep": (0, None), "p_std": (0, None)}
+    RANGES = {"beta": (0, None), "lambda_rf": (0, None), "lambda_keep": (0, None), "lambda_first": (0, None),
+              "p_std": (0, None)}
 
 
 @dataclass

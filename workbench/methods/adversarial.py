@@ -154,7 +154,7 @@ class Adversarial(Distillation):
             x_t = interpolate(x0, torch.randn(x0.shape, generator=step.generator).to(x0), t)
             F = step.nets["model"](x_t, t, cond)
         x0_hat = denoise(x_t, F, t)                                       # B, C, T, H, W latents
-        first = (x0_hat[:, :, :1] - cond.first_BCTHW[:, :, :1].to(x0_hat)).float().pow(2).mean()
+        first = cond.first_frame_error(x0_hat).mean()
         fake = self.encoders.decode(x0_hat)                               # x0_hat in pixels, B,3,T,H,W
         adv_g, fake_tokens = self.adversarial.generator_loss(step.nets["disc"], fake)
         loss_d, d_logs = self.adversarial.discriminator_loss(step.nets["disc"], batch["video"], fake_tokens)

@@ -8,12 +8,13 @@ reflow (Liu et al. 2022) that makes L_RF teach fewer steps to land where more st
 then speaks only where the pair differs, and cannot be met by changing what both clips share (a static
 background, the given frame), which is left to L_RF. `dpo.lambda_keep` (not in the paper) adds
 lambda_keep ||F - F_ref||^2 over the elements where the pair agrees (|x0^w - x0^l| at most its clip mean): what
-both clips share, the model keeps from its reference.
+both clips share, the model keeps from its reference. `dpo.lambda_first` (not in the paper) adds
+lambda_first ||x0_hat[:, :, 0] - z_image||^2 on both clips' x0_hat: the given frame is a known answer, not a preference.
 The reference v_ref is the same network with its LoRA disabled.
 Errors ||v - v(x_t, t)||^2 are per-element means (the Diffusion-DPO convention that beta = 2500 assumes);
 `dpo.error: x0` measures them as ||x0 - x0_hat||^2 = t^2 ||v - F||^2 (Eq. 5), without velocity space's 1/t^2
 weight on the smallest times.
-    L = -log sigmoid(-beta/2 [(e_w - e_w^ref) - (e_l - e_l^ref)]) + lambda_RF e_w (+ lambda_keep keep)
+    L = -log sigmoid(-beta/2 [(e_w - e_w^ref) - (e_l - e_l^ref)]) + lambda_RF e_w (+ lambda_keep keep + lambda_first first)
 Win Diff = e_w - e_w^ref (Figure 8): above 0, the model fits the preferred trajectories worse than the reference.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import NamedTuple
 import torch
 from torch.nn.functional import logsigmoid
 
-from workbench.flow import interpolate, sample_timesteps, target_velocity
+from workbench.flow import denoise, interpolate, sample_timesteps, target_velocity
 from workbench.generate import clip_noise
 from workbench.methods.base import LossOut, Method
 from workbench.models.lora import adapters_disabled
@@ -44,6 +45,7 @@ class PairErrors(NamedTuple):
     reflow_w: torch.Tensor          # the winner's error over every element (= err_w unless dpo.region weighs)
     reflow_ref_w: torch.Tensor      # the reference's, the same way (Win Diff = reflow_w - reflow_ref_w, Figure 8)
     keep: torch.Tensor              # ||F - F_ref||^2 where the pair agrees, both clips (dpo.lambda_keep's term)
+    first: torch.Tensor             # x0_hat's frame 0 against the given frame, both clips (dpo.lambda_first's term)
     t: torch.Tensor
 
 
@@ -99,17 +101,19 @@ class FlowDPO(Method):
         err, ref = (region * sq).mean(1), (region * sq_ref).mean(1)
         agree = (diff <= 1).float().repeat(2, 1)                          # |x_w - x_l| at most its clip mean
         keep = (agree * weight * (F - F_ref).float().pow(2).flatten(1)).mean(1)
+        first = cond.first_frame_error(denoise(x_t, F, t2))                # Eq. (5)'s x0_hat, 2B
         return PairErrors(*err.chunk(2), *ref.chunk(2), reflow_w=sq[:B].mean(1), reflow_ref_w=sq_ref[:B].mean(1),
-                          keep=0.5 * sum(keep.chunk(2)), t=t)
+                          keep=0.5 * sum(keep.chunk(2)), first=0.5 * sum(first.chunk(2)), t=t)
 
     def losses(self, batch, step):
         d = self.cfg.dpo
-        err_w, err_l, ref_w, ref_l, reflow_w, reflow_ref_w, keep, _ = self.pair_errors(batch, step)
+        err_w, err_l, ref_w, ref_l, reflow_w, reflow_ref_w, keep, first, _ = self.pair_errors(batch, step)
         loss_dpo = dpo_loss(err_w, err_l, ref_w, ref_l, d.beta)
         loss_rf = reflow_w.mean()                                           # reflow loss on winners
-        loss = loss_dpo + d.lambda_rf * loss_rf + d.lambda_keep * keep.mean()
+        loss = loss_dpo + d.lambda_rf * loss_rf + d.lambda_keep * keep.mean() + d.lambda_first * first.mean()
         margin = -0.5 * d.beta * ((err_w - ref_w) - (err_l - ref_l))
         return LossOut({"model": loss}, {
             "loss": loss.item(), "loss_dpo": loss_dpo.item(), "loss_rf": loss_rf.item(), "loss_keep": keep.mean().item(),
+            "loss_first": first.mean().item(),
             "win_diff": (reflow_w - reflow_ref_w).mean().item(), "lose_diff": (err_l - ref_l).mean().item(),
             "dpo_accuracy": (margin > 0).float().mean().item()})

@@ -68,6 +68,11 @@ class Conditioning:
         return Conditioning(cat(self.first_BCTHW, other.first_BCTHW), cat(self.mask_BMTHW, other.mask_BMTHW),
                     cat(self.text_BLD, other.text_BLD), cat(self.image_BND, other.image_BND))
 
+    def first_frame_error(self, x0_hat_BCTHW: torch.Tensor) -> torch.Tensor:
+        """Per clip (B,): mean (x0_hat's frame 0 - the given frame's latent)^2, the one known answer of image-to-video."""
+        given = self.first_BCTHW[:, :, :1].to(x0_hat_BCTHW)
+        return (x0_hat_BCTHW[:, :, :1] - given).float().pow(2).flatten(1).mean(1)
+
 
 def build_transformer(preset: str, transformer_path: str = "", weights: str = "") -> WanTransformer3DModel:
     """A preset with random init, a local diffusers folder, and/or a safetensors state dict on top."""
