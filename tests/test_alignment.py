@@ -163,7 +163,7 @@ def test_dpo_first_frame_term_is_x0_hats_error_on_the_given_frame(monkeypatch):
     assert logs[0]["loss_first"] == pytest.approx(expected, rel=1e-5) and expected > 0
     off = run(0.0, 8)[1][-1]["loss_first"]
     on = run(1e3, 8)[1][-1]["loss_first"]                                       # same pairs, times and noise
-    assert on < 0.6 * off                                                       # the term pulls frame 0 to the given frame
+    assert on < 0.6 * off                                                # the term pulls frame 0 to the given frame
 
 
 def test_da_reads_x0_hat_at_its_own_large_times(dino, monkeypatch):

@@ -14,7 +14,8 @@ The reference v_ref is the same network with its LoRA disabled.
 Errors ||v - v(x_t, t)||^2 are per-element means (the Diffusion-DPO convention that beta = 2500 assumes);
 `dpo.error: x0` measures them as ||x0 - x0_hat||^2 = t^2 ||v - F||^2 (Eq. 5), without velocity space's 1/t^2
 weight on the smallest times.
-    L = -log sigmoid(-beta/2 [(e_w - e_w^ref) - (e_l - e_l^ref)]) + lambda_RF e_w (+ lambda_keep keep + lambda_first first)
+    L = -log sigmoid(-beta/2 [(e_w - e_w^ref) - (e_l - e_l^ref)]) + lambda_RF e_w
+        (+ lambda_keep keep + lambda_first first)
 Win Diff = e_w - e_w^ref (Figure 8): above 0, the model fits the preferred trajectories worse than the reference.
 """
 from __future__ import annotations
@@ -113,7 +114,7 @@ class FlowDPO(Method):
         loss = loss_dpo + d.lambda_rf * loss_rf + d.lambda_keep * keep.mean() + d.lambda_first * first.mean()
         margin = -0.5 * d.beta * ((err_w - ref_w) - (err_l - ref_l))
         return LossOut({"model": loss}, {
-            "loss": loss.item(), "loss_dpo": loss_dpo.item(), "loss_rf": loss_rf.item(), "loss_keep": keep.mean().item(),
-            "loss_first": first.mean().item(),
+            "loss": loss.item(), "loss_dpo": loss_dpo.item(), "loss_rf": loss_rf.item(),
+            "loss_keep": keep.mean().item(), "loss_first": first.mean().item(),
             "win_diff": (reflow_w - reflow_ref_w).mean().item(), "lose_diff": (err_l - ref_l).mean().item(),
             "dpo_accuracy": (margin > 0).float().mean().item()})

@@ -69,7 +69,7 @@ class Conditioning:
                     cat(self.text_BLD, other.text_BLD), cat(self.image_BND, other.image_BND))
 
     def first_frame_error(self, x0_hat_BCTHW: torch.Tensor) -> torch.Tensor:
-        """Per clip (B,): mean (x0_hat's frame 0 - the given frame's latent)^2, the one known answer of image-to-video."""
+        """Per clip (B,): mean (x0_hat's frame 0 - the given frame's latent)^2: image-to-video's one known answer."""
         given = self.first_BCTHW[:, :, :1].to(x0_hat_BCTHW)
         return (x0_hat_BCTHW[:, :, :1] - given).float().pow(2).flatten(1).mean(1)
 
