@@ -2,55 +2,25 @@
 
     python docs/screenshots.py [--out docs]
 
-Starts `python app.py` on a free loopback port with a temporary cache and votes database (as tests/test_app.py
-does), drives it with Python Playwright in Debian's headless Chromium (/usr/bin/chromium; `apt-get install
-chromium`), and screenshots the Compare (a generated grid), Results (the SwiftVideo pipeline's evaluation) and
+Starts `python app.py` on a free loopback port with a temporary cache and votes database (tests/app_server.py,
+as the app tests do), drives it with Python Playwright in Debian's headless Chromium (/usr/bin/chromium;
+`apt-get install chromium`), and screenshots the Compare (a generated grid), Results (the SwiftVideo pipeline's evaluation) and
 Runs (the toy CCD run) tabs; then a second app with `--users` for the annotators' Study tab, after logging in. It
 only drives the app in a browser; every file written is printed, and both apps are stopped even on error.
 """
 import argparse
-import contextlib
-import socket
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.app_server import serving  # noqa: E402  (the app tests' launcher)
+
 CHROMIUM = "/usr/bin/chromium"
 SLOW = 180_000  # ms: generating the Compare grid takes minutes on a small, busy CPU
-
-
-@contextlib.contextmanager
-def serving(*args: str):
-    """`python app.py ARGS` on a free loopback port until its page is served; its url; stopped after."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url, deadline = f"http://127.0.0.1:{port}", time.time() + 180
-    try:
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except (urllib.error.URLError, ConnectionError):
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"app.py {' '.join(args)} did not start") from None
-                time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def choose(page, label: str, option: str) -> None:
@@ -127,10 +97,10 @@ def main() -> None:
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
             "--disable-sync", "--no-first-run"])
         try:
-            with serving("--cache", f"{tmp}/cache", "--votes", f"{tmp}/votes.sqlite") as url:
+            with serving("--cache", f"{tmp}/cache", "--votes", f"{tmp}/votes.sqlite") as (url, _):
                 main_app(browser, url, out)
             with serving("--users", str(users), "--cache", f"{tmp}/study-cache",
-                         "--votes", f"{tmp}/study-votes.sqlite") as url:
+                         "--votes", f"{tmp}/study-votes.sqlite") as (url, _):
                 study_app(browser, url, out)
         finally:
             browser.close()

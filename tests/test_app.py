@@ -1,12 +1,7 @@
 """The app in a real browser (Python Playwright driving Debian's /usr/bin/chromium), against `python app.py` on
 loopback: the Compare grid plays the chosen models on one clip, Results and Runs show the shipped experiments, and
 the file route refuses what the app does not mean to serve."""
-import contextlib
 import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,35 +14,7 @@ if not CHROMIUM.exists():  # .ci/run installs it; CI must run these tests, a dev
         raise RuntimeError("/usr/bin/chromium is missing in CI: .ci/run installs Debian's chromium")
     pytest.skip("Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@contextlib.contextmanager
-def serving(*args: str):
-    """`python app.py ARGS` on a free loopback port until its page is served; (url, port); stopped after."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url, deadline = f"http://127.0.0.1:{port}", time.time() + 90
-    try:
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert proc.poll() is None and time.time() < deadline, "the app did not start"
-                time.sleep(0.5)
-        yield url, port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+from tests.app_server import ROOT, serving  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """`python -m workbench results`: tables rendered from results.csv files, and the shipped RESULTS.md current."""
 import re
 
+import numpy as np
 import pandas as pd
 
 from workbench.__main__ import main
@@ -46,6 +47,8 @@ def test_stage_changes_count_only_what_moves_beyond_the_spread(tmp_path, monkeyp
     assert stage_changes(df, ["a", "b"], [1]) == (
         "- **a -> b, 1 step**: better: FVD 111.0 -> 62.00; worse: PSNR 29.00 -> 24.00; moved: wobble 0.250 -> 1.250; "
         "level: subject consistency, solid.\n")
+    tiny = df.assign(solid=np.where(df.method == "a", 0.9580, 0.9584))        # beyond std 0, hidden by 3 decimals
+    assert "solid 0.9580 -> 0.9584;" in stage_changes(tiny, ["a", "b"], [1]).split("worse:")[0]
     df.to_csv("results.csv", index=False)
     (tmp_path / "t.md").write_text("<!-- changes: results.csv stages=a,b steps=1,2 -->\n")
     assert "- **a -> b, 2 steps**: better: FVD 112.0 -> 63.00;" in render("t.md")

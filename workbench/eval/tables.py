@@ -90,7 +90,10 @@ def stage_changes(df: pd.DataFrame, stages: list[str], steps: list[int]) -> str:
                 if abs(m_b - m_a) <= max(a[("std", c)], b[("std", c)]):
                     level.append(display(c))
                     continue
-                text = f"{display(c)} {_fmt(m_a)} -> {_fmt(m_b)}"
+                a_txt, b_txt = _fmt(m_a), _fmt(m_b)
+                if a_txt == b_txt:                                        # a change the rounding would hide
+                    a_txt, b_txt = f"{m_a:.4f}", f"{m_b:.4f}"
+                text = f"{display(c)} {a_txt} -> {b_txt}"
                 {1: better, -1: worse, 0: moved}[_verdict(c, m_a, m_b)].append(text)
             parts = [f"better: {', '.join(better) or 'none'}", f"worse: {', '.join(worse) or 'none'}"]
             parts += [f"moved: {', '.join(moved)}"] if moved else []
