@@ -185,6 +185,8 @@ def test_an_annotator_votes_blind_in_both_modes_and_is_never_served_an_item_twic
     second = _visible_videos(page)
     assert len(second) == 4 and not set(second) & set(first)       # the voted item is not served again
     _vote(page, _attentive(ROOT, "ann1", "best_of_n", "1", nth=1))     # one of ann1's first two items is regular
+    page.reload()                                                       # the mode switch on a settled page
+    page.get_by_text("items left in this mode").wait_for(timeout=30_000)
     page.get_by_label("pairwise arena (A/B)").check()
     page.wait_for_function("[...document.querySelectorAll('video')].filter(v => v.offsetParent !== null)"
                            ".length == 2", timeout=30_000)
