@@ -16,6 +16,8 @@ if not CHROMIUM.exists():  # .ci/run installs it; CI must run these tests, a dev
 
 from tests.app_server import ROOT, serving  # noqa: E402
 
+WAIT = 120_000  # ms a page may take on a loaded 2-core machine (a bound on hangs, not a speed test)
+
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
@@ -44,35 +46,35 @@ def page(app, browser):
 
 
 def test_compare_plays_every_chosen_model_on_the_same_clip(page, app):
-    page.wait_for_selector("video", timeout=60_000)
+    page.wait_for_selector("video", timeout=WAIT)
     videos = page.locator(".grid video")
     assert videos.count() == 4                                              # the real clip + 3 default picks
     labels = page.locator(".grid figcaption").all_inner_texts()
     assert labels[0] == "real continuation" and any("teacher, 8 steps" in t for t in labels)
     srcs = [videos.nth(i).get_attribute("src") for i in range(videos.count())]
     assert len(set(srcs)) == 4 and all(Path(s.split("file=", 1)[1]).parent == app[2] for s in srcs)
-    page.wait_for_function("document.querySelector('.grid video').readyState >= 2", timeout=30_000)  # it decodes
+    page.wait_for_function("document.querySelector('.grid video').readyState >= 2", timeout=WAIT)  # it decodes
     assert page.get_by_label("caption").input_value()
     page.get_by_role("checkbox", name="toy/ccd @ 1").check()
     page.get_by_role("button", name="compare").click()
-    page.wait_for_function("document.querySelectorAll('.grid video').length == 5", timeout=60_000)
+    page.wait_for_function("document.querySelectorAll('.grid video').length == 5", timeout=WAIT)
 
 
 def test_compare_shows_a_study_sets_items_labelled_for_reviewers(page):
     page.get_by_text("pre-rendered: the study set's items").click()
     page.wait_for_function("[...document.querySelectorAll('.grid figcaption')].some(f => f.innerText == "
-                           "'teacher, 8 steps')", timeout=30_000)          # the first item, shown on opening
+                           "'teacher, 8 steps')", timeout=WAIT)          # the first item, shown on opening
     labels = page.evaluate("[...document.querySelectorAll('.grid figcaption')].map(f => f.innerText)")
     assert {"ccd, 4 steps", "da, 4 steps", "swiftvideo, 4 steps"} <= set(labels)
 
 
 def test_results_and_runs_tabs_show_the_shipped_experiments(page):
     page.get_by_role("tab", name="Results").click()
-    page.wait_for_selector(".js-plotly-plot", timeout=30_000)
-    page.get_by_text("VBench-I2V dimensions, mean ± std over seeds").wait_for(timeout=30_000)
-    page.wait_for_function("document.body.innerText.includes('Results: mean ± std over seeds')", timeout=30_000)
+    page.wait_for_selector(".js-plotly-plot", timeout=WAIT)
+    page.get_by_text("VBench-I2V dimensions, mean ± std over seeds").wait_for(timeout=WAIT)
+    page.wait_for_function("document.body.innerText.includes('Results: mean ± std over seeds')", timeout=WAIT)
     page.get_by_role("tab", name="Runs").click()
-    page.wait_for_function("document.body.innerText.includes('name: toy-')", timeout=30_000)  # config.yaml's first line
+    page.wait_for_function("document.body.innerText.includes('name: toy-')", timeout=WAIT)  # config.yaml's first line
 
 
 @pytest.mark.parametrize("target", ["/etc/passwd", "http://127.0.0.1:{port}/", "{root}/pyproject.toml"])
@@ -138,11 +140,11 @@ def _vote(page, answer: str) -> None:
     assert submit.is_disabled()                                         # not before every video has played
     _play_all(page)
     page.wait_for_function("[...document.querySelectorAll('button')].some(b => b.innerText.includes('submit votes')"
-                           " && !b.disabled)", timeout=30_000)
+                           " && !b.disabled)", timeout=WAIT)
     for group in ("frame quality", "temporal consistency", "image alignment"):
         page.locator(".block", has=page.get_by_text(group, exact=True)).get_by_label(answer, exact=True).check()
     submit.click()
-    page.get_by_text("votes stored").wait_for(timeout=30_000)
+    page.get_by_text("votes stored").wait_for(timeout=WAIT)
 
 
 def _attentive(root: Path, annotator: str, mode: str, default: str, nth: int = 0) -> str:
@@ -169,7 +171,7 @@ def test_an_annotator_votes_blind_in_both_modes_and_is_never_served_an_item_twic
     page.get_by_label("username").fill("ann1")
     page.get_by_label("password").fill("pw-one")
     page.get_by_role("button", name="Login").click()
-    page.get_by_text("items left in this mode").wait_for(timeout=30_000)
+    page.get_by_text("items left in this mode").wait_for(timeout=WAIT)
     assert [t.inner_text() for t in page.get_by_role("tab").all()] == ["Study"]  # nothing that names methods
     first = _visible_videos(page)
     assert len(first) == 4
@@ -181,15 +183,15 @@ def test_an_annotator_votes_blind_in_both_modes_and_is_never_served_an_item_twic
     assert sorted(rows) == sorted((c, "best_of_n") for c in ("frame_quality", "temporal_consistency",
                                                               "image_alignment"))
     page.reload()
-    page.get_by_text("items left in this mode").wait_for(timeout=30_000)
+    page.get_by_text("items left in this mode").wait_for(timeout=WAIT)
     second = _visible_videos(page)
     assert len(second) == 4 and not set(second) & set(first)       # the voted item is not served again
     _vote(page, _attentive(ROOT, "ann1", "best_of_n", "1", nth=1))     # one of ann1's first two items is regular
     page.reload()                                                       # the mode switch on a settled page
-    page.get_by_text("items left in this mode").wait_for(timeout=30_000)
+    page.get_by_text("items left in this mode").wait_for(timeout=WAIT)
     page.get_by_label("pairwise arena (A/B)").check()
     page.wait_for_function("[...document.querySelectorAll('video')].filter(v => v.offsetParent !== null)"
-                           ".length == 2", timeout=30_000)
+                           ".length == 2", timeout=WAIT)
     pairwise = _attentive(ROOT, "ann1", "pairwise", "tie")
     _vote(page, pairwise)
     page.close()
@@ -203,7 +205,7 @@ def test_an_annotator_votes_blind_in_both_modes_and_is_never_served_an_item_twic
         page.goto(review)
         page.get_by_role("tab", name="Results").click()
         page.get_by_role("button", name="refresh study results").click()
-        page.wait_for_function("/\\d+ votes counted; 0 left out/.test(document.body.innerText)", timeout=30_000)
+        page.wait_for_function("/\\d+ votes counted; 0 left out/.test(document.body.innerText)", timeout=WAIT)
         page.close()
 
 
