@@ -4,9 +4,10 @@
 
 Starts `python app.py` on a free loopback port with a temporary cache and votes database (tests/app_server.py,
 as the app tests do), drives it with Python Playwright in Debian's headless Chromium (/usr/bin/chromium;
-`apt-get install chromium`), and screenshots the Compare (a generated grid), Results (the SwiftVideo pipeline's evaluation) and
-Runs (the toy CCD run) tabs; then a second app with `--users` for the annotators' Study tab, after logging in. It
-only drives the app in a browser; every file written is printed, and both apps are stopped even on error.
+`apt-get install chromium`), and screenshots the Compare (a generated grid), Results (the SwiftVideo pipeline's
+evaluation) and Runs (the toy CCD run) tabs; then a second app with `--users` for the annotators' Study tab, after
+logging in. It only drives the app in a browser; every file written is printed, and both apps are stopped even on
+error.
 """
 import argparse
 import sys

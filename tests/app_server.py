@@ -18,13 +18,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(*args: str, start_timeout: float = 90):
+def serving(*args: str):
     """`python app.py ARGS` on a free loopback port until its page is served; (url, port); stopped after (killed if
     it does not stop within 20 s)."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), *args], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url, deadline = f"http://127.0.0.1:{port}", time.time() + start_timeout
+    url, deadline = f"http://127.0.0.1:{port}", time.time() + 90
     try:
         while True:
             try:

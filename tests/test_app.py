@@ -147,12 +147,12 @@ def _vote(page, answer: str) -> None:
     page.get_by_text("votes stored").wait_for(timeout=WAIT)
 
 
-def _attentive(root: Path, annotator: str, mode: str, default: str, nth: int = 0) -> str:
+def _attentive(annotator: str, mode: str, default: str, nth: int = 0) -> str:
     """The answer of an attentive annotator to the nth item of the shipped study served in `mode`: the real clip's
     slot ("1".."N", or "A"/"B") on an attention check, else `default`. The test knows the study; the page does not."""
     from workbench.study.build import REAL, load_study
     from workbench.study.votes import VoteStore
-    study = load_study(root / "experiments/toy/study")
+    study = load_study(ROOT / "experiments/toy/study")
     item = VoteStore.item_order(study, annotator)[nth]
     if not study.items[item].get("attention"):
         return default
@@ -178,7 +178,7 @@ def test_an_annotator_votes_blind_in_both_modes_and_is_never_served_an_item_twic
     dom = page.content()
     leaked = [(n, u) for u, body in [*seen, ("page", dom)] if "/assets/" not in u for n in _names(u + " " + body)]
     assert not leaked, leaked[:3]                                   # before any vote is stored
-    _vote(page, _attentive(ROOT, "ann1", "best_of_n", "1"))         # flagged annotators' votes are left out
+    _vote(page, _attentive("ann1", "best_of_n", "1"))         # flagged annotators' votes are left out
     rows = sqlite3.connect(tmp / "votes.sqlite").execute("SELECT criterion, mode FROM votes").fetchall()
     assert sorted(rows) == sorted((c, "best_of_n") for c in ("frame_quality", "temporal_consistency",
                                                               "image_alignment"))
@@ -186,13 +186,13 @@ def test_an_annotator_votes_blind_in_both_modes_and_is_never_served_an_item_twic
     page.get_by_text("items left in this mode").wait_for(timeout=WAIT)
     second = _visible_videos(page)
     assert len(second) == 4 and not set(second) & set(first)       # the voted item is not served again
-    _vote(page, _attentive(ROOT, "ann1", "best_of_n", "1", nth=1))     # one of ann1's first two items is regular
+    _vote(page, _attentive("ann1", "best_of_n", "1", nth=1))     # one of ann1's first two items is regular
     page.reload()                                                       # the mode switch on a settled page
     page.get_by_text("items left in this mode").wait_for(timeout=WAIT)
     page.get_by_label("pairwise arena (A/B)").check()
     page.wait_for_function("[...document.querySelectorAll('video')].filter(v => v.offsetParent !== null)"
                            ".length == 2", timeout=WAIT)
-    pairwise = _attentive(ROOT, "ann1", "pairwise", "tie")
+    pairwise = _attentive("ann1", "pairwise", "tie")
     _vote(page, pairwise)
     page.close()
     modes = sqlite3.connect(tmp / "votes.sqlite").execute("SELECT mode, choice FROM votes").fetchall()
