@@ -56,6 +56,29 @@ def test_da_trains_heads_and_student_but_never_the_feature_net(dino):
     assert list(roles) == ["model", "disc"] and roles["model"].export and not roles["disc"].due(0) and roles["disc"].due(1)
 
 
+def test_motion_head_sees_only_the_patches_that_change(dino):
+    """Motion heads (adversarial.motion_layers) read a patch's layer-0 token change between frames: a still clip
+    gives the same logits for every pair of frames, and a change in one patch moves only the logits within the
+    head's reach."""
+    cfg = load_config("experiments/micro/da.yaml", [f"adversarial.feature_net={dino}", "adversarial.layers=[2]",
+                                                        "adversarial.motion_layers=[0]"])
+    torch.manual_seed(0)
+    net, cond = build_backbone(cfg.model)
+    term = build_method(cfg, net, cond).adversarial
+    term.disc.eval()                                                              # spectral norm: no power step
+    size, patch = term.features.config.image_size, term.features.config.patch_size
+    still = torch.rand(1, 3, 1, size, size).mul(2).sub(1).repeat(1, 1, 3, 1, 1)   # (B, 3, T, H, W), T = 3
+    moved = still.clone()
+    moved[:, :, 2, :patch, :patch] = 1.0                                          # frame 2, top-left patch only
+    with torch.no_grad():
+        motion_still, motion_moved = (term.disc(term.tokens(v), 1)[-1] for v in (still, moved))
+    assert motion_still.shape == (2, (size // patch) ** 2)                        # (B*(T-1), L)
+    assert torch.allclose(motion_still[0], motion_still[1], atol=1e-6)
+    assert torch.allclose(motion_moved[0], motion_still[0], atol=1e-6)                       # frames 0 -> 1: still
+    changed = (motion_moved[1] - motion_still[1]).abs() > 1e-6
+    assert changed[0] and changed.sum() <= 2                                     # the patch and its kernel-3 reach
+
+
 def test_dpo_loss_by_hand():
     e_w, e_l, r_w, r_l = (torch.tensor([x]) for x in (0.2, 0.5, 0.25, 0.45))
     inside = -10 / 2 * ((0.2 - 0.25) - (0.5 - 0.45))                          # Eq. (11) with beta = 10: 0.5

@@ -161,6 +161,9 @@ class AdversarialConfig:
     layers: tuple[int, ...] = (2, 4)  # hidden states (0 = embeddings) read by one spatial and one temporal head each
     head_width: int = 64             # channels of each discriminator head
     temporal_heads: bool = True      # add temporal heads over the frame sequence (False: spatial heads only)
+    motion_layers: tuple[int, ...] = ()  # hidden states read by a motion head each: per patch, the change of its token
+                                     # between consecutive frames (not in the paper; () = off). 0 = the patch
+                                     # embeddings, local to each patch, so a still background changes by exactly 0
     lr: float = 0.0                  # discriminator learning rate (0 = train.lr)
     t_min: float = 0.0               # 0: D reads x0_hat at the distillation's t; > 0: at its own t ~ U[t_min, 1]
     lambda_first: float = 0.0        # weight of ||x0_hat's frame 0 - the given frame's latent||^2 at D's x0_hat

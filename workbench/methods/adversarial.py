@@ -43,21 +43,30 @@ def conv_head(dim: int, width: int, kernel: int) -> nn.Sequential:
 
 
 class Discriminator(nn.Module):
-    """Trainable heads over frozen per-frame tokens: spatial (per frame) and temporal (across frames)."""
+    """Trainable heads over frozen per-frame tokens: spatial (per frame), temporal (across frames) and motion
+    (per patch, on the change of its token between consecutive frames)."""
 
-    def __init__(self, dim: int, layers: tuple[int, ...], width: int = 64, temporal: bool = True):
+    def __init__(self, dim: int, layers: tuple[int, ...], width: int = 64, temporal: bool = True,
+                 motion_layers: tuple[int, ...] = ()):
         super().__init__()
-        self.layers = tuple(layers)
+        self.layers, self.motion_layers = tuple(layers), tuple(motion_layers)
+        self.reads = tuple(sorted({*self.layers, *self.motion_layers}))  # hidden states `forward` is given
         self.spatial = nn.ModuleList(conv_head(dim, width, 3) for _ in layers)
         self.temporal = nn.ModuleList(conv_head(dim, width, 3) for _ in layers) if temporal else nn.ModuleList()
+        self.motion = nn.ModuleList(conv_head(dim, width, 3) for _ in self.motion_layers)
 
     def forward(self, tokens: list[torch.Tensor], B: int) -> list[torch.Tensor]:
-        """tokens[k]: (B*T, 1 + L, D), CLS first -> logits per head: spatial (B*T, L), temporal (B, T)."""
-        tokens = [layer_norm(tok, tok.shape[-1:]) for tok in tokens]    # unit scale per token, as DINOv2's output
-        logits = [head(tok[:, 1:].transpose(1, 2)).flatten(1) for head, tok in zip(self.spatial, tokens)]
-        for head, tok in zip(self.temporal, tokens):
-            cls_BDT = tok[:, 0].reshape(B, -1, tok.shape[-1]).transpose(1, 2)
+        """tokens[k]: hidden state self.reads[k], (B*T, 1 + L, D), CLS first -> logits per head: spatial
+        (B*T, L), temporal (B, T), motion (B*(T-1), L)."""
+        normed = {k: layer_norm(tok, tok.shape[-1:]) for k, tok in zip(self.reads, tokens)}  # as DINOv2's output
+        logits = [head(normed[k][:, 1:].transpose(1, 2)).flatten(1) for head, k in zip(self.spatial, self.layers)]
+        for head, k in zip(self.temporal, self.layers):
+            cls_BDT = normed[k][:, 0].reshape(B, -1, normed[k].shape[-1]).transpose(1, 2)
             logits.append(head(cls_BDT).flatten(1))
+        for head, k in zip(self.motion, self.motion_layers):
+            patches_BTLD = normed[k][:, 1:].unflatten(0, (B, -1))
+            change_NLD = (patches_BTLD[:, 1:] - patches_BTLD[:, :-1]).flatten(0, 1)   # 0 where a patch is still
+            logits.append(head(change_NLD.transpose(1, 2)).flatten(1))
         return logits
 
 
@@ -89,12 +98,14 @@ class AdversarialTerm:
     def __init__(self, a):
         self.features = load_feature_net(a.feature_net)                  # frozen: eval, requires_grad False
         depth = self.features.config.num_hidden_layers
-        if not a.layers or not all(0 <= k <= depth for k in a.layers):
-            raise ValueError(f"adversarial.layers: {list(a.layers)} must be hidden states 0..{depth} of {a.feature_net}")
-        self.disc = Discriminator(self.features.config.hidden_size, a.layers, a.head_width, a.temporal_heads)
+        for key, layers in (("layers", a.layers), ("motion_layers", a.motion_layers)):
+            if (key == "layers" and not layers) or not all(0 <= k <= depth for k in layers):
+                raise ValueError(f"adversarial.{key}: {list(layers)} must be hidden states 0..{depth} of {a.feature_net}")
+        self.disc = Discriminator(self.features.config.hidden_size, a.layers, a.head_width, a.temporal_heads,
+                                  a.motion_layers)
 
     def tokens(self, video_BCTHW: torch.Tensor) -> list[torch.Tensor]:
-        return frame_tokens(self.features, frames_of(video_BCTHW), self.disc.layers)
+        return frame_tokens(self.features, frames_of(video_BCTHW), self.disc.reads)
 
     def generator_loss(self, disc, fake_BCTHW: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(hinge_G on the fakes, their feature tokens); the graph reaches the generator through frozen features."""
