@@ -130,17 +130,19 @@ def _visible_videos(page) -> list[str]:
     return page.evaluate("[...document.querySelectorAll('video')].filter(v => v.offsetParent !== null).map(v => v.src)")
 
 
-def _play_all(page) -> None:
-    page.evaluate("[...document.querySelectorAll('video')].filter(v => v.offsetParent !== null)"
-                  ".forEach(v => { v.muted = true; v.play(); })")
+# Press play on every visible video not yet played, as an annotator would, until the submit button is enabled: a
+# video the page re-renders while it loads (a fresh element, paused) is played again rather than waited on forever.
+PLAY_UNTIL_SUBMIT = """() => {
+    [...document.querySelectorAll('video')].filter(v => v.offsetParent !== null && v.paused && !v.ended)
+        .forEach(v => { v.muted = true; v.play().catch(() => {}); });
+    return [...document.querySelectorAll('button')].some(b => b.innerText.includes('submit votes') && !b.disabled);
+}"""
 
 
 def _vote(page, answer: str) -> None:
     submit = page.get_by_role("button", name="submit votes")
     assert submit.is_disabled()                                         # not before every video has played
-    _play_all(page)
-    page.wait_for_function("[...document.querySelectorAll('button')].some(b => b.innerText.includes('submit votes')"
-                           " && !b.disabled)", timeout=WAIT)
+    page.wait_for_function(PLAY_UNTIL_SUBMIT, timeout=WAIT, polling=500)
     for group in ("frame quality", "temporal consistency", "image alignment"):
         page.locator(".block", has=page.get_by_text(group, exact=True)).get_by_label(answer, exact=True).check()
     submit.click()
