@@ -95,7 +95,10 @@ def study_tab(study, store: VoteStore | None):
     def ended(i, state, seen):
         seen = seen | {i}
         ready = state is not None and len(seen) >= len(state["videos"])
-        return seen, *[gr.update(interactive=ready) for _ in radios], gr.update(interactive=ready)
+        # enable once ready, never disable here: the page may apply these replies out of order (videos ending
+        # together), and an earlier "not yet" applied last left the votes disabled; serve() disables them per item
+        enable = gr.update(interactive=True) if ready else gr.update()
+        return seen, *[enable for _ in radios], enable
 
     def vote(request: gr.Request, state, seen, *choices):  # gradio injects the request into a leading parameter
         if state is None or len(seen) < len(state["videos"]):
