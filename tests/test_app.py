@@ -130,8 +130,7 @@ def _visible_videos(page) -> list[str]:
     return page.evaluate("[...document.querySelectorAll('video')].filter(v => v.offsetParent !== null).map(v => v.src)")
 
 
-# Press play on every visible video not yet played, as an annotator would, until the submit button is enabled: a
-# video the page re-renders while it loads (a fresh element, paused) is played again rather than waited on forever.
+# Press play on every visible video not yet played, as an annotator would, until the submit button is enabled.
 PLAY_UNTIL_SUBMIT = """() => {
     [...document.querySelectorAll('video')].filter(v => v.offsetParent !== null && v.paused && !v.ended)
         .forEach(v => { v.muted = true; v.play().catch(() => {}); });
