@@ -1,4 +1,4 @@
-"""Where does the temporal flickering proxy's frame difference come from? Objects or background, as JSON.
+"""Where do the temporal flickering and motion smoothness proxies' errors come from? Objects or background, as JSON.
 
     python bench/flicker_split.py [--models experiments/toy/ccd,experiments/toy/da] [--steps 1,2,4] [--num 64]
                                   [--seeds 0,1,2] [--out FILE]
@@ -8,7 +8,9 @@ object changes the pixels it enters and leaves, so a solid object costs the prox
 splits the mean frame difference (in [0, 255], averaged over the same pixels as the proxy) into the share from
 background pixels (outside every true object and every object-coloured pixel of the clip in both frames: the
 oracle's background mask) and the rest (objects, wherever the model drew them), for the real test clips and
-each model's samples with the evaluation's noise.
+each model's samples with the evaluation's noise. Motion smoothness (255 - mean |interp(x_even) - x_odd|) / 255 is
+split the same way (`smooth_*`): its mean interpolation error, from background pixels (background in the odd frame
+and both even frames beside it) and from the rest.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import torch
 
 from workbench.data.synthetic import to_uint8
 from workbench.eval.oracle import background_mask
-from workbench.eval.vbench import temporal_flickering
+from workbench.eval.vbench import interpolation_error, temporal_flickering
 from workbench.generate import generate, test_batch
 from workbench.runs import load_model
 
@@ -27,18 +29,25 @@ from _emit import emit  # bench/_emit.py (the script's folder is on sys.path)
 
 
 def split(clips_BTHWC: np.ndarray, truths: list) -> dict[str, float]:
-    """The proxy's mean |x_t - x_{t-1}| (255 (1 - temporal_flickering)), split into the background's share and
-    the rest (they sum to it)."""
-    flicker = float(temporal_flickering(torch.from_numpy(clips_BTHWC).permute(0, 1, 4, 2, 3).float()).mean())
-    background = 0.0
-    for clip, truth in zip(clips_BTHWC, truths):
+    """The proxies' errors, each split into the background's share and the rest (they sum to it): the flickering
+    proxy's mean |x_t - x_{t-1}| (255 (1 - temporal_flickering)) and the smoothness proxy's mean interpolation
+    error (255 (1 - motion_smoothness_proxy))."""
+    px_BTCHW = torch.from_numpy(clips_BTHWC).permute(0, 1, 4, 2, 3).float()
+    flicker = float(temporal_flickering(px_BTCHW).mean())
+    interp_BKHW = interpolation_error(px_BTCHW).numpy()       # odd frames 1, 3, ..., 2k - 1
+    background, smooth_background = 0.0, 0.0
+    for clip, truth, interp in zip(clips_BTHWC, truths, interp_BKHW):
         diff = np.abs(clip[1:].astype(np.float32) - clip[:-1].astype(np.float32)).mean(-1)      # T-1, H, W
         bg = background_mask(clip, truth)                                                         # T, H, W
         background += float((diff * (bg[1:] & bg[:-1])).sum() / diff.size)
-    background /= len(clips_BTHWC)
-    total = 255 * (1 - flicker)
-    return {"frame_diff": total, "from_background": background, "from_objects": total - background,
-            "temporal_flickering": flicker}
+        k = interp.shape[0]
+        still = bg[0:2 * k:2] & bg[1:2 * k:2] & bg[2:2 * k + 1:2]                                 # k, H, W
+        smooth_background += float((interp * still).sum() / max(interp.size, 1))
+    n = len(clips_BTHWC)
+    total, smooth = 255 * (1 - flicker), float(interp_BKHW.mean()) if interp_BKHW.size else 0.0
+    return {"frame_diff": total, "from_background": background / n, "from_objects": total - background / n,
+            "temporal_flickering": flicker, "smooth_err": smooth, "smooth_from_background": smooth_background / n,
+            "smooth_from_objects": smooth - smooth_background / n, "motion_smoothness_proxy": 1 - smooth / 255}
 
 
 @torch.no_grad()

@@ -275,7 +275,8 @@ def test_background_columns_see_background_noise_and_what_an_object_leaves_behin
 
 def test_flicker_split_puts_a_static_background_at_zero_and_a_flickering_one_in_the_background_share():
     """bench/flicker_split.py: the two shares sum to the proxy's frame difference; a real clip's background is
-    static (share 0); patch noise redrawn every frame on the background lands in the background share only."""
+    static (share 0); patch noise redrawn every frame on the background lands in the background share only (of
+    the flickering proxy's frame difference and of the smoothness proxy's interpolation error)."""
     import importlib.util
     import sys
     from dataclasses import asdict
@@ -299,6 +300,12 @@ def test_flicker_split_puts_a_static_background_at_zero_and_a_flickering_one_in_
     shaky = bench.split(noisy[None], [truth])
     assert shaky["from_background"] > 3 and abs(shaky["from_objects"] - real["from_objects"]) < 0.5
     assert abs(shaky["from_background"] + shaky["from_objects"] - shaky["frame_diff"]) < 1e-3
+    # motion smoothness: the same split of the interpolation error; the noise lands in its background share
+    for out in (real, shaky):
+        assert abs(out["smooth_from_background"] + out["smooth_from_objects"] - out["smooth_err"]) < 1e-3
+        assert abs(out["smooth_err"] - 255 * (1 - out["motion_smoothness_proxy"])) < 1e-3
+    assert shaky["smooth_from_background"] - real["smooth_from_background"] > 5
+    assert abs(shaky["smooth_from_objects"] - real["smooth_from_objects"]) < 2
 
 
 def test_free_direction_shares_count_only_objects_whose_caption_states_none():

@@ -114,18 +114,26 @@ def _work_scale(px_BTCHW: torch.Tensor, short: int = 32) -> torch.Tensor:
     return x.reshape(B, T, C, *x.shape[-2:])
 
 
-def motion_smoothness_proxy(px_BTCHW: torch.Tensor) -> np.ndarray:
-    """VBench motion smoothness per clip with block-matching interpolation of the odd frames in place of AMT."""
+def interpolation_error(px_BTCHW: torch.Tensor) -> torch.Tensor:
+    """Per pixel of each odd frame, |its block-matching interpolation from the even frames beside it - itself|,
+    mean over channels, at the working scale: (B, k, h, w) with k = the odd frames that have an even frame after."""
     x = _work_scale(px_BTCHW)
     B, T, C, H, W = x.shape
     even = x[:, 0::2]
     k = min(even.shape[1] - 1, x[:, 1::2].shape[1])
     if k < 1:
-        return np.ones(B)
+        return x.new_zeros(B, 0, H, W)
     _, mid = block_match(even[:, :k].reshape(-1, C, H, W), even[:, 1:k + 1].reshape(-1, C, H, W),
                          max(1, round(min(H, W) / 6)), symmetric=True)
-    err = (mid.reshape(B, k, C, H, W).round() - x[:, 1:2 * k:2]).abs().mean((1, 2, 3, 4))
-    return ((255 - err) / 255).double().numpy()
+    return (mid.reshape(B, k, C, H, W).round() - x[:, 1:2 * k:2]).abs().mean(2)
+
+
+def motion_smoothness_proxy(px_BTCHW: torch.Tensor) -> np.ndarray:
+    """VBench motion smoothness per clip with block-matching interpolation of the odd frames in place of AMT."""
+    err = interpolation_error(px_BTCHW)
+    if err.shape[1] == 0:
+        return np.ones(err.shape[0])
+    return ((255 - err.mean((1, 2, 3))) / 255).double().numpy()
 
 
 def dynamic_degree_proxy(px_BTCHW: torch.Tensor) -> np.ndarray:
