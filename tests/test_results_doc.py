@@ -54,6 +54,21 @@ def test_stage_changes_count_only_what_moves_beyond_the_spread(tmp_path, monkeyp
     assert "- **a -> b, 2 steps**: better: FVD 112.0 -> 63.00;" in render("t.md")
 
 
+def test_reproduction_counts_the_cells_a_rerun_moves_beyond_the_spread(tmp_path):
+    """bench/reproduce.py's rule: every (method, steps, column) both tables hold, s/clip left out; a cell is beyond
+    the spread when the means differ by more than the larger seed-std."""
+    from workbench.eval.tables import reproduction
+    shipped = pd.read_csv(results_csv(tmp_path / "results.csv")).assign(sec_per_clip=1.0)
+    fresh = shipped.assign(sec_per_clip=9.0)
+    fresh.loc[fresh.method == "a", "fvd"] += 5                                # inside FVD's std 10
+    fresh.loc[(fresh.method == "b") & (fresh.steps == 2), "psnr"] -= 3       # beyond PSNR's std 1
+    fresh = fresh[~((fresh.method == "b") & (fresh.steps == 1))]              # a row the rerun lacks: not counted
+    out = reproduction(shipped, fresh)
+    assert out["cells"] == 3 * 5 and out["within_spread"] == 14                # fvd, psnr, solid, subject, wobble
+    assert out["beyond_spread"] == [{"method": "b", "steps": 2, "column": "psnr", "shipped": 29.0, "fresh": 26.0,
+                                     "spread": 1.0}]
+
+
 def test_the_command_renders_a_template_and_check_tells_when_it_is_stale(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     results_csv(tmp_path / "results.csv")

@@ -102,6 +102,26 @@ def stage_changes(df: pd.DataFrame, stages: list[str], steps: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def reproduction(shipped: pd.DataFrame, fresh: pd.DataFrame) -> dict:
+    """Does a rerun reproduce a results table? Per (method, steps) both hold and per metric column (s/clip left
+    out), its mean against the shipped one: beyond the spread when they differ by more than the larger seed-std."""
+    a = summarise(shipped).set_index([("method", ""), ("steps", "")])
+    b = summarise(fresh).set_index([("method", ""), ("steps", "")])
+    cols = [c for c in metric_columns(shipped) if c != "sec_per_clip" and c in b["mean"].columns]
+    cells, beyond = 0, []
+    for key in a.index.intersection(b.index):
+        for c in cols:
+            m_a, m_b = a.loc[key, ("mean", c)], b.loc[key, ("mean", c)]
+            if not (np.isfinite(m_a) and np.isfinite(m_b)):
+                continue
+            cells += 1
+            spread = max(a.loc[key, ("std", c)], b.loc[key, ("std", c)])
+            if abs(m_b - m_a) > spread:
+                beyond.append({"method": key[0], "steps": int(key[1]), "column": c, "shipped": float(m_a),
+                               "fresh": float(m_b), "spread": float(spread)})
+    return {"cells": cells, "within_spread": cells - len(beyond), "beyond_spread": beyond}
+
+
 def caveats(df: pd.DataFrame) -> str:
     """Markdown notes where a table cannot carry the weight a reader may put on it (seeds, clip count)."""
     notes = []
