@@ -7,10 +7,10 @@ VBench's temporal flickering is (255 - mean_t mean |x_t - x_{t-1}|) / 255 over e
 object changes the pixels it enters and leaves, so a solid object costs the proxy more than a faded one. This
 splits the mean frame difference (in [0, 255], averaged over the same pixels as the proxy) into the share from
 background pixels (outside every true object and every object-coloured pixel of the clip in both frames: the
-oracle's background mask) and the rest (objects, wherever the model drew them), for the real test clips and
-each model's samples with the evaluation's noise. Motion smoothness (255 - mean |interp(x_even) - x_odd|) / 255 is
-split the same way (`smooth_*`): its mean interpolation error, from background pixels (background in the odd frame
-and both even frames beside it) and from the rest.
+oracle's background mask) and the rest (objects, wherever the model drew them), for the real test clips and each
+model's samples with the evaluation's noise (mean over seeds, and `*_std` their std). Motion smoothness (255 - mean
+|interp(x_even) - x_odd|) / 255 is split the same way (`smooth_*`): its mean interpolation error, from background
+pixels (background in the odd frame and both even frames beside it) and from the rest.
 """
 from __future__ import annotations
 
@@ -73,6 +73,9 @@ def main() -> None:
             per_seed = [split(np.stack([to_uint8(v) for v in generate(m, batch, k, s)]), batch["truth"])
                         for s in seeds]
             rows[str(k)] = {key: float(np.mean([p[key] for p in per_seed])) for key in per_seed[0]}
+            if len(seeds) > 1:                                       # the spread over seeds, as the tables' ±
+                rows[str(k)].update({f"{key}_std": float(np.std([p[key] for p in per_seed], ddof=1))
+                                     for key in per_seed[0]})
         out["models"][path] = rows
     emit(out, args.out)
 
