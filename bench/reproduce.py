@@ -11,6 +11,7 @@ after `python -m workbench pipeline experiments/toy/swiftvideo.yaml` from a fres
 from __future__ import annotations
 
 import argparse
+import sys
 
 import pandas as pd
 
@@ -25,8 +26,19 @@ def main() -> None:
     ap.add_argument("--fresh", default="runs/toy-swiftvideo/eval/results.csv")
     ap.add_argument("--out")
     args = ap.parse_args()
+    tables = []
+    for path in (args.shipped, args.fresh):
+        try:
+            df = pd.read_csv(path)
+        except (OSError, ValueError):                 # missing, unreadable, or not a CSV (pandas' ParserError)
+            df = None
+        if df is None or not {"method", "steps", "nfe", "seed"} <= set(df.columns):
+            print(f"error: bench/reproduce.py: {path}: expected a results.csv (python -m workbench eval writes one)",
+                  file=sys.stderr)
+            sys.exit(2)
+        tables.append(df)
     out = {"command": f"python bench/reproduce.py --shipped {args.shipped} --fresh {args.fresh}",
-           **reproduction(pd.read_csv(args.shipped), pd.read_csv(args.fresh))}
+           **reproduction(*tables)}
     emit(out, args.out)
 
 

@@ -67,6 +67,13 @@ def test_reproduction_counts_the_cells_a_rerun_moves_beyond_the_spread(tmp_path)
     assert out["cells"] == 3 * 5 and out["within_spread"] == 14                # fvd, psnr, solid, subject, wobble
     assert out["beyond_spread"] == [{"method": "b", "steps": 2, "column": "psnr", "shipped": 29.0, "fresh": 26.0,
                                      "spread": 1.0}]
+    import subprocess
+    import sys
+    from pathlib import Path
+    for bad in (tmp_path / "missing.csv", Path(__file__)):                   # no file; not a results.csv
+        run = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "bench/reproduce.py"), "--shipped",
+                              str(tmp_path / "results.csv"), "--fresh", str(bad)], capture_output=True, text=True)
+        assert run.returncode == 2 and run.stderr.count("\n") == 1 and str(bad) in run.stderr, run.stderr
 
 
 def test_the_command_renders_a_template_and_check_tells_when_it_is_stale(tmp_path, monkeypatch, capsys):
