@@ -42,9 +42,9 @@ def split(clips_BTHWC: np.ndarray, truths: list) -> dict[str, float]:
         background += float((diff * (bg[1:] & bg[:-1])).sum() / diff.size)
         k = interp.shape[0]
         still = bg[0:2 * k:2] & bg[1:2 * k:2] & bg[2:2 * k + 1:2]                                 # k, H, W
-        smooth_background += float((interp * still).sum() / max(interp.size, 1))
+        smooth_background += float((interp * still).mean())
     n = len(clips_BTHWC)
-    total, smooth = 255 * (1 - flicker), float(interp_BKHW.mean()) if interp_BKHW.size else 0.0
+    total, smooth = 255 * (1 - flicker), float(interp_BKHW.mean())
     return {"frame_diff": total, "from_background": background / n, "from_objects": total - background / n,
             "temporal_flickering": flicker, "smooth_err": smooth, "smooth_from_background": smooth_background / n,
             "smooth_from_objects": smooth - smooth_background / n, "motion_smoothness_proxy": 1 - smooth / 255}

@@ -13,8 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import pandas as pd
-
+from workbench.eval.results_doc import read_results_csv
 from workbench.eval.tables import reproduction
 
 from _emit import emit  # bench/_emit.py (the script's folder is on sys.path)
@@ -26,17 +25,11 @@ def main() -> None:
     ap.add_argument("--fresh", default="runs/toy-swiftvideo/eval/results.csv")
     ap.add_argument("--out")
     args = ap.parse_args()
-    tables = []
-    for path in (args.shipped, args.fresh):
-        try:
-            df = pd.read_csv(path)
-        except (OSError, ValueError):                 # missing, unreadable, or not a CSV (pandas' ParserError)
-            df = None
-        if df is None or not {"method", "steps", "nfe", "seed"} <= set(df.columns):
-            print(f"error: bench/reproduce.py: {path}: expected a results.csv (python -m workbench eval writes one)",
-                  file=sys.stderr)
-            sys.exit(2)
-        tables.append(df)
+    try:
+        tables = [read_results_csv(path, ("method", "steps", "nfe", "seed")) for path in (args.shipped, args.fresh)]
+    except (OSError, ValueError) as e:
+        print(f"error: bench/reproduce.py: {e}", file=sys.stderr)
+        sys.exit(2)
     out = {"command": f"python bench/reproduce.py --shipped {args.shipped} --fresh {args.fresh}",
            **reproduction(*tables)}
     emit(out, args.out)

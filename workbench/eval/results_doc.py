@@ -27,12 +27,16 @@ MARKER = re.compile(r"^<!--\s*(table|include|changes):\s*(\S+)((?:\s+\w+=\S+)*)\
 OPTIONS = {"methods", "steps", "columns", "reference", "stages"}
 
 
-def _read_csv(path: str, loc: str, needs: tuple[str, ...]) -> pd.DataFrame:
-    """A CSV that has the columns `needs`; errors name the template line `loc` and the file."""
+def read_results_csv(path: str, needs: tuple[str, ...], loc: str = "") -> pd.DataFrame:
+    """A CSV that has the columns `needs`; errors (ValueError, or FileNotFoundError) name the file, after the
+    template line `loc` if given."""
     where = f"{loc}: {path}" if loc else path
     if not Path(path).is_file():
         raise FileNotFoundError(f"{where}: no such file")
-    df = pd.read_csv(path)
+    try:
+        df = pd.read_csv(path)
+    except (ValueError, UnicodeDecodeError) as e:          # pandas' ParserError and EmptyDataError are ValueErrors
+        raise ValueError(f"{where}: not a CSV ({str(e).splitlines()[0]})") from None
     missing = [c for c in needs if c not in df.columns]
     if missing:
         raise ValueError(f"{where}: no column {', '.join(missing)}; expected a table written by `workbench eval`")
@@ -52,13 +56,13 @@ def render_table(path: str, methods: list[str] | None = None, steps: list[int] |
                  columns: list[str] | None = None, reference: str | None = None, loc: str = "") -> str:
     """Mean ± std over seeds of a results.csv (one row per model x steps x seed): every metric column unless
     `columns` names some. `loc` (template:line) prefixes errors."""
-    df = _read_csv(path, loc, ("method", "steps", "nfe", "seed", "num"))
+    df = read_results_csv(path, ("method", "steps", "nfe", "seed", "num"), loc)
     where = f"{loc}: {path}" if loc else path
     if methods:
         df = _keep(df, "method", methods, where)
     if steps:
         df = _keep(df, "steps", steps, where)
-    ref = _read_csv(reference, loc, ("method",)) if reference else None
+    ref = read_results_csv(reference, ("method",), loc) if reference else None
     if columns:
         unknown = [c for c in columns if c not in metric_columns(df)]
         if unknown:
@@ -115,7 +119,7 @@ def render(template: str | Path) -> str:
             opts = _options(m.group(3), where)
             if set(opts) != {"stages", "steps"} or len(opts["stages"]) < 2:
                 raise ValueError(f"{where}: changes takes stages=a,b[,...] (two or more) and steps=N[,...]")
-            df = _read_csv(path, where, ("method", "steps", "seed"))
+            df = read_results_csv(path, ("method", "steps", "seed"), where)
             _keep(_keep(df, "method", opts["stages"], f"{where}: {path}"), "steps", opts["steps"], f"{where}: {path}")
             out += [f"Computed from `{path}` (beyond the spread: the means differ by more than the larger seed-std):",
                     "", stage_changes(df, opts["stages"], opts["steps"]).rstrip("\n")]

@@ -71,23 +71,38 @@ def _verdict(key: str, a: float, b: float) -> int:
     return int(np.sign(a - b) if key in LOWER_IS_BETTER else np.sign(b - a))
 
 
+def _compared_columns(df: pd.DataFrame) -> list[str]:
+    """The metric columns two tables are compared on: every one with a value, s/clip left out (machine load)."""
+    return [c for c in metric_columns(df) if c != "sec_per_clip" and df[c].notna().any()]
+
+
+def _beyond_spread(a: pd.Series, b: pd.Series, c: str) -> bool | None:
+    """Do two summary rows' means of column `c` differ by more than the larger of their seed-stds? None when
+    either mean is missing."""
+    m_a, m_b = a[("mean", c)], b[("mean", c)]
+    if not (np.isfinite(m_a) and np.isfinite(m_b)):
+        return None
+    return bool(abs(m_b - m_a) > max(a[("std", c)], b[("std", c)]))
+
+
 def stage_changes(df: pd.DataFrame, stages: list[str], steps: list[int]) -> str:
     """Markdown bullets: what each stage does to every metric column against the stage before it, per step count.
 
     A change counts when the two means differ by more than the larger of their seed-stds ("beyond the spread");
     every other column is listed as level. Columns without a better direction (shares, unknown columns) as moved."""
     s = summarise(df).set_index([("method", ""), ("steps", "")])
-    cols = [c for c in metric_columns(df) if c != "sec_per_clip" and df[c].notna().any()]
+    cols = _compared_columns(df)
     lines = []
     for prev, stage in zip(stages, stages[1:]):
         for n in steps:
             a, b = s.loc[(prev, n)], s.loc[(stage, n)]
             better, worse, moved, level = [], [], [], []
             for c in cols:
-                m_a, m_b = a[("mean", c)], b[("mean", c)]
-                if not (np.isfinite(m_a) and np.isfinite(m_b)):
+                beyond = _beyond_spread(a, b, c)
+                if beyond is None:
                     continue
-                if abs(m_b - m_a) <= max(a[("std", c)], b[("std", c)]):
+                m_a, m_b = a[("mean", c)], b[("mean", c)]
+                if not beyond:
                     level.append(display(c))
                     continue
                 a_txt, b_txt = _fmt(m_a), _fmt(m_b)
@@ -104,21 +119,19 @@ def stage_changes(df: pd.DataFrame, stages: list[str], steps: list[int]) -> str:
 
 def reproduction(shipped: pd.DataFrame, fresh: pd.DataFrame) -> dict:
     """Does a rerun reproduce a results table? Per (method, steps) both hold and per metric column (s/clip left
-    out), its mean against the shipped one: beyond the spread when they differ by more than the larger seed-std."""
+    out), its mean against the shipped one, by `stage_changes`' rule: beyond the spread or not."""
     a = summarise(shipped).set_index([("method", ""), ("steps", "")])
     b = summarise(fresh).set_index([("method", ""), ("steps", "")])
-    cols = [c for c in metric_columns(shipped) if c != "sec_per_clip" and c in b["mean"].columns]
+    cols = [c for c in _compared_columns(shipped) if c in b["mean"].columns]
     cells, beyond = 0, []
     for key in a.index.intersection(b.index):
         for c in cols:
-            m_a, m_b = a.loc[key, ("mean", c)], b.loc[key, ("mean", c)]
-            if not (np.isfinite(m_a) and np.isfinite(m_b)):
-                continue
-            cells += 1
-            spread = max(a.loc[key, ("std", c)], b.loc[key, ("std", c)])
-            if abs(m_b - m_a) > spread:
-                beyond.append({"method": key[0], "steps": int(key[1]), "column": c, "shipped": float(m_a),
-                               "fresh": float(m_b), "spread": float(spread)})
+            moved = _beyond_spread(a.loc[key], b.loc[key], c)
+            cells += moved is not None
+            if moved:
+                beyond.append({"method": key[0], "steps": int(key[1]), "column": c,
+                               "shipped": float(a.loc[key, ("mean", c)]), "fresh": float(b.loc[key, ("mean", c)]),
+                               "spread": float(max(a.loc[key, ("std", c)], b.loc[key, ("std", c)]))})
     return {"cells": cells, "within_spread": cells - len(beyond), "beyond_spread": beyond}
 
 
