@@ -25,3 +25,24 @@ def dino(tmp_path_factory):
     Dinov2Model(Dinov2Config(image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=2,
                              num_attention_heads=2, mlp_ratio=2)).save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """mount(size) -> a folder on a tmpfs of `size` (e.g. "256k"): a disk that fills up. Root only (CI is root);
+    skipped where mounting is not allowed. Unmounted after the test."""
+    import subprocess
+    mounted = []
+
+    def mount(size: str) -> Path:
+        d = tmp_path / f"disk{len(mounted)}"
+        d.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)],
+                          capture_output=True).returncode:
+            pytest.skip("this machine does not let the tests mount a tmpfs")
+        mounted.append(d)
+        return d
+
+    yield mount
+    for d in mounted:
+        subprocess.run(["umount", str(d)], check=True)

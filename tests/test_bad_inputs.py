@@ -207,7 +207,7 @@ def test_bad_config_files_name_the_file(content, fragment, tmp_path, capsys):
     ("sample.steps=0", "sample.steps: expected a value >= 1"),
     ("train.lr=fast", "train.lr: expected float"),
     ("train.nope=1", "train.nope: unknown key"),
-    ("model.preset=huge", "model.preset: unknown preset 'huge'"),
+    ("model.preset=huge", "model.preset: expected one of 'toy', 'toy-no-positions', 'tiny-wan'"),
 ])
 def test_bad_config_values_name_the_key(override, fragment, tmp_path, capsys):
     one_line_error(*cli(capsys, "train", MICRO, "--set", override, "--out", tmp_path / "run"), fragment)
@@ -239,7 +239,8 @@ def test_data_export_onto_a_file_or_an_earlier_export(tmp_path, capsys):
     one_line_error(*cli(capsys, "data", "export", "--out", tmp_path / "clips", "--num", "2"), "is a file")
     assert cli(capsys, "data", "export", "--out", tmp_path / "e", "--num", "1")[0] == 0
     before = snapshot(tmp_path)
-    one_line_error(*cli(capsys, "data", "export", "--out", tmp_path / "e", "--num", "1"), "already holds an export")
+    one_line_error(*cli(capsys, "data", "export", "--out", tmp_path / "e", "--num", "1"),
+                   "holds an earlier `data-export` output", "--force")
     assert snapshot(tmp_path) == before
 
 

@@ -7,7 +7,7 @@ import workbench
 
 # Bottom to top. A module may import its own layer and the ones below.
 LAYERS = [
-    ["workbench", "workbench.config", "workbench.flow"],
+    ["workbench", "workbench.config", "workbench.flow", "workbench.files"],
     ["workbench.models", "workbench.data"],
     ["workbench.sampling", "workbench.generate"],     # generate: a Model sampled to tensors and sheets (train uses it)
     ["workbench.methods"],

@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--steps", type=count, default=25)
     s.add_argument("--num", type=count, default=8)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="a new or empty folder")
+    s.add_argument("--force", action="store_true", help="replace an earlier sample output in --out (files you added "
+                                                        "there are kept)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
 
     v = sub.add_parser("eval", help="sample the test split at several step counts and seeds; write a metrics table")
@@ -71,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--num", type=count, default=64, help="test clips per (model, steps, seed)")
     v.add_argument("--seeds", type=seeds, default="0,1,2", help="comma-separated noise seeds")
     v.add_argument("--names", help="comma-separated row names (default: each config's name)")
-    v.add_argument("--out", required=True)
+    v.add_argument("--out", required=True, help="a new or empty folder")
+    v.add_argument("--force", action="store_true", help="replace an earlier eval output in --out (files you added "
+                                                        "there are kept)")
     v.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. data.test_size=1024")
     v.add_argument("--fvd-extractor", default="toy", help="'toy' (adds the column FVD (toy-ae)), 'toy-ae', a toy net "
                                                           ".safetensors, or an I3D TorchScript file")
@@ -121,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("data", help="toy data tools")
     dsub = d.add_subparsers(dest="data_cmd", required=True)
     e = dsub.add_parser("export", help="export toy clips as mp4 files + an OpenVid-1M style CSV")
-    e.add_argument("--out", required=True)
+    e.add_argument("--out", required=True, help="a new or empty folder")
+    e.add_argument("--force", action="store_true", help="replace an earlier export in --out")
     e.add_argument("--num", type=count, default=64)
     e.add_argument("--seed", type=int, default=0, help="first clip seed")
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. data.toy.size=32")
@@ -142,14 +147,19 @@ def main(argv: list[str] | None = None) -> int:
     sb.add_argument("--out", required=True, help="study folder (must not exist)")
     se = stsub.add_parser("export", help="write every vote of a votes database as CSV")
     se.add_argument("db", help="votes database (or a folder holding votes.sqlite)")
-    se.add_argument("--out", required=True)
+    se.add_argument("--out", required=True, help="CSV file (must not exist)")
+    se.add_argument("--force", action="store_true", help="replace an earlier export (never the database)")
 
     args = p.parse_args(argv)
+    from safetensors import SafetensorError
     try:
         return _run(args)
-    except (ValueError, KeyError, OSError, FloatingPointError) as e:  # bad input, or a file system that refuses
-        print(f"error: {one_line(e)}", file=sys.stderr)
+    except (ValueError, KeyError, OSError, FloatingPointError, SafetensorError) as e:  # bad input, or a file
+        print(f"error: {one_line(e)}", file=sys.stderr)                                  # system that refuses
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C: where things stand (train says where to resume from), not a traceback
+        print(f"interrupted: {one_line(e) or 'stopped by Ctrl-C; nothing was written half-way'}", file=sys.stderr)
+        return 130
 
 
 def one_line(e: BaseException) -> str:
@@ -169,15 +179,19 @@ def _run(args) -> int:
         out = train(cfg, args.out, resume=args.resume)
         print(f"run folder: {out}")
     elif args.cmd == "sample":
+        from workbench.files import check_output_folder
         from workbench.generate import write_samples
         from workbench.runs import load_model
-        files = write_samples(load_model(args.checkpoint, args.set), args.out, args.steps, args.num, args.seed)
+        check_output_folder(args.out, "sample", args.force)  # before the model loads
+        files = write_samples(load_model(args.checkpoint, args.set), args.out, args.steps, args.num, args.seed,
+                              force=args.force)
         print(f"wrote {len(files)} clips and contact_sheet.png to {args.out}")
     elif args.cmd == "eval":
         from workbench.eval.report import EvalSpec, evaluate
         spec = EvalSpec(args.fvd_extractor, args.frame_features, args.vbench, args.cache, device=args.device)
         evaluate(args.checkpoints, args.steps, args.num, args.seeds, args.out, args.batch_size,
-                 names=args.names.split(",") if args.names else None, spec=spec, overrides=args.set)
+                 names=args.names.split(",") if args.names else None, spec=spec, overrides=args.set,
+                 force=args.force)
         print((Path(args.out) / "table.md").read_text())
     elif args.cmd == "features" and args.features_cmd == "train" and args.kind == "fvd":
         from workbench.eval.feature_nets import train_toy_fvd_net
@@ -211,7 +225,7 @@ def _run(args) -> int:
     elif args.cmd == "data" and args.data_cmd == "export":
         from workbench.data.export import export_toy
         cfg = load_config(None, args.set)
-        csv = export_toy(args.out, args.num, args.seed, cfg.data.toy)
+        csv = export_toy(args.out, args.num, args.seed, cfg.data.toy, force=args.force)
         print(f"wrote {args.num} clips and {csv}")
     elif args.cmd == "results":
         from workbench.eval import results_doc
@@ -226,7 +240,7 @@ def _run(args) -> int:
             out = study.build_study(args.models, args.items, args.seed, args.out, args.attention_checks)
             print(f"study folder: {out}")
         else:
-            print(f"wrote {study.export_votes(args.db, args.out)}")
+            print(f"wrote {study.export_votes(args.db, args.out, force=args.force)}")
     return 0
 
 

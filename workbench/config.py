@@ -6,10 +6,12 @@ A notebook builds the same dataclasses the command line loads:
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -17,6 +19,13 @@ import yaml
 class ConfigError(ValueError):
     """A config file or override is wrong; the message names the file and key."""
 
+
+# Settings that name one option of a registry: kept equal to it by tests/test_config.py (the registries live in
+# higher layers, which this module may not import). The loader refuses any other value, naming the key.
+Preset = Literal["toy", "toy-no-positions", "tiny-wan", "wan2.1-fun-1.3b-inp"]   # models.wan.PRESETS
+SamplerName = Literal["euler", "consistency"]                                     # sampling.SAMPLERS
+MethodName = Literal["flow_matching", "ccd", "dcd", "adversarial", "dpo", "lcm", "pcm", "osv", "cdm", "dmd2"]
+Timesteps = Literal["uniform", "logit_normal"]
 
 # A config class may set RANGES = {field: (min, max)} (None = open): load_config refuses values outside.
 
@@ -49,7 +58,7 @@ class VideoFolderSpec:
 
 @dataclass
 class DataConfig:
-    kind: str = "toy"              # "toy" (procedural, embedded) or "videos" (CSV of mp4 files)
+    kind: Literal["toy", "videos"] = "toy"  # "toy" (procedural, embedded) or "videos" (CSV of mp4 files)
     toy: ToySpec = field(default_factory=ToySpec)
     videos: VideoFolderSpec = field(default_factory=VideoFolderSpec)
     preferences: str = ""          # TA: train on this preference-pair folder (data/preferences.py); test split unchanged
@@ -69,21 +78,21 @@ class LoraConfig:
 
 @dataclass
 class ModelConfig:
-    preset: str = "toy"            # "toy", "tiny-wan" (tests) or "wan2.1-fun-1.3b-inp"
+    preset: Preset = "toy"         # "toy", "tiny-wan" (tests) or "wan2.1-fun-1.3b-inp" (models.PRESETS)
     weights: str = ""              # safetensors file of the transformer (e.g. the shipped teacher); "" = preset init
     transformer_path: str = ""     # local diffusers folder of WanTransformer3DModel (Wan scale)
     vae_path: str = ""             # local folder of AutoencoderKLWan ("" = pixel codec)
     text_encoder_path: str = ""    # local folder of UMT5EncoderModel + tokenizer ("" = toy text encoder)
     image_encoder_path: str = ""   # local folder of CLIPVisionModel + processor ("" = no image tokens)
-    dtype: str = "float32"         # weights dtype of frozen parts: float32 or bfloat16
-    prediction: str = "velocity"   # what the transformer outputs: "velocity" (Eq. 2) or "x0" (F = (x_t - x0) / t)
+    dtype: Literal["float32", "bfloat16"] = "float32"  # weights dtype of frozen parts: float32 or bfloat16
+    prediction: Literal["velocity", "x0"] = "velocity"  # what the transformer outputs: "velocity" (Eq. 2) or "x0" (F = (x_t - x0) / t)
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
 class SampleConfig:
     """How the model is sampled; saved with it, so `sample`, `eval`, notebooks and the app sample it alike."""
-    sampler: str = "euler"         # a name in workbench.sampling.SAMPLERS: "euler" or "consistency"
+    sampler: SamplerName = "euler"  # a name in workbench.sampling.SAMPLERS: "euler" or "consistency"
     steps: int = 25                # steps (number of network evaluations without guidance)
     shift: float = 1.0             # timestep shift of the grid (1 = uniform)
     guidance: float = 1.0          # classifier-free guidance scale (1 = off)
@@ -92,7 +101,7 @@ class SampleConfig:
 
 @dataclass
 class FlowMatchingConfig:
-    timesteps: str = "logit_normal"  # "uniform" or "logit_normal"
+    timesteps: Timesteps = "logit_normal"  # "uniform" or "logit_normal"
     p_mean: float = 0.0              # logit-normal location
     p_std: float = 1.0               # logit-normal scale
     caption_dropout: float = 0.1     # chance to train on the empty caption (enables guidance)
@@ -103,16 +112,17 @@ class FlowMatchingConfig:
 class DistillConfig:
     """Consistency distillation from a frozen teacher; the student starts from `model.weights`."""
     teacher: str = ""                # safetensors of F_pretrain ("" = model.weights: student and teacher start equal)
-    teacher_dtype: str = "float32"   # the frozen teacher's weights: "float32" or "bfloat16" (halves it; diffusers'
+    teacher_dtype: Literal["float32", "bfloat16"] = "float32"  # the frozen teacher's weights: "float32" or "bfloat16" (halves it; diffusers'
                                      # fp32 modules kept); a teacher that is a role's LoRA base (DMD2) stays fp32
-    timesteps: str = "logit_normal"  # t sampler (Algorithm 1 line 4): "logit_normal" or "uniform"
+    timesteps: Timesteps = "logit_normal"  # t sampler (Algorithm 1 line 4): "logit_normal" or "uniform"
     p_mean: float = -0.6             # logit-normal location P_mean
     p_std: float = 1.4               # logit-normal scale P_std
     guidance: float = 1.0            # CFG scale of the teacher's dx/dt (distilled into the student; 1 = off)
     tangent_warmup: int = 1000       # H: r = min(1, step / H) scales t dF/dt (Eq. 9)
     tangent_norm_c: float = 0.1      # g <- g / (||g|| + c), per sample (Algorithm 1 line 8)
-    jvp: str = "blockwise"           # dF/dt by "blockwise" (Alg. 2), "whole", "finite_difference", "reverse", "reverse_blockwise"
-    jvp_attention: str = "math"      # attention under forward-mode AD: "math" SDPA or "chunked" (O(N x chunk) memory)
+    jvp: Literal["blockwise", "whole", "finite_difference", "reverse", "reverse_blockwise"] = "blockwise"
+                                     # dF/dt by "blockwise" (Alg. 2), "whole", "finite_difference", "reverse", "reverse_blockwise"
+    jvp_attention: Literal["math", "chunked"] = "math"  # attention under forward-mode AD: "math" SDPA or "chunked" (O(N x chunk) memory)
     jvp_chunk: int = 1024            # query/key chunk of the chunked attention JVP
     fd_eps: float = 1e-4             # finite-difference step in t (Wan embeds 1000 t: 1e-3 is already 1 rad at its top frequency)
     delta_t: float = 0.05            # DCD only: the teacher's Euler step between adjacent times (Eq. 3)
@@ -139,9 +149,9 @@ class PCMConfig:
     phases: int = 4                  # K; the model samples with Euler on the K + 1 phase edges (one model per K)
     grid: int = 48                   # N points of the teacher's schedule; K must divide N (48: K = 1, 2, 3, 4, 6, 8)
     skip: int = 1                    # solver step in grid intervals (not across a phase edge)
-    loss: str = "huber"              # "huber" (pseudo-Huber with huber_c, the official default) or "l2" (MSE)
+    loss: Literal["huber", "l2"] = "huber"  # "huber" (pseudo-Huber with huber_c, the official default) or "l2" (MSE)
     huber_c: float = 0.001           # pseudo-Huber c (0 = L1-like)
-    target: str = "online"           # "online": the student under no_grad (the official code); "ema": distill.target_decay
+    target: Literal["online", "ema"] = "online"  # "online": the student under no_grad (the official code); "ema": distill.target_decay
     adversarial: bool = False        # the official consistency-GAN: heads on the frozen teacher's block features
     adv_weight: float = 0.1          # its generator weight (the official SD3 run.sh)
     adv_lr: float = 1.0e-5           # its heads' learning rate (run.sh)
@@ -154,7 +164,7 @@ class PCMConfig:
 @dataclass
 class AdversarialConfig:
     """Distribution alignment (DA): hinge GAN on real clips over frozen features (Eq. 10)."""
-    distill: str = "ccd"             # the distillation loss DA is added to: "ccd", "dcd" or "none" (DA alone)
+    distill: Literal["ccd", "dcd", "none"] = "ccd"  # the distillation loss DA is added to: "ccd", "dcd" or "none" (DA alone)
     lambda_adv: float = 0.01         # weight of the generator's hinge loss
     warmup: int = 1000               # N_warmup: distillation-only steps before DA starts
     feature_net: str = "toy"         # frozen DINOv2: "toy" (shipped experiments/toy/dino) or a local Dinov2Model folder
@@ -228,16 +238,16 @@ class CDMConfig:
 class DPOConfig:
     """Trajectory alignment (TA): Flow-DPO (Eq. 11) + reflow regulariser on winners; trains the LoRA of model.lora."""
     beta: float = 2500.0             # beta of Eq. (11); errors are per-element means
-    error: str = "velocity"          # "velocity": ||v - F||^2 (Eq. 11); "x0": ||x0 - x0_hat||^2 = t^2 ||v - F||^2
+    error: Literal["velocity", "x0"] = "velocity"  # "velocity": ||v - F||^2 (Eq. 11); "x0": ||x0 - x0_hat||^2 = t^2 ||v - F||^2
     condition_frame: bool = False    # winner and loser take the condition's latent as frame 0 (the given frame)
-    noise: str = "fresh"             # x1 of x_t: "fresh" (a new draw each step) or "paired" (the noise the pair was
+    noise: Literal["fresh", "paired"] = "fresh"  # x1 of x_t: "fresh" (a new draw each step) or "paired" (the noise the pair was
                                      # sampled from: reflow's coupling, Liu et al. 2022; sampled winners only)
-    region: str = "all"              # DPO errors over "all" elements or weighted by |x0^w - x0^l| ("difference": the
+    region: Literal["all", "difference"] = "all"  # DPO errors over "all" elements or weighted by |x0^w - x0^l| ("difference": the
                                      # preference speaks where the pair differs; reflow still sees every element)
     lambda_rf: float = 2.0           # weight of the reflow loss ||v_w - v_theta(x_t^w, t)||^2 (0 = DPO alone)
     lambda_keep: float = 0.0         # weight of ||F - F_ref||^2 where winner and loser agree (not in the paper; 0 = off)
     lambda_first: float = 0.0        # weight of ||x0_hat's frame 0 - the given frame's latent||^2 (not in the paper)
-    timesteps: str = "uniform"       # t sampler: "uniform" or "logit_normal"
+    timesteps: Timesteps = "uniform"  # t sampler: "uniform" or "logit_normal"
     p_mean: float = 0.0
     p_std: float = 1.0
     RANGES = {"beta": (0, None), "lambda_rf": (0, None), "lambda_keep": (0, None), "lambda_first": (0, None),
@@ -246,18 +256,18 @@ class DPOConfig:
 
 @dataclass
 class TrainConfig:
-    method: str = "flow_matching"  # a name in workbench.methods.METHODS
+    method: MethodName = "flow_matching"  # a name in workbench.methods.METHODS
     steps: int = 1000              # optimizer steps
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.99)
     warmup_steps: int = 100        # linear warmup of the learning rate
-    schedule: str = "cosine"       # "constant" or "cosine" (to min_lr_ratio * lr)
+    schedule: Literal["constant", "cosine"] = "cosine"  # "constant" or "cosine" (to min_lr_ratio * lr)
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0         # max global grad norm (0 = off)
     ema_decay: float = 0.999       # EMA of the exported network (samples, export); CCD's target is distill.target_decay
-    mixed_precision: str = "no"    # accelerate: "no", "bf16" or "fp16"
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # accelerate: "no", "bf16" or "fp16"
     seed: int = 0
     log_every: int = 10            # steps between metrics.jsonl rows
     ckpt_every: int = 500          # steps between checkpoints
@@ -301,6 +311,12 @@ def _check(value, tp, where: str):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
         return _from_dict(tp, value, where)
+    if origin is typing.Literal:  # one option of a list: refused here, not where it is first used hours later
+        options = typing.get_args(tp)
+        if value not in options or type(value) is not type(options[0]):
+            quote = "; YAML reads an unquoted no/yes/off/on as a boolean: quote it" if isinstance(value, bool) else ""
+            raise ConfigError(f"{where}: expected one of {', '.join(map(repr, options))}, got {value!r}{quote}")
+        return value
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(tp):
             if arg is type(None) and value is None:
@@ -316,11 +332,14 @@ def _check(value, tp, where: str):
             return tuple(_check(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
         item = args[0] if args else object
         return origin(_check(v, item, f"{where}[{i}]") for i, v in enumerate(value))
-    if tp is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+    if tp is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
         try:  # YAML 1.1 reads 1e-4 (no dot) as a string
-            return float(value)
-        except ValueError:
+            number = float(value)
+        except (ValueError, OverflowError):
             raise ConfigError(f"{where}: expected float, got {value!r}") from None
+        if not math.isfinite(number):  # NaN passes every range check, and trains NaN weights
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if tp in (int, float, str, bool):
         if type(value) is not tp:
             raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
@@ -366,11 +385,30 @@ def load_dataclass(cls, path: str | Path | None = None, overrides: list[str] = (
         if "=" not in item:
             raise ConfigError(f"--set {item}: expected key=value")
         key, raw = item.split("=", 1)
-        _set(data, key.strip(), yaml.safe_load(raw))
+        _set(data, key.strip(), _parse_yaml(raw, f"--set {item}"))
     try:
         return _from_dict(cls, data, "")
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without anchors and aliases: a config needs none, and nested aliases (a "billion laughs") expand to
+    more values than memory holds."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"line {mark.line + 1}: YAML aliases (*name) are not allowed in a config; "
+                                 f"write the value out")
+        return super().compose_node(parent, index)
+
+
+def _parse_yaml(text: str, source: str):
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML ({str(e).splitlines()[0]})") from None
 
 
 def _read_yaml(path: Path) -> dict:
@@ -378,13 +416,11 @@ def _read_yaml(path: Path) -> dict:
     if path.is_dir():
         raise ConfigError(f"{path}: is a folder; expected a YAML config file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = _parse_yaml(path.read_text(encoding="utf-8"), str(path))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); expected a YAML config file") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if data is None:
         raise ConfigError(f"{path}: empty config file; expected a mapping of sections (e.g. train:, model:)")
     if not isinstance(data, dict):
@@ -396,7 +432,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     """Config from a YAML file (or the defaults) plus `key.sub=value` overrides (values parsed as YAML)."""
     if path is not None and Path(path).is_file() and "stages" in _read_yaml(Path(path)):
         raise ConfigError(f"{path}: a pipeline config (it has stages:); run it with `python -m workbench pipeline`")
-    return load_dataclass(Config, path, overrides)
+    cfg = load_dataclass(Config, path, overrides)
+    if cfg.train.batch_size > cfg.data.train_size:  # e.g. a typo of 1e9: refused now, not by a MemoryError later
+        raise ConfigError(f"{path or 'defaults'}: train.batch_size: {cfg.train.batch_size} clips a step, more than "
+                          f"the train split holds (data.train_size {cfg.data.train_size})")
+    return cfg
 
 
 def saved_config(weights_folder: str | Path) -> Path | None:

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import torch
 import yaml
-from safetensors.torch import save_file
 
 from workbench.config import load_config, to_dict
 from workbench.models.lora import merge_lora, save_lora
-from workbench.models.weights import read_weights
-from workbench.runs import exported_weights, load_model, without_lora
+from workbench.models.weights import check_finite, read_weights, write_weights
+from workbench.runs import checkpoint_state, exported_weights, load_model, without_lora
 from workbench.train.checkpoint import complete_checkpoints
 
 MARKER = "export.json"
@@ -55,6 +54,7 @@ def export_model(run_or_ckpt: str | Path, out: str | Path, dtype: str = "float16
     run = ckpt.parent.parent
     check_export_target(out, force)
     weights = read_weights(exported_weights(ckpt))
+    check_finite(weights, str(exported_weights(ckpt)))
     out.parent.mkdir(parents=True, exist_ok=True)
     with staged(out) as tmp:
         cfg_text = (run / "config.yaml").read_text() if (run / "config.yaml").is_file() else None
@@ -66,13 +66,13 @@ def export_model(run_or_ckpt: str | Path, out: str | Path, dtype: str = "float16
             cfg_text = yaml.safe_dump(to_dict(without_lora(load_config(run / "config.yaml"))), sort_keys=False)
         weights = {k: v.to(DTYPES[dtype]).contiguous() for k, v in weights.items()}
         # one metadata key: safetensors writes a metadata map in no fixed order, so two keys make the bytes vary
-        save_file(weights, tmp / "model.safetensors",
+        write_weights(weights, tmp / "model.safetensors",
                   metadata={"export": json.dumps({"dtype": dtype, "source": str(ckpt)}, sort_keys=True)})
         if cfg_text is not None:
             (tmp / "config.yaml").write_text(cfg_text)
         if (run / "metrics.jsonl").is_file():
             shutil.copy(run / "metrics.jsonl", tmp / "metrics.jsonl")
-        step = json.loads((ckpt / "state.json").read_text())["step"] if (ckpt / "state.json").is_file() else None
+        step = checkpoint_state(ckpt).get("step")
         (tmp / MARKER).write_text(json.dumps({"source": str(ckpt.resolve()), "step": step, "dtype": dtype}, indent=1))
     return out
 

@@ -66,12 +66,26 @@ def _cast(transformer, dtype: torch.dtype):
     return transformer
 
 
+def _pipeline_classes():
+    """diffusers' WanImageToVideoPipeline and the image processor it names, imported without transformers' warning
+    that CLIPImageProcessor falls back to its PIL version without torchvision (the one this project uses)."""
+    import logging
+    quiet = logging.getLogger("transformers.utils.import_utils")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        from diffusers import WanImageToVideoPipeline
+        from transformers import CLIPImageProcessor
+    finally:
+        quiet.setLevel(level)
+    return WanImageToVideoPipeline, CLIPImageProcessor
+
+
 def export_diffusers(path: str | Path, out: str | Path, dtype: str = "float16", steps: int = 4,
                      force: bool = False) -> Path:
     """Write `out` as a WanImageToVideoPipeline folder for the model of a run, checkpoint or model folder `path`,
     with its scheduler set for the config's sampler and shift at `steps` steps; the transformer cast to `dtype`."""
-    from diffusers import WanImageToVideoPipeline
-    from transformers import CLIPImageProcessor
+    WanImageToVideoPipeline, CLIPImageProcessor = _pipeline_classes()
     out = Path(out)
     if dtype not in DTYPES:
         raise ValueError(f"--dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")

@@ -17,6 +17,7 @@ from workbench.config import Config
 from workbench.data import build_dataset, collate
 from workbench.data.io import contact_sheet, write_mp4
 from workbench.data.synthetic import to_uint8
+from workbench.files import check_output_folder, output_folder
 from workbench.sampling import get_sampler, schedule
 
 
@@ -68,8 +69,9 @@ def generate(model: Model, batch: dict, steps: int, seed: int = 0) -> torch.Tens
 
 def test_batch(cfg: Config, num: int, start: int = 0) -> dict:
     ds = build_dataset(cfg.data, "test")
-    if num > len(ds):
-        raise ValueError(f"asked for {num} test clips; data.test_size is {len(ds)}")
+    if start + num > len(ds):
+        raise ValueError(f"asked for test clips {start}-{start + num - 1}; the test split holds {len(ds)} "
+                         f"(data.test_size)")
     items = [ds[i] for i in range(start, start + num)]
     for i, it in enumerate(items):
         it.setdefault("seed", start + i)
@@ -117,17 +119,19 @@ def _write_sheet(videos: dict[str, torch.Tensor], path: Path) -> Path:
     return path
 
 
-def write_samples(model: Model, out: str | Path, steps: int, num: int, seed: int) -> list[Path]:
-    """`python -m workbench sample`: mp4 per clip (tiny clips enlarged), a contact sheet, and captions.yaml."""
-    if Path(out).exists() and not Path(out).is_dir():
-        raise FileExistsError(f"--out {out}: is a file; expected a folder for the clips")
+def write_samples(model: Model, out: str | Path, steps: int, num: int, seed: int, force: bool = False) -> list[Path]:
+    """`python -m workbench sample`: mp4 per clip (tiny clips enlarged), a contact sheet, and captions.yaml, in a
+    new folder, or (force) in place of an earlier sample output, keeping files a user added there."""
+    check_output_folder(out, "sample", force)
     batch = test_batch(model.config, num)
     video = generate(model, batch, steps, seed)
-    out = Path(out)
     H = video.shape[-2]
     scale = 1 if H >= 128 else 2 * -(-64 // H)  # enlarge tiny clips for viewing, keeping sides even
-    files = [write_mp4(out / f"clip-{i:04d}.mp4", to_uint8(v), fps=8, scale=scale) for i, v in enumerate(video)]
-    contact_sheet([to_uint8(v) for v in video], [f"{i}" for i in range(num)]).save(out / "contact_sheet.png")
-    (out / "captions.yaml").write_text(yaml.safe_dump(
-        {f.name: {"caption": c, "seed": s} for f, c, s in zip(files, batch["caption"], batch["seed"])}))
-    return files
+    names = [f"clip-{i:04d}.mp4" for i in range(num)]
+    with output_folder(out, "sample", force) as tmp:
+        for name, v in zip(names, video):
+            write_mp4(tmp / name, to_uint8(v), fps=8, scale=scale)
+        contact_sheet([to_uint8(v) for v in video], [f"{i}" for i in range(num)]).save(tmp / "contact_sheet.png")
+        (tmp / "captions.yaml").write_text(yaml.safe_dump(
+            {n: {"caption": c, "seed": s} for n, c, s in zip(names, batch["caption"], batch["seed"])}))
+    return [Path(out) / n for n in names]

@@ -11,7 +11,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import Literal
+
 from workbench.config import ConfigError, load_config, load_dataclass, trained_changes
+from workbench.files import check_output_folder
 
 
 @dataclass
@@ -19,7 +22,7 @@ class PreferenceStage:
     num: int = 512                   # pairs (train clips 0..num-1)
     win_steps: int = 8               # winner: this many Euler steps of the starting model
     lose_steps: int = 4              # loser: this many
-    winners: str = "sampled"         # "sampled" or "real" (real clips win; Figure 6 ablation)
+    winners: Literal["sampled", "real"] = "sampled"  # real clips win: Figure 6 ablation
     seed: int = 0
 
 
@@ -54,11 +57,23 @@ class PipelineConfig:
 
 
 def load_pipeline(path: str | Path, overrides: list[str] = ()) -> PipelineConfig:
+    """The pipeline config with every stage's train config and overrides checked: a bad key in the last stage is
+    refused now, not after the first stages have trained."""
     cfg = load_dataclass(PipelineConfig, path, overrides)
     names = [s.name for s in cfg.stages]
     for i, s in enumerate(cfg.stages):
         if not s.name or not (s.config or s.reuse):
             raise ConfigError(f"{path}: stages[{i}] needs a name and a config (or reuse)")
+        if s.name in names[:i]:  # two stages would share one run folder
+            raise ConfigError(f"{path}: stages[{i}].name: {s.name!r} is also the name of stages[{names.index(s.name)}]")
+        if "/" in s.name or s.name in (".", "..", "eval"):
+            raise ConfigError(f"{path}: stages[{i}].name: {s.name!r} names a folder in the pipeline's (expected a "
+                              f"plain name, not 'eval')")
+        if s.config:
+            try:
+                load_config(s.config, s.set)
+            except ConfigError as e:
+                raise ConfigError(f"{path}: stages[{i}] ({s.name}): {e}") from None
         for key in ("init", "teacher"):
             ref = getattr(s, key)
             if ref and ref not in names[:i] and not Path(ref).is_dir():
@@ -108,6 +123,7 @@ def run_stage(stage: Stage, run: Path, init: Path | None, teacher: Path | None =
 def run_pipeline(cfg: PipelineConfig, out: str | Path | None = None) -> Path:
     """Every stage in order, then <out>/eval: table.md, results.csv, plots and contact sheets."""
     out = Path(out or cfg.out)
+    check_output_folder(out / "eval", "eval", force=True)  # refused now, not after the stages have trained
     out.mkdir(parents=True, exist_ok=True)
     models: dict[str, Path] = {}
     t0 = time.time()
@@ -147,7 +163,7 @@ def evaluate_stages(cfg: PipelineConfig, out: Path, models: dict[str, Path]) -> 
     e = cfg.eval
     names = e.models or list(models)
     evaluate([str(models[n]) for n in names], list(e.steps), e.num, list(e.seeds), out / "eval", names=names,
-             sheet_num=0)
+             sheet_num=0, force=True)  # the pipeline's own eval folder, replaced on every run
     if e.sheet_num:
         sheet = {n: (load_model(models[n]), [e.sheet_steps]) for n in names}
         comparison_sheet(sheet, out / "eval" / f"stages_{e.sheet_steps}steps.png", e.sheet_num)

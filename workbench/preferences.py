@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from workbench.data import build_dataset, collate
+from workbench.files import staged_folder
 from workbench.generate import generate_latents
+from workbench.models.weights import write_weights
 from workbench.runs import load_model, resolve_weights
 
 
@@ -67,15 +66,21 @@ def build_preferences(model: str | Path, out: str | Path, num_pairs: int, win_st
     source = build_dataset(dataclasses.replace(cfg.data, preferences=""), "train")  # the clips, not earlier pairs
     if num_pairs > len(source):
         raise ValueError(f"num_pairs={num_pairs} exceeds the {len(source)} train clips")
-    tmp = out.with_name(f".tmp-{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    with staged_folder(out, "preferences") as tmp:  # a killed build is never read; only our own folder is removed
+        _write_pairs(m, source, tmp, num_pairs, win_steps, lose_steps, winners, seed, batch_size, shard_size,
+                     progress, made_by(model, num_pairs, win_steps, lose_steps, winners, seed, overrides))
+    return out
+
+
+def _write_pairs(m, source, tmp: Path, num_pairs: int, win_steps: int, lose_steps: int, winners: str, seed: int,
+                 batch_size: int, shard_size: int, progress: bool, meta: dict) -> None:
     items, shard, n_shards = [], {"winner": [], "loser": [], "first": []}, 0
 
     def flush():
         nonlocal shard, n_shards
         if shard["winner"]:
-            save_file({k: torch.cat(v).contiguous() for k, v in shard.items()}, tmp / f"pairs-{n_shards:05d}.safetensors")
+            write_weights({k: torch.cat(v).contiguous() for k, v in shard.items()},
+                          tmp / f"pairs-{n_shards:05d}.safetensors")
             n_shards += 1
             shard = {"winner": [], "loser": [], "first": []}
 
@@ -93,9 +98,5 @@ def build_preferences(model: str | Path, out: str | Path, num_pairs: int, win_st
         if sum(len(w) for w in shard["winner"]) >= shard_size:
             flush()
     flush()
-    meta = {**made_by(model, num_pairs, win_steps, lose_steps, winners, seed, overrides),
-            "frames": int(source[0]["video"].shape[1]), "shards": n_shards}
+    meta = {**meta, "frames": int(source[0]["video"].shape[1]), "shards": n_shards}
     (tmp / "pairs.json").write_text(json.dumps({"meta": meta, "items": items}, indent=0))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return out

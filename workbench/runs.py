@@ -22,13 +22,25 @@ from workbench.models import build_backbone
 from workbench.models.lora import merge_lora
 from workbench.train.checkpoint import complete_checkpoints
 
-__all__ = ["Model", "Run", "exported_weights", "find_eval_tables", "find_runs", "load_model", "resolve_weights",
+__all__ = ["Model", "Run", "checkpoint_state", "exported_weights", "find_eval_tables", "find_runs", "load_model", "resolve_weights",
            "without_lora"]
+
+
+def checkpoint_state(ckpt: Path) -> dict:
+    """A checkpoint's state.json, or a ValueError naming the file (a hand edit, a disk error)."""
+    f = Path(ckpt) / "state.json"
+    try:
+        state = json.loads(f.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{f}: not a checkpoint's state.json (not JSON: {e})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{f}: not a checkpoint's state.json (expected a JSON object)")
+    return state
 
 
 def exported_weights(ckpt: Path) -> Path:
     """The weights a checkpoint exports: its exported role's EMA where it keeps one, else the role's weights."""
-    state = json.loads((ckpt / "state.json").read_text())
+    state = checkpoint_state(ckpt)
     role = state.get("export", "model")
     ema = ckpt / f"{role}-ema.safetensors"
     return ema if ema.is_file() else ckpt / f"{role}.safetensors"

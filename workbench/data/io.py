@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from workbench.files import staged_file
+
 
 class VideoReadError(RuntimeError):
     """A clip could not be decoded; the message names the file."""
@@ -24,19 +26,19 @@ def write_mp4(path: str | Path, video_THWC: np.ndarray, fps: int = 8, scale: int
         video_THWC = video_THWC.repeat(scale, axis=1).repeat(scale, axis=2)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.mp4")
     T, H, W, _ = video_THWC.shape
-    with av.open(str(tmp), mode="w") as box:
-        stream = box.add_stream("libx264", rate=fps)
-        stream.width, stream.height = W, H
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "10", "preset": "veryfast"}
-        for frame in video_THWC:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+    # removed if encoding fails (a full disk); our own file object, as PyAV leaves its descriptor open on a failed write
+    with staged_file(path, kind="mp4") as tmp, open(tmp, "wb") as fh:
+        with av.open(fh, mode="w", format="mp4") as box:
+            stream = box.add_stream("libx264", rate=fps)
+            stream.width, stream.height = W, H
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": "10", "preset": "veryfast"}
+            for frame in video_THWC:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                    box.mux(packet)
+            for packet in stream.encode():
                 box.mux(packet)
-        for packet in stream.encode():
-            box.mux(packet)
-    os.replace(tmp, path)
     return path
 
 

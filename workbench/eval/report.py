@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from workbench.config import to_dict
+from workbench.config import load_config, to_dict
 from workbench.data.io import write_mp4
 from workbench.data.synthetic import to_tensor, to_uint8
 from workbench.eval.feature_nets import Dinov2FrameFeatures, ToyFrameFeatures
@@ -33,6 +33,7 @@ from workbench.eval.vbench import VBenchNets, quality_groups, run_vbench, vbench
 from workbench.generate import generate, sample_sheet, test_batch
 from workbench.models.weights import tensor_names
 from workbench.eval.tables import report_markdown, summarise
+from workbench.files import check_output_folder, output_folder
 from workbench.plots import metric_vs_steps
 from workbench.runs import load_model, resolve_weights
 
@@ -196,51 +197,56 @@ def _score(scorer: Scorer, samples, batches: list[dict], ref_feats: dict, device
 
 def evaluate(checkpoints: list[str], steps_list: list[int], num: int, seeds: list[int], out: str | Path,
              batch_size: int = 32, names: list[str] | None = None, sheet_num: int = 6,
-             spec: EvalSpec | None = None, overrides: list[str] = ()) -> pd.DataFrame:
+             spec: EvalSpec | None = None, overrides: list[str] = (), force: bool = False) -> pd.DataFrame:
     """Score every checkpoint at every step count and seed; write results.csv, reference.csv, table.md and
-    fvd_vs_steps.html (Figure 7; plotly.js from its CDN)."""
+    fvd_vs_steps.html (Figure 7; plotly.js from its CDN) into a new folder `out`, or (force) in place of an
+    earlier eval output there, keeping the files a user added beside it."""
     spec = spec or EvalSpec()
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out}: is a file; expected a folder for the tables")
+    check_output_folder(out, "eval", force)
     if names and len(names) != len(checkpoints):
         raise ValueError(f"--names: {len(names)} names for {len(checkpoints)} checkpoints")
     scorer, cache = Scorer(spec), Cache(spec.cache)
-    for ckpt in checkpoints:  # every model readable before any work (the shapes are checked as each loads)
-        tensor_names(resolve_weights(ckpt)[0])
-    rows, refs = [], {}
-    for k, ckpt in enumerate(checkpoints):
-        model = load_model(ckpt, overrides)
-        cfg = model.config
-        name = names[k] if names else cfg.name
-        batches = [test_batch(cfg, min(batch_size, num - s), s) for s in range(0, num, batch_size)]
-        ref_feats, ref_row = _reference(scorer, cache, cfg, batches, num)
-        split = test_split_key(cfg.data)[:8]
-        refs.setdefault(split, {"num": num, **ref_row})                   # one row per distinct test split
-        weights = Path(resolve_weights(ckpt)[0]).resolve()
-        reference = f"{num} videos | reference: test clips 0-{num - 1} of data spec {split}"
-        variant = {f"{col}_variant": f"{ext.describe()} | {reference}" for col, ext in scorer.extractors.items()}
-        variant.update(scorer.variant)
-        nfe_per_step = 1 if cfg.sample.guidance == 1.0 else 2
-        bar = tqdm(total=len(steps_list) * len(seeds) * len(batches), desc=f"eval {name}")
-        for steps in steps_list:
-            for seed in seeds:
-                bar.set_postfix(steps=steps, seed=seed)
-                key = _key({"weights": [str(weights), weights.stat().st_size, weights.stat().st_mtime_ns],
-                            "steps": steps, "seed": seed, "num": num, "data": to_dict(cfg.data),
-                            "sample": to_dict(cfg.sample)})
-                samples = _samples(model, batches, steps, seed, cache, key, spec.max_cached_mb)
-                rows.append({"method": name, "steps": steps, "nfe": steps * nfe_per_step, "seed": seed, "num": num,
-                             **_score(scorer, samples, batches, ref_feats, spec.device, bar), **variant})
-        bar.close()
-        if sheet_num:
-            sample_sheet(model, out / f"contact_sheet_{name}.png", steps_list, min(sheet_num, num))
-    df = pd.DataFrame(rows)
-    out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / "results.csv", index=False)
-    label = lambda k: "real test clips" if len(refs) == 1 else f"real test clips (data spec {k})"  # noqa: E731
-    reference = pd.DataFrame([{"method": label(k), **r, **quality_groups(r)} for k, r in refs.items()])
-    reference.to_csv(out / "reference.csv", index=False)
-    (out / "table.md").write_text(report_markdown(df, reference))
-    metric_vs_steps(summarise(df), "fvd").write_html(out / "fvd_vs_steps.html", include_plotlyjs="cdn")
+    for ckpt in checkpoints:  # every model readable, and its test split large enough, before any work
+        weights, config = resolve_weights(ckpt)
+        tensor_names(weights)
+        test_size = load_config(config, overrides).data.test_size
+        if num > test_size:
+            raise ValueError(f"--num {num}: more test clips than {ckpt}'s test split holds (data.test_size "
+                             f"{test_size}; --set data.test_size=N to change it)")
+    with output_folder(out, "eval", force) as tmp:  # written as it goes, published when complete
+        rows, refs = [], {}
+        for k, ckpt in enumerate(checkpoints):
+            model = load_model(ckpt, overrides)
+            cfg = model.config
+            name = names[k] if names else cfg.name
+            batches = [test_batch(cfg, min(batch_size, num - s), s) for s in range(0, num, batch_size)]
+            ref_feats, ref_row = _reference(scorer, cache, cfg, batches, num)
+            split = test_split_key(cfg.data)[:8]
+            refs.setdefault(split, {"num": num, **ref_row})                   # one row per distinct test split
+            weights = Path(resolve_weights(ckpt)[0]).resolve()
+            reference = f"{num} videos | reference: test clips 0-{num - 1} of data spec {split}"
+            variant = {f"{col}_variant": f"{ext.describe()} | {reference}" for col, ext in scorer.extractors.items()}
+            variant.update(scorer.variant)
+            nfe_per_step = 1 if cfg.sample.guidance == 1.0 else 2
+            bar = tqdm(total=len(steps_list) * len(seeds) * len(batches), desc=f"eval {name}")
+            for steps in steps_list:
+                for seed in seeds:
+                    bar.set_postfix(steps=steps, seed=seed)
+                    key = _key({"weights": [str(weights), weights.stat().st_size, weights.stat().st_mtime_ns],
+                                "steps": steps, "seed": seed, "num": num, "data": to_dict(cfg.data),
+                                "sample": to_dict(cfg.sample)})
+                    samples = _samples(model, batches, steps, seed, cache, key, spec.max_cached_mb)
+                    rows.append({"method": name, "steps": steps, "nfe": steps * nfe_per_step, "seed": seed, "num": num,
+                                 **_score(scorer, samples, batches, ref_feats, spec.device, bar), **variant})
+            bar.close()
+            if sheet_num:
+                sample_sheet(model, tmp / f"contact_sheet_{name}.png", steps_list, min(sheet_num, num))
+        df = pd.DataFrame(rows)
+        label = lambda k: "real test clips" if len(refs) == 1 else f"real test clips (data spec {k})"  # noqa: E731
+        reference = pd.DataFrame([{"method": label(k), **r, **quality_groups(r)} for k, r in refs.items()])
+        df.to_csv(tmp / "results.csv", index=False)
+        reference.to_csv(tmp / "reference.csv", index=False)
+        (tmp / "table.md").write_text(report_markdown(df, reference))
+        metric_vs_steps(summarise(df), "fvd").write_html(tmp / "fvd_vs_steps.html", include_plotlyjs="cdn")
     return df

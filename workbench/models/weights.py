@@ -5,11 +5,12 @@ command line can print it as the one line it promises. Nothing here loads a pick
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 
 class WeightsError(ValueError):
@@ -22,8 +23,11 @@ def _label(path: Path, key: str) -> str:
 
 def _require_file(path: Path, key: str) -> None:
     if not path.is_file():
-        what = "is a folder" if path.is_dir() else "does not exist"
+        what = ("is a folder" if path.is_dir() else f"is a broken link (to {os.readlink(path)})" if path.is_symlink()
+                else "does not exist")
         raise WeightsError(f"{_label(path, key)} {what} (expected a .safetensors file)")
+    if not os.access(path, os.R_OK):
+        raise WeightsError(f"{_label(path, key)}: not readable by this user (permission denied)")
 
 
 def read_weights(path: str | Path, key: str = "") -> dict[str, torch.Tensor]:
@@ -34,6 +38,15 @@ def read_weights(path: str | Path, key: str = "") -> dict[str, torch.Tensor]:
         return load_file(path)
     except (SafetensorError, OSError) as e:
         raise WeightsError(f"{_label(path, key)}: not a readable safetensors file ({e})") from None
+
+
+def write_weights(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> Path:
+    """save_file, with a failed write (a full disk) raised as an OSError naming the file, not a SafetensorError."""
+    try:
+        save_file(tensors, path, metadata=metadata)
+    except SafetensorError as e:
+        raise OSError(f"{path}: could not be written ({str(e).rpartition('I/O error: ')[2] or e})") from None
+    return Path(path)
 
 
 def tensor_names(path: str | Path, key: str = "") -> list[str]:
@@ -57,9 +70,22 @@ def check_fits(module: torch.nn.Module, weights: dict[str, torch.Tensor], source
         if tuple(tensor.shape) != tuple(own[name].shape):
             raise WeightsError(f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}, the network expects "
                                f"{tuple(own[name].shape)} (weights of another preset or config?)")
+    for name, tensor in weights.items():
+        if own[name].is_floating_point() and not tensor.is_floating_point():
+            raise WeightsError(f"{source}: tensor {name!r} is stored as {str(tensor.dtype).removeprefix('torch.')}, "
+                               f"the network expects floating point ({str(own[name].dtype).removeprefix('torch.')})")
+    check_finite(weights, source)
     missing = [n for n in own if n not in weights]
     if missing:
         raise WeightsError(f"{source}: no tensor {missing[0]!r} ({len(missing)} of the network's {len(own)} missing)")
+
+
+def check_finite(weights: dict[str, torch.Tensor], source: str) -> None:
+    """Every floating-point tensor finite, or a WeightsError naming the first that is not (a diverged run)."""
+    bad = [name for name, t in weights.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise WeightsError(f"{source}: tensor {bad[0]!r} holds NaN or inf values ({len(bad)} of {len(weights)} "
+                           f"tensors do): weights of a run that diverged?")
 
 
 def load_weights(module: torch.nn.Module, path: str | Path, key: str = "") -> torch.nn.Module:
