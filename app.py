@@ -11,7 +11,6 @@ names no method until a vote is stored.
 """
 from __future__ import annotations
 
-import argparse
 import difflib
 import html
 import random
@@ -22,10 +21,11 @@ import gradio as gr
 import pandas as pd
 
 from workbench import compare, plots
-from workbench.__main__ import one_line
+from workbench.__main__ import OneLineParser, one_line
 from workbench.eval.tables import DIMENSIONS, summarise
 from workbench.runs import Run, find_eval_tables, find_runs
 from workbench.study import PAIRWISE_CHOICES, VoteStore, load_study, study_results
+from workbench.study.votes import read_users
 
 APP_VERSION = "app-1"
 MODES = {"best of N (the paper's protocol)": "best_of_n", "pairwise arena (A/B)": "pairwise"}
@@ -295,7 +295,7 @@ def build(experiments: list[Path], cache: Path, study=None, store: VoteStore | N
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=TITLE)
+    ap = OneLineParser(prog="app.py", description=TITLE)
     ap.add_argument("--experiments", nargs="+", default=["experiments"], help="folders of model and run folders")
     ap.add_argument("--cache", default="runs/app-cache", help="where compared clips are written")
     ap.add_argument("--study", default="experiments/toy/study", help="a study folder (python -m workbench study build)")
@@ -306,25 +306,38 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     try:
         launch(args)
-    except (ValueError, OSError) as e:  # a bad study folder or users file: one line, exit 2
-        sys.exit(f"error: {one_line(e)}")
+    except (ValueError, OSError) as e:  # a bad study folder, users file or path: one line, exit 2
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)
 
 
 def launch(args) -> None:
-    experiments = [Path(e).resolve() for e in args.experiments]
-    cache = Path(args.cache).resolve()
-    cache.mkdir(parents=True, exist_ok=True)
+    # every argument is checked before anything is written: a bad one leaves no votes database or cache behind
+    users = read_users(args.users) if args.users else None
     study = load_study(args.study) if args.study and Path(args.study).is_dir() else None
-    voting = bool(args.users)
-    if voting and study is None:
+    if users is not None and study is None:
         raise ValueError(f"--users: votes need a study folder, and --study {args.study} is none")
-    Path(args.votes).resolve().parent.mkdir(parents=True, exist_ok=True)
-    store = VoteStore(Path(args.votes).resolve()) if study is not None else None
-    if voting:
-        store.add_annotators(args.users)
+    for folder in args.experiments:
+        if not Path(folder).is_dir():
+            raise NotADirectoryError(f"--experiments {folder}: no such folder; expected a folder of model and run "
+                                     f"folders")
+    cache, votes = Path(args.cache).resolve(), Path(args.votes).resolve()
+    if cache.exists() and not cache.is_dir():
+        raise NotADirectoryError(f"--cache {args.cache}: is a file; expected a folder for the compared clips")
+    if votes.is_dir():
+        raise IsADirectoryError(f"--votes {args.votes}: is a folder; expected the votes database file")
+    experiments = [Path(e).resolve() for e in args.experiments]
+    voting = users is not None
+    store = None
+    if study is not None:
+        votes.parent.mkdir(parents=True, exist_ok=True)
+        store = VoteStore(votes)
+    for name, password in (users or {}).items():
+        store.add_annotator(name, password)
+    cache.mkdir(parents=True, exist_ok=True)
     media = [str(study.path.resolve() / "videos"), str(study.path.resolve() / "frames")] if study else []
     allowed = media if voting else [str(cache), *media, *map(str, experiments)]  # annotators: the study's media only
-    blocked = [str(Path(args.votes).resolve()), *([str(study.path.resolve() / "manifest.json")] if study else [])]
+    blocked = [str(votes), *([str(study.path.resolve() / "manifest.json")] if study else [])]
     build(experiments, cache, study, store, voting=voting).launch(
         server_name=args.host, server_port=args.port, share=False, css=CSS,
         auth=store.check_login if voting else None, allowed_paths=allowed, blocked_paths=blocked)

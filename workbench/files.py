@@ -62,6 +62,7 @@ def staged_file(path: str | Path, kind: str = "file"):
             os.fsync(fh.fileno())
         _plain_mode(tmp)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise _named(e, path) from None
@@ -71,24 +72,37 @@ def staged_file(path: str | Path, kind: str = "file"):
 
 
 @contextlib.contextmanager
-def _staging(parent: Path, kind: str):
-    """A fresh folder of ours in `parent` (older ones of killed runs swept first); removed if the block raises."""
-    parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale(parent, kind)
-    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(kind), dir=parent))
+def _staging(out: Path, kind: str):
+    """A fresh folder of ours beside `out` (older ones of killed runs swept first); removed if the block raises."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(out.parent, kind)
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(kind), dir=out.parent))
     try:
         yield tmp
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise _named(e, parent) from None
+        raise _named(e, out) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
 def _named(e: OSError, path: Path) -> OSError:
-    """An OS error that names a file: as it was, or (a write that failed inside a library) naming `path`."""
-    return e if e.filename is not None or e.errno is None else type(e)(e.errno, e.strerror, str(path))
+    """An OS error naming a file the user can find: as it was, or naming `path` where it named none (a write that
+    failed inside a library) or a temporary name of ours, gone by the time anyone reads the message."""
+    temporary = e.filename is not None and any(part.startswith(PREFIX) for part in Path(str(e.filename)).parts)
+    if e.errno is None or (e.filename is not None and not temporary):
+        return e
+    return type(e)(e.errno, e.strerror or str(e), str(path))
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (the rename itself, not only the bytes renamed)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _publish(tmp: Path, out: Path) -> None:
@@ -98,6 +112,7 @@ def _publish(tmp: Path, out: Path) -> None:
     if out.is_symlink() or (out.exists() and (not out.is_dir() or any(out.iterdir()))):
         raise FileExistsError(f"--out {out}: appeared while it was being written; nothing replaced")
     os.replace(tmp, out)
+    _fsync_dir(out.parent)
 
 
 @contextlib.contextmanager
@@ -105,7 +120,7 @@ def staged_folder(out: str | Path, kind: str):
     """A fresh temporary folder beside `out` to write into; renamed to `out` (absent, or an empty folder) when
     the block ends, removed if it raises (a half-written folder is never at `out`)."""
     out = Path(out)
-    with _staging(out.parent, kind) as tmp:
+    with _staging(out, kind) as tmp:
         yield tmp
         _publish(tmp, out)
 
@@ -139,7 +154,7 @@ def output_folder(out: str | Path, command: str, force: bool = False, flag: str 
     files a user added beside them stay. Checked again at the end: the folder may have changed during the work."""
     out = Path(out)
     check_output_folder(out, command, force, flag)
-    with _staging(out.parent, command) as tmp:
+    with _staging(out, command) as tmp:
         yield tmp
         written = sorted(p.name for p in tmp.iterdir())
         (tmp / MANIFEST).write_text(json.dumps({"command": command, "files": written}, indent=1))
@@ -154,6 +169,7 @@ def output_folder(out: str | Path, command: str, force: bool = False, flag: str 
         old = Path(tempfile.mkdtemp(prefix=_tmp_prefix(f"{command}-old"), dir=out.parent))
         os.replace(out, old / out.name)   # a kill between the two renames leaves the old output in `old`
         os.replace(tmp, out)
+        _fsync_dir(out.parent)
         shutil.rmtree(old)
 
 

@@ -4,7 +4,8 @@
                     videos/<sha256>.mp4      same size, length and frame rate for every method
                     frames/<sha256>.png      each item's first frame (the image the videos continue)
 
-A study is built in a temporary sibling folder and renamed when complete, so a folder that exists is whole.
+A study is built in a temporary sibling folder (`workbench.files.staged_folder`: `.wb-study-<pid>-*`) and renamed
+when complete, so a folder that exists is whole; the next build removes the temporary folder of a killed one.
 Attention-check items show a real test clip beside copies of it that are visibly corrupted (heavy noise and
 shuffled frames): the real clip is their known answer on every criterion. They look like any other item: as
 many videos, the same size, hash names; only the manifest marks them.
@@ -18,14 +19,13 @@ import hashlib
 import io
 import json
 import math
-import os
-import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 import workbench
+from workbench.files import staged_folder
 
 __all__ = ["CRITERIA", "REAL", "CORRUPTED", "ModelSpec", "Study", "build_study", "load_study", "parse_model_spec"]
 
@@ -131,25 +131,11 @@ def _scale(H: int, W: int) -> int:
 
 
 def _hashed(folder: Path, data: bytes, suffix: str) -> str:
-    """Write `data` as folder/<sha256>.suffix; the name."""
+    """Write `data` as folder/<sha256>.suffix (in the staged study folder: fsynced when it is published); the name."""
     name = hashlib.sha256(data).hexdigest() + suffix
-    f = folder / name
-    if not f.exists():
-        tmp = folder / f".{name}.tmp"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, f)
+    if not (folder / name).exists():
+        (folder / name).write_bytes(data)
     return name
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _video(folder: Path, video_THWC: np.ndarray, fps: int, scale: int) -> str:
@@ -189,7 +175,7 @@ def build_study(models: list[str], items: int, seed: int, out: str | Path, atten
     attention items (test clips items, items+1, ...) are mixed in at random places.
     """
     out = Path(out)
-    if out.exists():
+    if out.exists() or out.is_symlink():
         raise FileExistsError(f"--out {out}: exists; a study is never rebuilt in place (choose a new folder)")
     if items < 1:
         raise ValueError(f"items: {items}; a study needs at least one item")
@@ -206,10 +192,9 @@ def build_study(models: list[str], items: int, seed: int, out: str | Path, atten
     from workbench.generate import generate, test_batch
     from workbench.runs import load_model
 
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        (tmp / "videos").mkdir(parents=True)
+    # staged: a failure removes the half-built folder, and a killed build's folder goes at the next build
+    with staged_folder(out, kind="study") as tmp:
+        (tmp / "videos").mkdir()
         (tmp / "frames").mkdir()
         first = load_model(specs[0].folder)
         clips = test_batch(first.config, items + checks)
@@ -260,15 +245,5 @@ def build_study(models: list[str], items: int, seed: int, out: str | Path, atten
             "attention_checks": checks,
             "items": listed,
         }
-        with open(tmp / MANIFEST, "w") as fh:
-            json.dump(manifest, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if out.exists():
-            raise FileExistsError(f"--out {out}: appeared while the study was being built")
-        os.replace(tmp, out)
-        _fsync_dir(out.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return out

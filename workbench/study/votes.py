@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from workbench.files import staged_file
 from workbench.study.build import CRITERIA, Study
 
 __all__ = ["MODES", "PAIRWISE_CHOICES", "VOTES_DB", "Shown", "VoteStore", "export_votes", "read_users", "read_votes"]
@@ -133,9 +134,12 @@ class VoteStore:
         if self.path.is_dir():
             raise IsADirectoryError(f"{self.path}: is a folder; expected the votes database file")
         self.busy_timeout_ms = int(busy_timeout_s * 1000)
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
+        try:
+            with self._connect() as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as e:  # another file under the database's name: refused, left as it was
+            raise ValueError(f"{self.path}: cannot open it as a votes database ({e})") from None
 
     @contextmanager
     def _connect(self):
@@ -330,8 +334,8 @@ class VoteStore:
         """Every vote (of one study), `shown` parsed into its list of {method, steps, video} per slot."""
         return read_votes(self.path, study)
 
-    def export_csv(self, out: str | Path) -> Path:
-        return export_votes(self.path, out)
+    def export_csv(self, out: str | Path, force: bool = False) -> Path:
+        return export_votes(self.path, out, force)
 
 
 COLUMNS = ["id", "study", "annotator", "item", "criterion", "mode", "shown", "choice", "shown_at", "voted_at",
@@ -366,25 +370,48 @@ def read_votes(db: str | Path, study: str | Study | None = None) -> pd.DataFrame
     return df
 
 
-def export_votes(db: str | Path, out: str | Path) -> Path:
-    """`python -m workbench study export DB --out votes.csv`: one CSV row per vote (written atomically), with the
-    chosen method and steps spelled out beside the raw choice."""
+EXPORT_COLUMNS = COLUMNS + ["chosen_method", "chosen_steps"]
+EXPORT_HEADER = ",".join(EXPORT_COLUMNS)  # an export's first line: what `--force` recognises an earlier export by
+
+
+def export_votes(db: str | Path, out: str | Path, force: bool = False) -> Path:
+    """`python -m workbench study export DB --out votes.csv [--force]`: one CSV row per vote, with the chosen
+    method and steps spelled out beside the raw choice; written under a temporary name and renamed when complete.
+
+    An existing `out` is refused; with `force` it is replaced only when it is an earlier export, which this
+    recognises by its first line: exactly `EXPORT_HEADER` (`id,study,annotator,...,chosen_method,chosen_steps`).
+    `out` is never the database or its -wal/-shm file, however spelled (their resolved paths are compared)."""
     db = _db_file(db)
     out = Path(out)
     if out.is_dir():
         raise IsADirectoryError(f"--out {out}: is a folder; expected a CSV file name")
+    for f in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):  # CSV text over the votes
+        if out.resolve() == f.resolve() or (out.exists() and f.exists() and os.path.samefile(out, f)):
+            raise ValueError(f"--out {out}: would overwrite the votes database ({f}); choose another CSV file name")
+    if out.exists() or out.is_symlink():  # a user's file, or an export they may still need
+        if not force:
+            raise FileExistsError(f"--out {out}: already exists; choose a new file name, or pass --force to "
+                                  f"replace an earlier export")
+        if not _is_export(out):
+            raise FileExistsError(f"--out {out}: not an earlier export (its first line is not the export "
+                                  f"header); nothing replaced")
     rows = _rows(db, None)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
+    # on any error (a full disk) the temporary file goes and `out` stays as it was; the error names `out`
+    with staged_file(out, kind="study-export") as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(COLUMNS + ["chosen_method", "chosen_steps"])
+        w.writerow(EXPORT_COLUMNS)
         for r in rows:
             shown, choice = json.loads(r[6]), r[7]
             slot = int(choice) if choice.isdigit() else {"A": 0, "B": 1}.get(choice)
             chosen = shown[slot] if slot is not None else {"method": "", "steps": ""}
             w.writerow(list(r) + [chosen["method"], chosen["steps"]])
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, out)
     return out
+
+
+def _is_export(path: Path) -> bool:
+    """Whether the file's first line is the header `export_votes` writes."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.readline(len(EXPORT_HEADER) + 3).rstrip(b"\r\n") == EXPORT_HEADER.encode()
+    except OSError:
+        return False
