@@ -4,10 +4,12 @@
 
 POINT: before-checkpoint (the N-th save_checkpoint is called; nothing of it written), mid-checkpoint (the
 N-th safetensors file of the run's checkpoints is written, the folder still .tmp-*), before-prune (the N-th
-checkpoint is renamed into place, older ones not yet pruned), after-checkpoint (the N-th save_checkpoint
-has returned).
+checkpoint is renamed into place, older ones not yet pruned), mid-prune (inside the N-th deletion of a
+checkpoint folder, its state.json and one weights file already deleted), after-checkpoint (the N-th
+save_checkpoint has returned).
 """
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -27,6 +29,8 @@ POINTS = {"before-checkpoint": (loop, "save_checkpoint", True), "mid-checkpoint"
 def kill_at(point: str, n: int) -> None:
     if point == "none":
         return
+    if point == "mid-prune":
+        return kill_mid_prune(n)
     module, name, before = POINTS[point]
     real, calls = getattr(module, name), [0]
 
@@ -39,6 +43,21 @@ def kill_at(point: str, n: int) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         return out
     setattr(module, name, wrapped)
+
+
+def kill_mid_prune(n: int) -> None:
+    real, calls = shutil.rmtree, [0]
+
+    def rmtree(path, *args, **kwargs):
+        folder = Path(path)
+        if (folder / "state.json").is_file():  # a checkpoint folder (not a temporary one, nor a sheet's scratch)
+            calls[0] += 1
+            if calls[0] == n:
+                (folder / "state.json").unlink()
+                next(folder.glob("*.safetensors")).unlink()
+                os.kill(os.getpid(), signal.SIGKILL)
+        return real(path, *args, **kwargs)
+    shutil.rmtree = rmtree
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,8 +53,10 @@ def launch(root, config, *args, processes=2):
     port.bind(("127.0.0.1", 0))
     free = port.getsockname()[1]
     port.close()
-    return subprocess.run(["accelerate", "launch", "--config_file", config, "--num_processes", str(processes),
-                           "--main_process_port", str(free), *args], cwd=root, capture_output=True, text=True)
+    # this interpreter's launcher: the test runs from an unactivated venv, without `accelerate` on PATH
+    return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", config,
+                           "--num_processes", str(processes), "--main_process_port", str(free), *args],
+                          cwd=root, capture_output=True, text=True)
 
 
 def failure(r) -> str:

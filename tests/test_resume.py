@@ -19,6 +19,7 @@ KILLS = [("before-checkpoint", 1),   # before the first checkpoint: metrics rows
          ("mid-checkpoint", 2),      # inside the first checkpoint: a .tmp-step-000004 folder half written
          ("after-checkpoint", 2),    # mid-run, right after step 8's checkpoint
          ("before-prune", 3),        # the last checkpoint renamed, the oldest not yet pruned (3 on disk)
+         ("mid-prune", 1),           # the oldest checkpoint half deleted by the pruning after the last one
          ("after-checkpoint", 3)]    # after the last checkpoint: only the exit was missed
 
 
@@ -60,6 +61,8 @@ def test_sigkill_then_resume_leaves_the_folder_of_an_uninterrupted_run(point, n,
         assert list((out / "checkpoints").glob(".tmp-step-*"))
     if point == "before-prune":
         assert len(list((out / "checkpoints").glob("step-*"))) == 3
+    if point == "mid-prune":
+        assert [c for c in (out / "checkpoints").iterdir() if not (c / "state.json").exists()]  # half deleted
     resumed = _train(root, out, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     state = folder_state(out)

@@ -15,6 +15,7 @@ from typing import Literal
 
 from workbench.config import ConfigError, load_config, load_dataclass, trained_changes
 from workbench.files import check_output_folder
+from workbench.methods import METHODS
 
 
 @dataclass
@@ -71,9 +72,12 @@ def load_pipeline(path: str | Path, overrides: list[str] = ()) -> PipelineConfig
                               f"plain name, not 'eval')")
         if s.config:
             try:
-                load_config(s.config, s.set)
+                method = load_config(s.config, s.set).train.method
             except ConfigError as e:
                 raise ConfigError(f"{path}: stages[{i}] ({s.name}): {e}") from None
+            if method not in METHODS:
+                raise ConfigError(f"{path}: stages[{i}] ({s.name}): train.method: unknown method {method!r} (known: "
+                                  f"{', '.join(METHODS)})")
         for key in ("init", "teacher"):
             ref = getattr(s, key)
             if ref and ref not in names[:i] and not Path(ref).is_dir():

@@ -3,7 +3,10 @@
     checkpoints/step-000500/  <role>.safetensors  <role>-ema.safetensors  optim-<role>.safetensors
                               state-<name>.safetensors (a method's own state, e.g. CCD's target network)
                               rng.safetensors  state.json (step, the exported role, optimizer and schedule state)
-A folder named step-* is complete by construction; `.tmp-*` folders are leftovers of a killed run.
+A folder named step-* is complete by construction: it is renamed into place when complete and renamed away
+(`.pruning-*`) before it is deleted. `.tmp-*` and `.pruning-*` folders are leftovers of a killed run, removed by
+the next pruning. A checkpoint is published only if every floating tensor in it is finite, and a write that fails
+(a full disk) is an OSError naming the file, with the temporary folder removed and older checkpoints untouched.
 A complete folder can still be unreadable later (a disk error, a hand edit): `load_checkpoint` reads and
 checks every file before it changes anything, so the caller can fall back to an older checkpoint.
 FSDP (train.fsdp): the files hold whole tensors, the same as unsharded training writes: every process gathers
@@ -12,15 +15,19 @@ into its own shards.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
+from workbench.config import ConfigError
 from workbench.models.weights import WeightsError, check_fits, read_weights
 from workbench.train.fsdp import shard_like, whole
 
@@ -66,34 +73,80 @@ class RoleCheckpoint(NamedTuple):
     exported: bool
 
 
+class NonFiniteWeightsError(FloatingPointError):
+    """A checkpoint would hold a NaN or inf: it is not published and the run stops."""
+
+
 def save_checkpoint(root: Path, step: int, roles: dict[str, RoleCheckpoint], state: dict, extra: dict,
                     keep: int = 2, write: bool = True) -> Path | None:
     """`roles`: each trained role's RoleCheckpoint; `state`: the method's own {name: module} (a target network).
 
-    write=False: only gather the sharded tensors with the process that writes (FSDP), write nothing."""
+    write=False: only gather the sharded tensors with the process that writes (FSDP) and check them, write nothing
+    (every process checks, so every process stops on a non-finite tensor)."""
     root = Path(root)
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}"
-    if write:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    meta = {}
-    for name, tensors in _files(roles, state, meta):  # one file's tensors at a time
+    try:
         if write:
-            save_file(tensors, tmp / f"{name}.safetensors")
-    if not write:
-        return None
-    save_file({"torch": torch.get_rng_state()}, tmp / "rng.safetensors")
-    export = next(name for name, r in roles.items() if r.exported)
-    (tmp / "state.json").write_text(json.dumps({"step": step, "export": export, "roles": meta, **extra}, indent=1))
-    for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+            shutil.rmtree(tmp, ignore_errors=True)
+            with writing(tmp):
+                tmp.mkdir(parents=True)
+        meta = {}
+        for name, tensors in _files(roles, state, meta):  # one file's tensors at a time
+            _check_finite(tensors, f"{name}.safetensors", step, root)
+            if write:
+                with writing(tmp / f"{name}.safetensors"):
+                    save_file(tensors, tmp / f"{name}.safetensors")
+        if not write:
+            return None
+        with writing(tmp / "rng.safetensors"):
+            save_file({"torch": torch.get_rng_state()}, tmp / "rng.safetensors")
+        export = next(name for name, r in roles.items() if r.exported)
+        with writing(tmp / "state.json"):
+            (tmp / "state.json").write_text(json.dumps({"step": step, "export": export, "roles": meta, **extra},
+                                                       indent=1))
+        for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
+            with writing(f), open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    except BaseException:
+        if write:                # a failed checkpoint leaves no folder of its own; older ones stay as they were
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():
-        shutil.rmtree(final)
+        _remove(final)
     os.replace(tmp, final)
     prune_checkpoints(root, keep)  # only after the new one is complete
     return final
+
+
+@contextlib.contextmanager
+def writing(path: Path):
+    """A failed write in the block (a full disk) as one OSError naming `path` and the reason: safetensors raises
+    a SafetensorError, and a write into an open file an OSError that names no file."""
+    try:
+        yield
+    except SafetensorError as e:  # "Error while serializing: I/O error: No space left on device (os error 28)"
+        code = re.search(r"os error (\d+)", str(e))
+        if code:
+            raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from None
+        raise OSError(f"{path}: not written ({e})") from None
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+
+
+def _check_finite(tensors: dict[str, torch.Tensor], file: str, step: int, root: Path) -> None:
+    """A NaN or inf would be resumed from and exported as if it were good (a step's update can blow up the
+    weights while its loss, computed before the update, was still finite)."""
+    for key, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise NonFiniteWeightsError(f"step {step}: {file} would hold non-finite values ({key}); checkpoint not "
+                                        f"written, run stopped, {last_good(root)}")
+
+
+def last_good(root: Path) -> str:
+    """Words naming the newest complete checkpoint, for a message that stops a run."""
+    kept = complete_checkpoints(root)
+    return f"last good checkpoint kept: {kept[-1]}" if kept else "no checkpoint had been written"
 
 
 def _files(roles: dict[str, RoleCheckpoint], state: dict, meta: dict):
@@ -114,14 +167,50 @@ def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def prune_checkpoints(root: Path, keep: int) -> None:
-    """Keep the newest `keep` complete checkpoints (a run killed before its pruning left one more)."""
+    """Keep the newest `keep` complete checkpoints, and finish what a killed run left: its pruning (one more
+    checkpoint, or a `.pruning-*` folder), its unfinished checkpoint (`.tmp-step-*`), and a `step-*` folder without
+    state.json (half deleted by an older version, which deleted in place)."""
+    root = Path(root)
+    leftovers = [*root.glob(".pruning-step-*"), *root.glob(".tmp-step-*"),
+                 *(p for p in root.glob("step-*") if not (p / "state.json").is_file())]
+    for p in leftovers:
+        shutil.rmtree(p)
     for old in complete_checkpoints(root)[:-keep]:
-        shutil.rmtree(old)
+        _remove(old)
+
+
+def _remove(ckpt: Path) -> None:
+    """Delete a checkpoint folder so that a kill midway leaves no partial step-* folder: renamed away first."""
+    gone = ckpt.with_name(f".pruning-{ckpt.name}")
+    os.replace(ckpt, gone)
+    shutil.rmtree(gone)
 
 
 def complete_checkpoints(root: Path) -> list[Path]:
     root = Path(root)
     return sorted(p for p in root.glob("step-*") if (p / "state.json").is_file()) if root.is_dir() else []
+
+
+def check_processes(ckpts: list[Path], launch: dict) -> None:
+    """Refuse to resume under another launch than the newest readable checkpoint's: another process count trains
+    on another global batch, data order and noise. `launch`: {"processes": n, "global_batch": b}; a checkpoint
+    without these keys (older versions) is accepted."""
+    for ckpt in reversed(ckpts):
+        try:
+            saved = json.loads((ckpt / "state.json").read_text())
+            was = {k: saved[k] for k in launch if k in saved}
+        except (OSError, ValueError, TypeError):
+            continue  # unreadable: the resume reports it and falls back to an older one
+        now = {k: launch[k] for k in was}
+        if was != now:
+            raise ConfigError(f"--resume: {ckpt} was trained by {_words(was)}, this launch has {_words(now)}; "
+                              f"resume with the same number of processes (accelerate launch --num_processes), "
+                              f"or train into a new --out")
+        return
+
+
+def _words(launch: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in launch.items())
 
 
 class CheckpointError(ValueError):

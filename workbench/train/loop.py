@@ -39,13 +39,17 @@ from workbench.generate import Model, estimates_sheet, sample_sheet
 from workbench.methods import LossOut, Role, TrainStep, build_method
 from workbench.models import build_backbone
 from workbench.models.ema import ema_update, frozen_copy
-from workbench.train.checkpoint import (CheckpointError, RoleCheckpoint, complete_checkpoints, load_checkpoint,
-                                       prune_checkpoints, save_checkpoint)
+from workbench.train.checkpoint import (CheckpointError, RoleCheckpoint, check_processes, complete_checkpoints,
+                                       last_good, load_checkpoint, prune_checkpoints, save_checkpoint, writing)
 from workbench.train.fsdp import reshard, shard_role, whole
 
 
 class NonFiniteLossError(FloatingPointError):
     pass
+
+
+class TrainInterrupted(KeyboardInterrupt):
+    """Ctrl-C during the steps; args[0] is one line: where it stopped, the checkpoint kept, how to continue."""
 
 
 def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
@@ -228,6 +232,8 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False, 
 
     Every input is checked before the run folder is touched. A resumed run ends as an uninterrupted one
     would: same weights, optimizer state, checkpoint set, metrics rows and sample sheets.
+    Ctrl-C raises TrainInterrupted, and a non-finite loss or weights (before a checkpoint holds them) a
+    FloatingPointError, each naming the last good checkpoint; a failed write (a full disk) an OSError naming the file.
     """
     tc = cfg.train
     out = Path(out_dir or cfg.out)
@@ -251,11 +257,14 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False, 
 
     main = accelerator.is_main_process                 # the only process that writes into the run folder
     fsdp = tc.fsdp and accelerator.num_processes > 1   # then every process gathers what the main one writes
+    rank, world = accelerator.process_index, accelerator.num_processes
+    launch = {"processes": world, "global_batch": tc.batch_size * world}  # recorded in each checkpoint
+    check_processes(ckpts, launch)
     accelerator.wait_for_everyone()                    # every process has checked the folder before it changes
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    rank, world = accelerator.process_index, accelerator.num_processes
+        with writing(out / "config.yaml"):
+            (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     trained = build_trained(roles, tc, accelerator)
     for module in method.frozen().values():
         module.to(accelerator.device)
@@ -274,8 +283,8 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False, 
     sampled = Model(shown.ema if shown.ema is not None else shown.role.net, encoders, cfg)
 
     bar = tqdm(total=tc.steps, initial=start, desc=cfg.name, disable=not progress or not accelerator.is_main_process)
-    t0 = time.time()
-    with open(out / "metrics.jsonl", "a") if main else open(os.devnull, "w") as metrics:
+    t0, finished = time.time(), start
+    try:
         for index, batch in zip(range(start, tc.steps), loader):
             batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             done = index + 1
@@ -287,34 +296,39 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False, 
                                         .float().to(accelerator.device), "sum") == world  # every process stops
             for (name, loss), ok in zip(losses.items(), finite.tolist()):
                 if not ok:
-                    bar.close()
-                    kept = complete_checkpoints(ckpt_root)
                     raise NonFiniteLossError(
                         f"step {index}: loss '{name}' is "
                         + (f"{loss.item()}" if not torch.isfinite(loss) else "not finite on another process")
-                        + "; run stopped, "
-                        + (f"last good checkpoint kept: {kept[-1]}" if kept else "no checkpoint had been written"))
+                        + f"; run stopped, {last_good(ckpt_root)}")
             bar.update(1)
+            finished = done
             if done % tc.log_every == 0 or done == tc.steps:
                 logs = _mean_over_processes(logs, accelerator)
                 lrs = {f"lr/{n}": t.scheduler.get_last_lr()[0] for n, t in trained.items()}
                 row = {"step": done, **logs, "lr": next(iter(lrs.values())), **(lrs if len(lrs) > 1 else {}),
                        "elapsed_s": round(time.time() - t0, 3)}
-                metrics.write(json.dumps(row) + "\n")
-                metrics.flush()
+                if main:  # opened per row: a write that failed is not retried (and failed again) at close
+                    with writing(out / "metrics.jsonl"), open(out / "metrics.jsonl", "a") as metrics:
+                        metrics.write(json.dumps(row) + "\n")
                 bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if not k.startswith("grad_norm")})
             # The step's outputs first, its checkpoint last: a run killed in between redoes the step on resume.
             if (main or fsdp) and sheet_due:
                 with tempfile.TemporaryDirectory() as scratch:  # the sheet of a process that does not write
-                    sample_sheet(sampled, (out if main else Path(scratch)) / "samples" / f"step-{done:06d}.png")
+                    sheet = (out if main else Path(scratch)) / "samples" / f"step-{done:06d}.png"
+                    with writing(sheet):
+                        sample_sheet(sampled, sheet)
                 reshard(sampled.net)
             if main and sheet_due and out_step.images:                # e.g. DMD2's student / real / fake x0
-                estimates_sheet(out_step.images, encoders, out / "samples" / f"estimates-{done:06d}.png",
-                                tc.sample_num)
-            if (main or fsdp) and (done % tc.ckpt_every == 0 or done == tc.steps):
-                save_checkpoint(ckpt_root, done, _role_files(trained), method.state(), {"name": cfg.name},
-                                keep=tc.keep_ckpts, write=main)
-    bar.close()
+                with writing(sheet := out / "samples" / f"estimates-{done:06d}.png"):
+                    estimates_sheet(out_step.images, encoders, sheet, tc.sample_num)
+            if done % tc.ckpt_every == 0 or done == tc.steps:  # every process checks the weights are finite
+                save_checkpoint(ckpt_root, done, _role_files(trained), method.state(),
+                                {"name": cfg.name, **launch}, keep=tc.keep_ckpts, write=main)
+    except KeyboardInterrupt:  # Ctrl-C: one line, not the traceback of wherever the step was
+        raise TrainInterrupted(f"stopped after step {finished} of {tc.steps}; {last_good(ckpt_root)}; continue "
+                               f"with the same command and --resume --out {out}") from None
+    finally:
+        bar.close()
     accelerator.wait_for_everyone()
     return out
 
@@ -376,7 +390,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop rows logged after the checkpoint we resume from, so metrics.jsonl has each step once."""
     if path.is_file():
         rows = [r for r in path.read_text().splitlines() if _row_step(r) <= step]
-        path.write_text("".join(r + "\n" for r in rows))
+        with writing(path):
+            path.write_text("".join(r + "\n" for r in rows))
 
 
 def _row_step(row: str) -> float:
