@@ -22,7 +22,8 @@ from workbench.__main__ import main
 
 import two_roles  # noqa: F401,E402  registers the test method `two_roles`
 
-POINTS = {"before-checkpoint": (loop, "save_checkpoint", True), "mid-checkpoint": (checkpoint, "save_file", False),
+POINTS = {"before-checkpoint": (loop, "save_checkpoint", True),
+          "mid-checkpoint": (checkpoint, "write_weights", False),
           "before-prune": (checkpoint, "prune_checkpoints", True), "after-checkpoint": (loop, "save_checkpoint", False)}
 
 

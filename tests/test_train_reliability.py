@@ -78,7 +78,7 @@ def test_non_finite_weights_stop_the_run_naming_the_last_good_checkpoint(tmp_pat
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-000004"]
 
 
-def test_ctrl_c_stops_with_one_line_naming_the_step_checkpoint_and_resume(tmp_path, monkeypatch):
+def test_ctrl_c_stops_with_one_line_naming_the_step_checkpoint_and_resume(tmp_path, monkeypatch, capfd):
     real = FlowMatching.losses
 
     def interrupted(self, batch, step):
@@ -93,6 +93,15 @@ def test_ctrl_c_stops_with_one_line_naming_the_step_checkpoint_and_resume(tmp_pa
     assert isinstance(e.value, KeyboardInterrupt) and e.value.__suppress_context__
     assert e.value.args[0] == (f"stopped after step 5 of 8; last good checkpoint kept: {run}/checkpoints/step-000004;"
                                f" continue with the same command and --resume --out {run}")
+
+    # the command line: the progress bar closed, then that line as the last one, exit 130, no traceback
+    resumed = tmp_path / "cli"
+    code = main(["train", MICRO, "--out", str(resumed), *[a for s in STEPS for a in ("--set", s)]])
+    err = capfd.readouterr().err
+    assert code == 130 and "Traceback" not in err, err
+    assert err.rstrip("\n").split("\n")[-1] == (
+        f"interrupted: stopped after step 5 of 8; last good checkpoint kept: {resumed}/checkpoints/step-000004; "
+        f"continue with the same command and --resume --out {resumed}")
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -44,6 +45,25 @@ def _alive(pid: int) -> bool:
     except PermissionError:      # another user's process
         return True
     return True
+
+
+@contextlib.contextmanager
+def writing(path: str | Path):
+    """A failed write in the block (a full disk) as one OSError naming `path` and the reason: safetensors raises a
+    SafetensorError ("I/O error: No space left on device (os error 28)"), a write into an open file an OSError that
+    names no file."""
+    from safetensors import SafetensorError
+    try:
+        yield
+    except SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        if code:
+            raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from None
+        raise OSError(f"{path}: not written ({e})") from None
+    except OSError as e:
+        if e.filename is not None and not _temporary(e.filename):
+            raise
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
 
 
 @contextlib.contextmanager
@@ -90,10 +110,13 @@ def _staging(out: Path, kind: str):
 def _named(e: OSError, path: Path) -> OSError:
     """An OS error naming a file the user can find: as it was, or naming `path` where it named none (a write that
     failed inside a library) or a temporary name of ours, gone by the time anyone reads the message."""
-    temporary = e.filename is not None and any(part.startswith(PREFIX) for part in Path(str(e.filename)).parts)
-    if e.errno is None or (e.filename is not None and not temporary):
+    if e.errno is None or (e.filename is not None and not _temporary(e.filename)):
         return e
     return type(e)(e.errno, e.strerror or str(e), str(path))
+
+
+def _temporary(filename) -> bool:
+    return any(part.startswith(PREFIX) for part in Path(str(filename)).parts)
 
 
 def _fsync_dir(folder: Path) -> None:

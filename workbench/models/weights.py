@@ -12,6 +12,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from workbench.files import writing
+
 
 class WeightsError(ValueError):
     """A weights file is missing, unreadable, or does not fit the network it is loaded into."""
@@ -42,10 +44,8 @@ def read_weights(path: str | Path, key: str = "") -> dict[str, torch.Tensor]:
 
 def write_weights(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> Path:
     """save_file, with a failed write (a full disk) raised as an OSError naming the file, not a SafetensorError."""
-    try:
+    with writing(path):
         save_file(tensors, path, metadata=metadata)
-    except SafetensorError as e:
-        raise OSError(f"{path}: could not be written ({str(e).rpartition('I/O error: ')[2] or e})") from None
     return Path(path)
 
 

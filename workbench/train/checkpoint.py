@@ -15,20 +15,17 @@ into its own shards.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import save_file
 
 from workbench.config import ConfigError
-from workbench.models.weights import WeightsError, check_fits, read_weights
+from workbench.files import writing
+from workbench.models.weights import WeightsError, check_fits, read_weights, write_weights
 from workbench.train.fsdp import shard_like, whole
 
 
@@ -95,12 +92,10 @@ def save_checkpoint(root: Path, step: int, roles: dict[str, RoleCheckpoint], sta
         for name, tensors in _files(roles, state, meta):  # one file's tensors at a time
             _check_finite(tensors, f"{name}.safetensors", step, root)
             if write:
-                with writing(tmp / f"{name}.safetensors"):
-                    save_file(tensors, tmp / f"{name}.safetensors")
+                write_weights(tensors, tmp / f"{name}.safetensors")
         if not write:
             return None
-        with writing(tmp / "rng.safetensors"):
-            save_file({"torch": torch.get_rng_state()}, tmp / "rng.safetensors")
+        write_weights({"torch": torch.get_rng_state()}, tmp / "rng.safetensors")
         export = next(name for name, r in roles.items() if r.exported)
         with writing(tmp / "state.json"):
             (tmp / "state.json").write_text(json.dumps({"step": step, "export": export, "roles": meta, **extra},
@@ -117,21 +112,6 @@ def save_checkpoint(root: Path, step: int, roles: dict[str, RoleCheckpoint], sta
     os.replace(tmp, final)
     prune_checkpoints(root, keep)  # only after the new one is complete
     return final
-
-
-@contextlib.contextmanager
-def writing(path: Path):
-    """A failed write in the block (a full disk) as one OSError naming `path` and the reason: safetensors raises
-    a SafetensorError, and a write into an open file an OSError that names no file."""
-    try:
-        yield
-    except SafetensorError as e:  # "Error while serializing: I/O error: No space left on device (os error 28)"
-        code = re.search(r"os error (\d+)", str(e))
-        if code:
-            raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from None
-        raise OSError(f"{path}: not written ({e})") from None
-    except OSError as e:
-        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
 
 
 def _check_finite(tensors: dict[str, torch.Tensor], file: str, step: int, root: Path) -> None:

@@ -35,12 +35,13 @@ from tqdm.auto import tqdm
 
 from workbench.config import Config, ConfigError, load_config, to_dict, trained_changes
 from workbench.data import build_dataset, collate
+from workbench.files import staged_file, writing
 from workbench.generate import Model, estimates_sheet, sample_sheet
 from workbench.methods import LossOut, Role, TrainStep, build_method
 from workbench.models import build_backbone
 from workbench.models.ema import ema_update, frozen_copy
 from workbench.train.checkpoint import (CheckpointError, RoleCheckpoint, check_processes, complete_checkpoints,
-                                       last_good, load_checkpoint, prune_checkpoints, save_checkpoint, writing)
+                                       last_good, load_checkpoint, prune_checkpoints, save_checkpoint)
 from workbench.train.fsdp import reshard, shard_role, whole
 
 
@@ -390,8 +391,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop rows logged after the checkpoint we resume from, so metrics.jsonl has each step once."""
     if path.is_file():
         rows = [r for r in path.read_text().splitlines() if _row_step(r) <= step]
-        with writing(path):
-            path.write_text("".join(r + "\n" for r in rows))
+        with staged_file(path, kind="metrics") as tmp:  # a kill mid-rewrite keeps the old rows whole
+            tmp.write_text("".join(r + "\n" for r in rows))
 
 
 def _row_step(row: str) -> float:
