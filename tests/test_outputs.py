@@ -111,3 +111,17 @@ def test_the_next_run_sweeps_the_temporary_folder_of_a_killed_one(tmp_path, caps
     assert cli(capsys, *_sample(tmp_path / "s", "--num", "1"))[0] == 0
     assert not stale.exists() and live.is_dir()
     assert sweep_stale(tmp_path, "sample") == []
+
+
+def test_export_force_removes_what_the_earlier_export_wrote_and_nothing_else(run, tmp_path, capsys):  # noqa: F811
+    import json
+    out = tmp_path / "model"
+    assert cli(capsys, "export", run, "--out", out)[0] == 0
+    assert "model.safetensors" in json.loads((out / "export.json").read_text())["files"]
+    (out / "lora").mkdir()                                   # as if the earlier export had been of a LoRA run ...
+    (out / "lora" / "pytorch_lora_weights.safetensors").write_bytes(b"old adapter")
+    marker = json.loads((out / "export.json").read_text())
+    (out / "export.json").write_text(json.dumps({**marker, "files": [*marker["files"], "lora"]}))
+    (out / "table.md").write_text("mine")                    # ... and a user had added a table
+    assert cli(capsys, *["export", run, "--out", out, "--force"])[0] == 0
+    assert not (out / "lora").exists() and (out / "table.md").read_text() == "mine"

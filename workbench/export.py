@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 import yaml
 
 from workbench.config import load_config, to_dict
+from workbench.files import staged_folder
 from workbench.models.lora import merge_lora, save_lora
 from workbench.models.weights import check_finite, read_weights, write_weights
 from workbench.runs import checkpoint_state, exported_weights, load_model, without_lora
@@ -79,35 +78,15 @@ def export_model(run_or_ckpt: str | Path, out: str | Path, dtype: str = "float16
 
 @contextlib.contextmanager
 def staged(out: Path):
-    """A fresh folder beside `out` to write an export into; published as `out` when the block ends, removed if
-    it raises (a half-written export is never at `out`)."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))  # ours alone: safe to remove
-    try:
+    """A fresh folder beside `out` to write an export into; published as `out` when the block ends, removed if it
+    raises (a half-written export is never at `out`). An earlier export at `out` (check_export_target allowed it)
+    is replaced: the entries it wrote go (listed in its export.json; an older one's: those the new one writes),
+    any other file beside them stays."""
+    replaces: set[str] = set()                 # read by staged_folder when the block ends
+    with staged_folder(out, "export", replaces if (out / MARKER).is_file() else None) as tmp:
         yield tmp
-        _readable(tmp)
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _readable(folder: Path) -> None:
-    """The modes a plain mkdir and open would give (mkdtemp makes 0700, safetensors writes 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for p in [folder, *folder.rglob("*")]:
-        p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Rename `tmp` to `out`; an earlier export at `out` is replaced, keeping the files it holds beside ours."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    for entry in out.iterdir():  # a table or a note beside the weights stays (copied: `out` is intact until the swap)
-        if not (tmp / entry.name).exists():
-            (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, tmp / entry.name)
-    old = Path(tempfile.mkdtemp(prefix=f".old-{out.name}-", dir=out.parent))
-    os.replace(out, old / out.name)
-    os.replace(tmp, out)
-    shutil.rmtree(old)
+        marker = json.loads((tmp / MARKER).read_text())
+        marker["files"] = sorted(p.name for p in tmp.iterdir())
+        (tmp / MARKER).write_text(json.dumps(marker, indent=1))
+        earlier = json.loads((out / MARKER).read_text()).get("files") if (out / MARKER).is_file() else None
+        replaces.update(earlier or marker["files"])

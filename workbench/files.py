@@ -128,24 +128,34 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Rename the complete folder `tmp` to `out` (absent, or an empty folder), durable first."""
+def _publish(tmp: Path, out: Path, replaces: set[str] | None, flag: str = "--out") -> None:
+    """Rename the complete folder `tmp` to `out`, durable first. An `out` that holds entries is refused, unless
+    `replaces` names what of it may go: then the other entries (a user's table, a note) are copied into `tmp` and
+    the old `out` is swapped out whole, so `out` is intact until the swap."""
     _fsync_tree(tmp)
     _plain_mode(tmp)
-    if out.is_symlink() or (out.exists() and (not out.is_dir() or any(out.iterdir()))):
-        raise FileExistsError(f"--out {out}: appeared while it was being written; nothing replaced")
-    os.replace(tmp, out)
+    if out.is_symlink() or (out.exists() and (not out.is_dir() or (any(out.iterdir()) and replaces is None))):
+        raise FileExistsError(f"{flag} {out}: appeared while it was being written; nothing replaced")
+    if not out.exists() or not any(out.iterdir()):
+        os.replace(tmp, out)
+    else:
+        _keep_added(out, tmp, replaces, flag)
+        old = Path(tempfile.mkdtemp(prefix=f"{tmp.name}-old-", dir=out.parent))
+        os.replace(out, old / out.name)   # a kill between the two renames leaves the old output in `old`
+        os.replace(tmp, out)
+        shutil.rmtree(old)
     _fsync_dir(out.parent)
 
 
 @contextlib.contextmanager
-def staged_folder(out: str | Path, kind: str):
-    """A fresh temporary folder beside `out` to write into; renamed to `out` (absent, or an empty folder) when
-    the block ends, removed if it raises (a half-written folder is never at `out`)."""
+def staged_folder(out: str | Path, kind: str, replaces: set[str] | None = None):
+    """A fresh temporary folder beside `out` to write into; renamed to `out` when the block ends, removed if it
+    raises (a half-written folder is never at `out`). `out` must be absent or empty, unless `replaces` names the
+    entries of an earlier output there that the new one replaces (the others are kept)."""
     out = Path(out)
     with _staging(out, kind) as tmp:
         yield tmp
-        _publish(tmp, out)
+        _publish(tmp, out, replaces)
 
 
 def check_output_folder(out: str | Path, command: str, force: bool = False, flag: str = "--out") -> None:
@@ -183,29 +193,21 @@ def output_folder(out: str | Path, command: str, force: bool = False, flag: str 
         (tmp / MANIFEST).write_text(json.dumps({"command": command, "files": written}, indent=1))
         check_output_folder(out, command, force, flag)
         earlier = _manifest(out) if out.is_dir() else None
-        if earlier is None:
-            _publish(tmp, out)
-            return
-        _keep_added(out, tmp, set(earlier["files"]), flag)
-        _fsync_tree(tmp)
-        _plain_mode(tmp)
-        old = Path(tempfile.mkdtemp(prefix=_tmp_prefix(f"{command}-old"), dir=out.parent))
-        os.replace(out, old / out.name)   # a kill between the two renames leaves the old output in `old`
-        os.replace(tmp, out)
-        _fsync_dir(out.parent)
-        shutil.rmtree(old)
+        _publish(tmp, out, set(earlier["files"]) | {MANIFEST} if earlier else None, flag)
 
 
 def _keep_added(out: Path, tmp: Path, ours: set[str], flag: str) -> None:
     """Copy into `tmp` every entry of `out` the earlier output did not write (a user's table, a note)."""
     for entry in out.iterdir():
-        if entry.name in ours or entry.name == MANIFEST:
+        if entry.name in ours:
             continue
         if (tmp / entry.name).exists():
             raise FileExistsError(f"{flag} {out}: {entry.name} was added there by hand and the new output has a "
                                   f"file of that name; move it, then run again")
-        (shutil.copytree if entry.is_dir() and not entry.is_symlink() else shutil.copy2)(entry, tmp / entry.name,
-                                                                                          follow_symlinks=False)
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, tmp / entry.name, symlinks=True)
+        else:
+            shutil.copy2(entry, tmp / entry.name, follow_symlinks=False)
 
 
 def _manifest(folder: Path) -> dict | None:
