@@ -135,7 +135,7 @@ def test_bad_dmd2_and_teacher_dtype_values_are_refused(tmp_path):
     model = [f"model.{k}={v}" for k, v in save_tiny_wan(tmp_path).items()]
     net, encoders = build_backbone(load_config(None, model).model)
     for key, message in (("dmd2.gan_block=7", "dmd2.gan_block"), ("distill.teacher_dtype=float16",
-                                                                  "distill.teacher_dtype: expected float32 or bfloat16")):
+                                                                  "distill.teacher_dtype: expected one of 'float32', 'bfloat16'")):
         with pytest.raises(ValueError, match=message):
             build_method(load_config(None, [*model, *SETS, key]), net, encoders)
 

@@ -71,7 +71,8 @@ def test_the_fvd_reference_is_named_by_what_decides_the_test_clips():
     from workbench.config import load_config
     from workbench.eval.report import test_split_key
     base = load_config(None).data
-    assert test_split_key(load_config(None, ["data.preferences=runs/prefs", "data.train_size=7"]).data) == \
+    assert test_split_key(load_config(None, ["data.preferences=runs/prefs", "data.train_size=7",
+                                                             "train.batch_size=4"]).data) == \
         test_split_key(base)
     assert test_split_key(load_config(None, ["data.toy.size=16"]).data) != test_split_key(base)
     assert test_split_key(load_config(None, ["data.kind=videos", "data.test_size=4"]).data) != \

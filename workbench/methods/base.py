@@ -117,10 +117,7 @@ class Distillation(Method):
 
     def __init__(self, cfg, net, encoders):
         super().__init__(cfg, net, encoders)
-        dtype = TEACHER_DTYPES.get(cfg.distill.teacher_dtype)
-        if dtype is None:
-            raise ValueError(f"distill.teacher_dtype: expected {' or '.join(TEACHER_DTYPES)}, "
-                             f"got {cfg.distill.teacher_dtype!r}")
+        dtype = TEACHER_DTYPES[cfg.distill.teacher_dtype]  # a choice the loader checked
         self.teacher = frozen_copy(net)
         if cfg.distill.teacher:                           # e.g. DA after CCD: the student is the CCD model
             load_weights(self.teacher.transformer, cfg.distill.teacher, "distill.teacher")

@@ -61,12 +61,6 @@ class FlowDPO(Method):
 
     def __init__(self, cfg, net, encoders):
         super().__init__(cfg, net, encoders)
-        if cfg.dpo.error not in ("velocity", "x0"):
-            raise ValueError(f"dpo.error: expected 'velocity' or 'x0', got {cfg.dpo.error!r}")
-        if cfg.dpo.region not in ("all", "difference"):
-            raise ValueError(f"dpo.region: expected 'all' or 'difference', got {cfg.dpo.region!r}")
-        if cfg.dpo.noise not in ("fresh", "paired"):
-            raise ValueError(f"dpo.noise: expected 'fresh' or 'paired', got {cfg.dpo.noise!r}")
         if not cfg.model.lora.rank:
             raise ValueError("model.lora.rank: Flow-DPO trains a LoRA; set a rank >= 1 (e.g. 16)")
 

@@ -65,8 +65,6 @@ def renoise_in_phase(x_edge, noise, edge, sigma):
 
 class PCM(Distillation):
     def __init__(self, cfg, net, encoders):
-        if cfg.pcm.target not in ("online", "ema"):
-            raise ValueError(f"pcm.target: expected 'online' or 'ema', got {cfg.pcm.target!r}")
         self.uses_target = cfg.pcm.target == "ema"
         super().__init__(cfg, net, encoders)
         c = cfg.pcm

@@ -59,9 +59,7 @@ class Encoders:
 
 
 def build_backbone(cfg: ModelConfig) -> tuple[FlowNet, Encoders]:
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(cfg.dtype)
-    if dtype is None:
-        raise ValueError(f"model.dtype: expected float32 or bfloat16, got {cfg.dtype!r}")
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]  # a choice the loader checked
     with_lora = bool(cfg.weights) and any("lora_" in k for k in tensor_names(cfg.weights, "model.weights"))
     net = build_flownet(cfg.preset, cfg.transformer_path, "" if with_lora else cfg.weights, cfg.prediction)
     codec = WanVAECodec.from_folder(cfg.vae_path, dtype) if cfg.vae_path else PixelCodec()
