@@ -1,25 +1,29 @@
 """The evaluation table end to end on a micro run: every metric, variants, caching, plots."""
+import json
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
 
+from workbench import shipped
 from workbench.eval.fvd import TOY_FVD_WEIGHTS
 
-pytestmark = pytest.mark.skipif(not TOY_FVD_WEIGHTS.is_file(), reason="toy FVD weights not built")
+pytestmark = pytest.mark.skipif(not shipped(TOY_FVD_WEIGHTS).is_file(), reason="toy FVD weights not built")
 
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, request):
     from workbench.eval.report import EvalSpec, evaluate
+    from workbench.plots import evaluation_figures
     root = request.config.rootpath
     tmp = tmp_path_factory.mktemp("eval")
     r = subprocess.run([sys.executable, "-m", "workbench", "train", "experiments/micro/teacher.yaml", "--out",
                         str(tmp / "run"), "--set", "train.steps=2"], cwd=root, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     spec = EvalSpec(cache=str(tmp / "cache"))
-    df = evaluate([str(tmp / "run")], [1, 2], 3, [0, 1], tmp / "out", batch_size=2, names=["micro"], spec=spec)
+    df = evaluate([str(tmp / "run")], [1, 2], 3, [0, 1], tmp / "out", batch_size=2, names=["micro"], spec=spec,
+                  draw=evaluation_figures)
     return tmp, spec, df
 
 
@@ -41,6 +45,8 @@ def test_table_has_every_metric_and_its_variant(evaluated):
     ref = pd.read_csv(tmp / "out" / "reference.csv")
     assert ref.psnr.iloc[0] == 100.0 and ref.ssim.iloc[0] == pytest.approx(1.0)
     assert (tmp / "out" / "fvd_vs_steps.html").stat().st_size < 100_000  # Figure 7, plotly.js from its CDN
+    # drawn by the caller's `draw` into the staged folder: part of the eval output its manifest claims
+    assert "fvd_vs_steps.html" in json.loads((tmp / "out" / ".wb-outputs.json").read_text())["files"]
 
 
 def test_second_run_reads_cached_samples_and_reference(evaluated, monkeypatch):
@@ -53,6 +59,7 @@ def test_second_run_reads_cached_samples_and_reference(evaluated, monkeypatch):
     for name in ("micro", "micro_again"):
         pd.testing.assert_frame_equal(again[again.method == name][cols].reset_index(drop=True), df[cols])
     assert len(pd.read_csv(tmp / "out2" / "reference.csv")) == 1  # one reference row per distinct test set
+    assert not (tmp / "out2" / "fvd_vs_steps.html").exists()          # evaluate itself draws nothing
 
 
 def test_figures_from_the_summary(evaluated):
@@ -71,9 +78,8 @@ def test_the_fvd_reference_is_named_by_what_decides_the_test_clips():
     from workbench.config import load_config
     from workbench.eval.report import test_split_key
     base = load_config(None).data
-    assert test_split_key(load_config(None, ["data.preferences=runs/prefs", "data.train_size=7",
-                                                             "train.batch_size=4"]).data) == \
-        test_split_key(base)
+    prefs = ["data.preferences=runs/prefs", "data.train_size=7", "train.batch_size=4"]
+    assert test_split_key(load_config(None, prefs).data) == test_split_key(base)
     assert test_split_key(load_config(None, ["data.toy.size=16"]).data) != test_split_key(base)
     assert test_split_key(load_config(None, ["data.kind=videos", "data.test_size=4"]).data) != \
         test_split_key(load_config(None, ["data.kind=videos", "data.test_size=8"]).data)

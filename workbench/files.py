@@ -228,8 +228,18 @@ def _fsync_tree(folder: Path) -> None:
 
 def _plain_mode(path: Path) -> None:
     """The modes a plain mkdir and open would give (mkdtemp makes 0700, mkstemp and safetensors 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = _umask()
     for p in [path, *(path.rglob("*") if path.is_dir() else [])]:
         if not p.is_symlink():
             p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it (os.umask sets it, for a moment, for every thread)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(re.search(r"^Umask:\s*([0-7]+)", status, re.M)[1], 8)
+    except (OSError, TypeError):       # no procfs (not Linux): the set-and-restore way
+        umask = os.umask(0o022)
+        os.umask(umask)
+        return umask
