@@ -25,7 +25,7 @@ from workbench.__main__ import OneLineParser, one_line
 from workbench.eval.tables import DIMENSIONS, summarise
 from workbench.runs import Run, find_eval_tables, find_runs
 from workbench.study import PAIRWISE_CHOICES, VoteStore, load_study, study_results
-from workbench.study.votes import read_users
+from workbench.study.votes import chosen_slot, read_users
 
 APP_VERSION = "app-1"
 MODES = {"best of N (the paper's protocol)": "best_of_n", "pairwise arena (A/B)": "pairwise"}
@@ -105,9 +105,9 @@ def study_tab(study, store: VoteStore | None):
             raise gr.Error("play every video before voting")
         if any(c is None for c in choices):
             raise gr.Error("choose an answer for every criterion")
-        slots = ["A", "B"] if state["mode"] == "pairwise" else None
+        pairwise = state["mode"] == "pairwise"   # pairwise answers are stored as they read; best of N as the slot
         for criterion, choice in zip(criteria, choices):
-            value = choice if slots else int(choice) - 1
+            value = choice if pairwise else chosen_slot(choice, state["mode"], first=1)  # the page numbers 1..N
             try:
                 store.vote(study, request.username, state["item"], criterion, state["mode"], value,
                            videos=state["videos"], app_version=APP_VERSION)
@@ -160,15 +160,16 @@ def study_results_section(store: VoteStore | None, study):
 
 def build(experiments: list[Path], cache: Path, study=None, store: VoteStore | None = None, voting: bool = False
           ) -> gr.Blocks:
+    loaded = compare.Loaded()  # the configs and models this app has read, kept for its lifetime
     models = compare.model_folders(*experiments)
-    options = compare.choices(models)
-    test_size = compare.cached_config(next(iter(models.values()))).data.test_size if models else 1
+    options = compare.choices(models, loaded)
+    test_size = loaded.config(next(iter(models.values()))).data.test_size if models else 1
     defaults = [c for c in options if c.endswith(("teacher @ 8", "ccd @ 4", "swiftvideo @ 4"))]
 
     def on_compare(clip, picks, seed):
         try:
-            info, real, shown, strip = compare.compare([compare.parse_choice(c, models) for c in picks],
-                                                       int(clip), int(seed), cache)
+            info, real, shown, strip = compare.compare([compare.parse_choice(c, models, loaded) for c in picks],
+                                                       int(clip), int(seed), cache, loaded)
         except ValueError as e:
             raise gr.Error(str(e)) from None
         table = pd.DataFrame([{"video": s.label, **s.metrics} for s in shown]).round(3)

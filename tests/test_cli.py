@@ -27,7 +27,7 @@ def test_sample_writes_mp4_and_contact_sheet(micro_run, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     clips = sorted(tmp_path.glob("clip-*.mp4"))
     assert len(clips) == 3 and (tmp_path / "contact_sheet.png").stat().st_size > 0
-    assert read_frames(clips[0]).shape == (4, 128, 128, 3)  # the micro preset's 4 frames of 16 px, enlarged 8x
+    assert read_frames(clips[0]).shape == (4, 192, 192, 3)  # the micro preset's 4 frames of 16 px, enlarged 12x
     assert "caption" in (tmp_path / "captions.yaml").read_text()
 
 

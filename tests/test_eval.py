@@ -12,10 +12,13 @@ from scipy import ndimage
 from workbench.data.synthetic import TEST_SEED_OFFSET, ToySpec, render_clip, to_tensor
 from workbench.eval import vbench
 from workbench.eval.fidelity import PSNR_CAP, psnr, ssim
-from workbench.eval.fvd import TOY_FVD_WEIGHTS, I3DExtractor, frechet_distance, fvd, load_extractor
+from workbench import shipped
+from workbench.eval import fvd as fvd_module
+from workbench.eval.fvd import I3DExtractor, frechet_distance, fvd, load_extractor
 from workbench.eval.oracle import clip_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
+TOY_FVD_WEIGHTS = shipped(fvd_module.TOY_FVD_WEIGHTS)
 needs_toy_fvd = pytest.mark.skipif(not TOY_FVD_WEIGHTS.is_file(), reason="toy FVD weights not built")
 
 

@@ -9,9 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from workbench.eval.fvd import TOY_AE_WEIGHTS, TOY_FVD_WEIGHTS, ToyAEExtractor, fvd, load_extractor
+from workbench import shipped
+from workbench.eval import fvd as fvd_module
+from workbench.eval.fvd import ToyAEExtractor, fvd, load_extractor
 
 ROOT = Path(__file__).resolve().parents[1]
+TOY_AE_WEIGHTS, TOY_FVD_WEIGHTS = shipped(fvd_module.TOY_AE_WEIGHTS), shipped(fvd_module.TOY_FVD_WEIGHTS)
 needs_weights = pytest.mark.skipif(not (TOY_AE_WEIGHTS.is_file() and TOY_FVD_WEIGHTS.is_file()),
                                    reason="toy FVD weights not built")
 

@@ -13,7 +13,8 @@ LAYERS = [
     ["workbench.methods"],
     ["workbench.train"],
     ["workbench.runs", "workbench.export", "workbench.export_diffusers", "workbench.preferences"],
-    ["workbench.eval", "workbench.plots", "workbench.compare", "workbench.study"],
+    ["workbench.eval", "workbench.compare", "workbench.study"],
+    ["workbench.plots"],                              # draws eval's tables; evaluate draws nothing itself
     ["workbench.pipeline", "workbench.__main__", "app"],
 ]
 PACKAGE = Path(workbench.__file__).parent

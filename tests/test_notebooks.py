@@ -1,4 +1,5 @@
 """Every notebook runs top to bottom with tiny parameters (papermill), from a clean kernel."""
+import os
 from pathlib import Path
 
 import nbformat
@@ -23,11 +24,13 @@ TINY = {  # paths relative to notebooks/, the working directory Jupyter gives a 
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb")))
-def test_notebook_runs_and_exports_to_html_with_every_figure(name, tmp_path):
+def test_notebook_runs_and_exports_to_html_with_every_figure(name, tmp_path, monkeypatch):
     """Runs from notebooks/ (Jupyter's working directory), then `nbconvert --to html`: every plotly figure and image
     the notebook shows is in the HTML (plotly.js embedded once), and progress is one output per loop."""
     assert name in TINY, f"add tiny CI parameters for {name} to tests/test_notebooks.py"
     params = {**TINY[name], "out": str(tmp_path / "run")}
+    # the kernel imports this checkout's workbench, not whichever one is installed (an editable install elsewhere)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
     executed = tmp_path / name
     papermill.execute_notebook(str(ROOT / "notebooks" / name), str(executed), parameters=params,
                                cwd=str(ROOT / "notebooks"), kernel_name="python3", progress_bar=False)

@@ -188,10 +188,11 @@ def _run(args) -> int:
         print(f"wrote {len(files)} clips and contact_sheet.png to {args.out}")
     elif args.cmd == "eval":
         from workbench.eval.report import EvalSpec, evaluate
+        from workbench.plots import evaluation_figures
         spec = EvalSpec(args.fvd_extractor, args.frame_features, args.vbench, args.cache, device=args.device)
         evaluate(args.checkpoints, args.steps, args.num, args.seeds, args.out, args.batch_size,
                  names=args.names.split(",") if args.names else None, spec=spec, overrides=args.set,
-                 force=args.force)
+                 force=args.force, draw=evaluation_figures)
         print((Path(args.out) / "table.md").read_text())
     elif args.cmd == "features" and args.features_cmd == "train" and args.kind == "fvd":
         from workbench.eval.feature_nets import train_toy_fvd_net

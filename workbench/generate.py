@@ -15,7 +15,7 @@ import yaml
 
 from workbench.config import Config
 from workbench.data import build_dataset, collate
-from workbench.data.io import contact_sheet, write_mp4
+from workbench.data.io import contact_sheet, view_scale, write_mp4
 from workbench.data.synthetic import to_uint8
 from workbench.files import check_output_folder, output_folder
 from workbench.sampling import get_sampler, schedule
@@ -125,8 +125,7 @@ def write_samples(model: Model, out: str | Path, steps: int, num: int, seed: int
     check_output_folder(out, "sample", force)
     batch = test_batch(model.config, num)
     video = generate(model, batch, steps, seed)
-    H = video.shape[-2]
-    scale = 1 if H >= 128 else 2 * -(-64 // H)  # enlarge tiny clips for viewing, keeping sides even
+    scale = view_scale(*video.shape[-2:])  # tiny clips enlarged for viewing
     names = [f"clip-{i:04d}.mp4" for i in range(num)]
     with output_folder(out, "sample", force) as tmp:
         for name, v in zip(names, video):

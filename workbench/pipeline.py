@@ -163,11 +163,12 @@ def needed_stages(cfg: PipelineConfig) -> set[str]:
 def evaluate_stages(cfg: PipelineConfig, out: Path, models: dict[str, Path]) -> None:
     from workbench.eval.report import evaluate
     from workbench.generate import comparison_sheet
+    from workbench.plots import evaluation_figures
     from workbench.runs import load_model
     e = cfg.eval
     names = e.models or list(models)
     evaluate([str(models[n]) for n in names], list(e.steps), e.num, list(e.seeds), out / "eval", names=names,
-             sheet_num=0, force=True)  # the pipeline's own eval folder, replaced on every run
+             sheet_num=0, force=True, draw=evaluation_figures)  # the pipeline's own eval folder, replaced every run
     if e.sheet_num:
         sheet = {n: (load_model(models[n]), [e.sheet_steps]) for n in names}
         comparison_sheet(sheet, out / "eval" / f"stages_{e.sheet_steps}steps.png", e.sheet_num)

@@ -1,4 +1,7 @@
-"""Plotly figures from run folders (through workbench.runs) and result tables. No computation lives here."""
+"""Plotly figures from run folders (through workbench.runs) and result tables. No computation lives here.
+
+Importing this module changes no global setting: a notebook calls `notebook_renderer()` once, in its first code
+cell, so its figures survive `jupyter nbconvert --to html`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,12 +13,18 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from PIL import Image
 
-from workbench.eval.tables import display
+from workbench.eval.tables import display, summarise
 from workbench.runs import Run
 
-# In Jupyter a figure is stored twice: as plotly's mimetype (JupyterLab draws it) and as HTML with plotly.js
-# embedded once per notebook, so `jupyter nbconvert --to html` keeps every figure, offline.
-pio.renderers.default = "plotly_mimetype+notebook"
+NOTEBOOK_RENDERER = "plotly_mimetype+notebook"
+
+
+def notebook_renderer() -> None:
+    """Make `fig.show()` in this (Jupyter) process store each figure twice: as plotly's mimetype (JupyterLab draws
+    it) and as HTML with plotly.js embedded once per notebook, so `jupyter nbconvert --to html` keeps every figure,
+    offline. Plotly's own default in a Jupyter kernel is the mimetype alone, which the HTML export drops. It sets
+    plotly's process-wide default renderer, so a notebook opts in by calling it; importing this module does not."""
+    pio.renderers.default = NOTEBOOK_RENDERER
 
 
 def training_curves(runs: dict[str, str | Path], keys: tuple[str, ...] = ("loss",), log_y: bool = True) -> go.Figure:
@@ -56,6 +65,12 @@ def metric_vs_steps(summary: pd.DataFrame, metric: str) -> go.Figure:
                   title=f"{_label(metric)} against sampling steps")
     fig.update_xaxes(tickvals=sorted(df["steps"].unique()))
     return fig.update_layout(height=380, yaxis_title=_label(metric))
+
+
+def evaluation_figures(results: pd.DataFrame, folder: str | Path) -> None:
+    """The figures of an evaluation's rows (workbench.eval.report.evaluate's `draw`): folder/fvd_vs_steps.html,
+    Figure 7, with plotly.js from its CDN."""
+    metric_vs_steps(summarise(results), "fvd").write_html(Path(folder) / "fvd_vs_steps.html", include_plotlyjs="cdn")
 
 
 def method_bars(summary: pd.DataFrame, metric: str, steps: list[int] | None = None) -> go.Figure:

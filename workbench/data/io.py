@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 from pathlib import Path
@@ -16,10 +17,21 @@ class VideoReadError(RuntimeError):
     """A clip could not be decoded; the message names the file."""
 
 
+VIEW_PX = 192  # tiny clips are shown enlarged by pixel repetition to about this many pixels on their smaller side
+
+
+def view_scale(H: int, W: int) -> int:
+    """The one rule for enlarging tiny clips for viewing (sample mp4s, study sets, the app's Compare tab): the pixel
+    repetition that brings the smaller side to about VIEW_PX, keeping both sides even (yuv420p); 1 for clips as
+    large or larger."""
+    k = max(1, math.ceil(VIEW_PX / min(H, W)))
+    return k + 1 if (H * k) % 2 or (W * k) % 2 else k
+
+
 def write_mp4(path: str | Path, video_THWC: np.ndarray, fps: int = 8, scale: int = 1) -> Path:
     """uint8 (T, H, W, 3) -> H.264 yuv420p mp4 (plays in browsers, decord reads it), written atomically.
 
-    `scale` > 1 enlarges frames by pixel repetition first, for viewing tiny toy clips.
+    `scale` > 1 enlarges frames by pixel repetition first, for viewing tiny toy clips (`view_scale`).
     """
     import av
     if scale > 1:

@@ -23,10 +23,12 @@ import numpy as np
 import torch
 from torch.nn import functional as nnf
 
-import workbench
+from workbench import HOME_VARIABLE, shipped
 
-TOY_FVD_WEIGHTS = workbench.ROOT / "experiments" / "toy" / "fvd" / "toy_fvd.safetensors"
-TOY_AE_WEIGHTS = workbench.ROOT / "experiments" / "toy" / "fvd_ae" / "toy_fvd_ae.safetensors"
+# the shipped toy networks' weights, found through workbench.shipped (an installed package reads $WORKBENCH_HOME)
+TOY_FVD_WEIGHTS = Path("experiments/toy/fvd/toy_fvd.safetensors")
+TOY_AE_WEIGHTS = Path("experiments/toy/fvd_ae/toy_fvd_ae.safetensors")
+HOME_HINT = f"; an installed workbench reads them under ${HOME_VARIABLE}, a folder holding the repository's experiments/"
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -93,9 +95,10 @@ class VideoExtractor(abc.ABC):
 class ToyFVDExtractor(VideoExtractor):
     """The toy FVD net's video embedding (workbench.eval.feature_nets.ToyFVDNet)."""
 
-    def __init__(self, path: str | Path = TOY_FVD_WEIGHTS, device: str = "cpu"):
+    def __init__(self, path: str | Path | None = None, device: str = "cpu"):
         from workbench.eval.feature_nets import load_toy_fvd_net
-        self.path = require_file(path, "toy FVD network weights (rebuild: python -m workbench features train)")
+        self.path = require_file(path or shipped(TOY_FVD_WEIGHTS), "toy FVD network weights (rebuild: python -m "
+                                 f"workbench features train{'' if path else HOME_HINT})")
         self.net = load_toy_fvd_net(self.path).to(device)
         self.name, self.weight_hash, self.device = "toy-fvd", file_hash(self.path), device
         self.frames, self.size = self.net.frames, (self.net.size, self.net.size)
@@ -108,10 +111,11 @@ class ToyFVDExtractor(VideoExtractor):
 class ToyAEExtractor(VideoExtractor):
     """The toy video autoencoder's pooled encoder embedding (workbench.eval.toy_ae.ToyVideoAE.embed)."""
 
-    def __init__(self, path: str | Path = TOY_AE_WEIGHTS, device: str = "cpu"):
+    def __init__(self, path: str | Path | None = None, device: str = "cpu"):
         from workbench.eval.toy_ae import load_toy_video_ae
-        self.path = require_file(path, "toy video autoencoder weights (rebuild: python -m workbench features train "
-                                       "--kind ae --out experiments/toy/fvd_ae)")
+        self.path = require_file(path or shipped(TOY_AE_WEIGHTS), "toy video autoencoder weights (rebuild: python -m "
+                                 f"workbench features train --kind ae --out experiments/toy/fvd_ae"
+                                 f"{'' if path else HOME_HINT})")
         self.net = load_toy_video_ae(self.path).to(device)
         self.name, self.weight_hash, self.device = "toy-ae", file_hash(self.path), device
         self.frames, self.size = self.net.frames, (self.net.size, self.net.size)
@@ -162,9 +166,9 @@ def load_extractor(spec: str = "toy", device: str = "cpu") -> VideoExtractor:
     """'toy' (the shipped toy FVD net), 'toy-ae' (the shipped toy video autoencoder), a .safetensors file of
     either, or an I3D TorchScript file (.pt)."""
     if spec == "toy":
-        return ToyFVDExtractor(TOY_FVD_WEIGHTS, device)
+        return ToyFVDExtractor(device=device)
     if spec == "toy-ae":
-        return ToyAEExtractor(TOY_AE_WEIGHTS, device)
+        return ToyAEExtractor(device=device)
     if str(spec).endswith(".safetensors"):
         return ToyAEExtractor(spec, device) if _is_toy_ae(spec) else ToyFVDExtractor(spec, device)
     return I3DExtractor(spec, device)

@@ -16,6 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -27,14 +28,13 @@ from workbench.data.io import write_mp4
 from workbench.data.synthetic import to_tensor, to_uint8
 from workbench.eval.feature_nets import Dinov2FrameFeatures, ToyFrameFeatures
 from workbench.eval.fidelity import psnr, ssim
-from workbench.eval.fvd import TOY_AE_WEIGHTS, TOY_FVD_WEIGHTS, ToyAEExtractor, ToyFVDExtractor, fvd, load_extractor
+from workbench.eval.fvd import ToyAEExtractor, ToyFVDExtractor, fvd, load_extractor
 from workbench.eval.oracle import clip_metrics
 from workbench.eval.vbench import VBenchNets, quality_groups, run_vbench, vbench_available, vbench_clips
 from workbench.generate import generate, sample_sheet, test_batch
 from workbench.models.weights import tensor_names
-from workbench.eval.tables import report_markdown, summarise
+from workbench.eval.tables import report_markdown
 from workbench.files import check_output_folder, output_folder
-from workbench.plots import metric_vs_steps
 from workbench.runs import load_model, resolve_weights
 
 @dataclass
@@ -69,10 +69,9 @@ class Scorer:
         # FVD columns -> extractor: the toy FVD net hardly sees backgrounds, so beside it the autoencoder's FVD
         self.extractors = {"fvd": self.extractor}
         if spec.fvd_extractor == "toy":
-            self.extractors["fvd_ae"] = ToyAEExtractor(TOY_AE_WEIGHTS, spec.device)
+            self.extractors["fvd_ae"] = ToyAEExtractor(device=spec.device)
         if spec.frame_features == "toy":
-            toy = self.extractor if isinstance(self.extractor, ToyFVDExtractor) else \
-                ToyFVDExtractor(TOY_FVD_WEIGHTS, spec.device)
+            toy = self.extractor if isinstance(self.extractor, ToyFVDExtractor) else ToyFVDExtractor(device=spec.device)
             self.nets = VBenchNets(ToyFrameFeatures(toy.net, "subject", toy.weight_hash),
                                    ToyFrameFeatures(toy.net, "background", toy.weight_hash))
         else:
@@ -197,10 +196,12 @@ def _score(scorer: Scorer, samples, batches: list[dict], ref_feats: dict, device
 
 def evaluate(checkpoints: list[str], steps_list: list[int], num: int, seeds: list[int], out: str | Path,
              batch_size: int = 32, names: list[str] | None = None, sheet_num: int = 6,
-             spec: EvalSpec | None = None, overrides: list[str] = (), force: bool = False) -> pd.DataFrame:
-    """Score every checkpoint at every step count and seed; write results.csv, reference.csv, table.md and
-    fvd_vs_steps.html (Figure 7; plotly.js from its CDN) into a new folder `out`, or (force) in place of an
-    earlier eval output there, keeping the files a user added beside it."""
+             spec: EvalSpec | None = None, overrides: list[str] = (), force: bool = False,
+             draw: Callable[[pd.DataFrame, Path], object] | None = None) -> pd.DataFrame:
+    """Score every checkpoint at every step count and seed; return the rows and write results.csv, reference.csv
+    and table.md into a new folder `out`, or (force) in place of an earlier eval output there, keeping the files a
+    user added beside it. Nothing here draws: `draw(rows, folder)` (e.g. workbench.plots.evaluation_figures), where
+    given, writes its figures into the output folder before it is published, so they belong to this output."""
     spec = spec or EvalSpec()
     out = Path(out)
     check_output_folder(out, "eval", force)
@@ -248,5 +249,6 @@ def evaluate(checkpoints: list[str], steps_list: list[int], num: int, seeds: lis
         df.to_csv(tmp / "results.csv", index=False)
         reference.to_csv(tmp / "reference.csv", index=False)
         (tmp / "table.md").write_text(report_markdown(df, reference))
-        metric_vs_steps(summarise(df), "fvd").write_html(tmp / "fvd_vs_steps.html", include_plotlyjs="cdn")
+        if draw is not None:
+            draw(df, tmp)
     return df

@@ -46,7 +46,6 @@ GROUPS = {"temporal_quality": ("subject_consistency", "background_consistency", 
                                "motion_smoothness", "dynamic_degree"),
           "frame_quality": ("aesthetic_quality", "imaging_quality")}
 QUALITY_DIMS = [d for g in GROUPS.values() for d in g]
-PROXIED = ("motion_smoothness", "dynamic_degree", "aesthetic_quality", "imaging_quality")
 
 
 @dataclass

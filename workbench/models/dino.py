@@ -22,11 +22,12 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import Dinov2Config, Dinov2Model
 
+from workbench import shipped
 from workbench.data.synthetic import COLOURS, FEATURE_SPEC, SHAPES, ToySpec, coverage, render_clip, to_tensor
 
 FEATURE_NET_SEED_OFFSET = 3_000_000_000   # its clips; FVD net 2e9.., train split 0.., test 1e9..
 VAL_SEED_OFFSET = FEATURE_NET_SEED_OFFSET + 100_000_000
-TOY_FOLDER = Path(__file__).resolve().parents[2] / "experiments" / "toy" / "dino"
+TOY_FOLDER = "experiments/toy/dino"   # shipped (workbench.shipped: the repository, or $WORKBENCH_HOME)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -49,7 +50,7 @@ def preprocess(frames_N3HW: torch.Tensor, image_size: int) -> torch.Tensor:
 
 def load_feature_net(path: str | Path) -> Dinov2Model:
     """A frozen Dinov2Model (eval mode, no grads) from a local folder; "toy" is the shipped experiments/toy/dino."""
-    folder = TOY_FOLDER if str(path) == "toy" else Path(path)
+    folder = shipped(TOY_FOLDER) if str(path) == "toy" else Path(path)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder}: feature net not found (expected a local transformers Dinov2Model folder)")
     return Dinov2Model.from_pretrained(str(folder), local_files_only=True).eval().requires_grad_(False)

@@ -21,10 +21,6 @@ def add_lora(transformer, rank: int, alpha: float, targets: tuple[str, ...]) -> 
     return [p for n, p in transformer.named_parameters() if "lora_" in n]
 
 
-def has_lora(transformer) -> bool:
-    return bool(getattr(transformer, "peft_config", None))
-
-
 @contextmanager
 def adapters_disabled(transformer):
     """The exact base model inside the block (the DPO reference), the adapters back on after it."""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-import workbench
+from workbench import shipped
 from workbench.files import staged_folder
 
 __all__ = ["CRITERIA", "REAL", "CORRUPTED", "ModelSpec", "Study", "build_study", "load_study", "parse_model_spec"]
@@ -34,8 +34,7 @@ REAL = "real"              # method name of an attention item's real clip (its k
 CORRUPTED = "corrupted"    # method name of an attention item's corrupted copies
 MANIFEST = "manifest.json"
 FORMAT = 1
-SHIPPED = workbench.ROOT / "experiments" / "toy"  # short names: `teacher@8` -> experiments/toy/teacher
-TARGET_PX = 192            # tiny clips are enlarged by pixel repetition to about this many pixels a side
+SHIPPED = "experiments/toy"  # short names: `teacher@8` -> workbench.shipped("experiments/toy/teacher")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,17 +55,18 @@ def parse_model_spec(spec: str) -> ModelSpec:
     if not at or not folder or not steps.strip().isdigit() or int(steps) < 1:
         raise ValueError(f"model spec {spec!r}: expected FOLDER@STEPS with STEPS >= 1, e.g. experiments/toy/teacher@8")
     path = Path(folder)
-    if not path.exists() and "/" not in folder and (SHIPPED / folder).is_dir():
-        path = SHIPPED / folder
+    if not path.exists() and "/" not in folder and shipped(SHIPPED).joinpath(folder).is_dir():
+        path = shipped(SHIPPED) / folder
     if not path.is_dir():
         raise FileNotFoundError(f"model spec {spec!r}: no folder {folder} (nor a shipped toy model of that name)")
     return ModelSpec(path.resolve().name, path, int(steps))
 
 
 def _shown_path(path: Path) -> str:
-    """A folder as the manifest records it: relative to the repository when inside it."""
+    """A folder as the manifest records it: relative to the shipped artifacts' folder (the repository) when inside
+    it."""
     try:
-        return str(path.resolve().relative_to(workbench.ROOT))
+        return str(path.resolve().relative_to(shipped()))
     except ValueError:
         return str(path.resolve())
 
@@ -122,12 +122,6 @@ def load_study(path: str | Path) -> Study:
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{f}: study format {manifest.get('format')!r}; this workbench reads format {FORMAT}")
     return Study(path, manifest)
-
-
-def _scale(H: int, W: int) -> int:
-    """Pixel repetition that brings the smaller side to about TARGET_PX, keeping both sides even (yuv420p)."""
-    k = max(1, math.ceil(TARGET_PX / min(H, W)))
-    return k + 1 if (H * k) % 2 or (W * k) % 2 else k
 
 
 def _hashed(folder: Path, data: bytes, suffix: str) -> str:
@@ -188,6 +182,7 @@ def build_study(models: list[str], items: int, seed: int, out: str | Path, atten
 
     import torch  # the sampling stack, only once the arguments are known to be good
 
+    from workbench.data.io import view_scale
     from workbench.data.synthetic import to_uint8
     from workbench.generate import generate, test_batch
     from workbench.runs import load_model
@@ -200,7 +195,7 @@ def build_study(models: list[str], items: int, seed: int, out: str | Path, atten
         clips = test_batch(first.config, items + checks)
         real_BCTHW = clips["video"]
         _, _, T, H, W = real_BCTHW.shape
-        scale = _scale(H, W)
+        scale = view_scale(H, W)
         regular = [{"clip": int(clips["seed"][i]), "caption": clips["caption"][i],
                     "first_frame": _frame(tmp / "frames", to_uint8(real_BCTHW[i, :, :1])[0], scale), "videos": []}
                    for i in range(items)]

@@ -27,6 +27,7 @@ from scipy.optimize import minimize
 from scipy.special import expit
 
 from workbench.study.build import REAL
+from workbench.study.votes import chosen_slot
 
 __all__ = ["StudyResults", "agreement", "attention_flags", "best_share", "bootstrap_bt", "bradley_terry", "label",
            "pairwise_outcomes", "study_results", "win_matrix"]
@@ -41,14 +42,6 @@ def label(slot: dict) -> str:
 
 def is_attention(shown: list[dict]) -> bool:
     return any(s["method"] == REAL for s in shown)
-
-
-def _slot(choice, mode: str) -> int | None:
-    """The chosen slot of a vote; None for a pairwise tie or both_bad."""
-    choice = str(choice)
-    if mode == "pairwise":
-        return {"A": 0, "B": 1}.get(choice)
-    return int(choice)
 
 
 def _ranked(votes: pd.DataFrame) -> pd.DataFrame:
@@ -67,7 +60,7 @@ def pairwise_outcomes(votes: pd.DataFrame, both_bad: str = "tie") -> pd.DataFram
     for v in _ranked(votes).itertuples(index=False):
         names = [label(s) for s in v.shown]
         if v.mode == "best_of_n":
-            c = _slot(v.choice, v.mode)
+            c = chosen_slot(v.choice, v.mode)
             rows += [(v.id, v.criterion, v.annotator, v.item, names[c], n, 1.0) for j, n in enumerate(names) if j != c]
         elif str(v.choice) in ("A", "B", "tie") or (str(v.choice) == "both_bad" and both_bad == "tie"):
             y = {"A": 1.0, "B": 0.0}.get(str(v.choice), 0.5)
@@ -82,7 +75,7 @@ def best_share(votes: pd.DataFrame) -> pd.DataFrame:
     for v in _ranked(votes).itertuples(index=False):
         if v.mode != "best_of_n":
             continue
-        c = _slot(v.choice, v.mode)
+        c = chosen_slot(v.choice, v.mode)
         for j, s in enumerate(v.shown):
             k = counts.setdefault((v.criterion, label(s)), [0, 0])
             k[0] += j == c
@@ -205,7 +198,7 @@ def attention_flags(votes: pd.DataFrame, max_fail: float = 0.2) -> pd.DataFrame:
     for v in votes.itertuples(index=False):
         if not is_attention(v.shown):
             continue
-        c = _slot(v.choice, v.mode)
+        c = chosen_slot(v.choice, v.mode)
         s = stats[v.annotator]
         s[0] += 1
         s[1] += c is None or v.shown[c]["method"] != REAL
@@ -215,7 +208,7 @@ def attention_flags(votes: pd.DataFrame, max_fail: float = 0.2) -> pd.DataFrame:
 
 
 def _category(v) -> str:
-    c = _slot(v.choice, v.mode)
+    c = chosen_slot(v.choice, v.mode)
     return str(v.choice) if c is None else label(v.shown[c])
 
 

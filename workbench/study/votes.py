@@ -33,10 +33,12 @@ import pandas as pd
 from workbench.files import staged_file
 from workbench.study.build import CRITERIA, Study
 
-__all__ = ["MODES", "PAIRWISE_CHOICES", "VOTES_DB", "Shown", "VoteStore", "export_votes", "read_users", "read_votes"]
+__all__ = ["MODES", "PAIRWISE_CHOICES", "VOTES_DB", "Shown", "VoteStore", "chosen_slot", "export_votes", "read_users",
+           "read_votes"]
 
 MODES = ("best_of_n", "pairwise")
 PAIRWISE_CHOICES = ("A", "B", "tie", "both_bad")
+PAIRWISE_SLOTS = {"A": 0, "B": 1}   # the pairwise choices that name a video; tie and both_bad name none
 VOTES_DB = "votes.sqlite"   # the file name `export_votes` looks for when given a folder
 SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1}
 USERNAME = re.compile(r"[A-Za-z0-9_.@+-]{1,64}")
@@ -73,6 +75,14 @@ CREATE TABLE IF NOT EXISTS votes (
     UNIQUE (study, annotator, item, criterion, mode)
 );
 """
+
+
+def chosen_slot(choice: int | str, mode: str, first: int = 0) -> int | None:
+    """The slot (0-based) of the video a choice names. Best of N: the slot's number, counted from `first` (0 as
+    votes are stored, 1 as the page numbers its videos). Pairwise: A -> 0, B -> 1; None for tie and both_bad."""
+    if mode == "pairwise":
+        return PAIRWISE_SLOTS.get(str(choice))
+    return int(choice) - first
 
 
 def _now() -> str:
@@ -401,9 +411,9 @@ def export_votes(db: str | Path, out: str | Path, force: bool = False) -> Path:
         w = csv.writer(fh)
         w.writerow(EXPORT_COLUMNS)
         for r in rows:
-            shown, choice = json.loads(r[6]), r[7]
-            slot = int(choice) if choice.isdigit() else {"A": 0, "B": 1}.get(choice)
-            chosen = shown[slot] if slot is not None else {"method": "", "steps": ""}
+            vote = dict(zip(COLUMNS, r))
+            slot = chosen_slot(vote["choice"], vote["mode"])
+            chosen = json.loads(vote["shown"])[slot] if slot is not None else {"method": "", "steps": ""}
             w.writerow(list(r) + [chosen["method"], chosen["steps"]])
     return out
 
