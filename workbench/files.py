@@ -3,7 +3,7 @@ exclusively, and renames into place when complete; a folder a command writes is 
 command replaces (with --force) only what it wrote itself and never touches a file it did not write.
 
     <out>/.wb-outputs.json   {"command": "sample", "files": ["clip-0000.mp4", ...]}   (top-level entries)
-    <parent>/.wb-<kind>-<pid>-XXXXXXXX/    a folder being written by process <pid>
+    <parent>/.wb-<kind>-<pid>-<random>/    a folder being written by process <pid> (mkdtemp's name)
 
 A process removes only its own temporary names; `sweep_stale` removes those of processes that no longer run
 (a kill), which the next run of the same command does first.
@@ -61,9 +61,7 @@ def writing(path: str | Path):
             raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from None
         raise OSError(f"{path}: not written ({e})") from None
     except OSError as e:
-        if e.filename is not None and not _temporary(e.filename):
-            raise
-        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+        raise _named(e, Path(path)) from None
 
 
 @contextlib.contextmanager
@@ -77,15 +75,13 @@ def staged_file(path: str | Path, kind: str = "file"):
     os.close(fd)
     tmp = Path(name)
     try:
-        yield tmp
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        _plain_mode(tmp)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise _named(e, path) from None
+        with writing(path):
+            yield tmp
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            _plain_mode(tmp)
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -98,10 +94,8 @@ def _staging(out: Path, kind: str):
     sweep_stale(out.parent, kind)
     tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(kind), dir=out.parent))
     try:
-        yield tmp
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise _named(e, out) from None
+        with writing(out):
+            yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

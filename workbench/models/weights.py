@@ -80,9 +80,14 @@ def check_fits(module: torch.nn.Module, weights: dict[str, torch.Tensor], source
         raise WeightsError(f"{source}: no tensor {missing[0]!r} ({len(missing)} of the network's {len(own)} missing)")
 
 
+def non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or inf."""
+    return [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+
+
 def check_finite(weights: dict[str, torch.Tensor], source: str) -> None:
     """Every floating-point tensor finite, or a WeightsError naming the first that is not (a diverged run)."""
-    bad = [name for name, t in weights.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    bad = non_finite(weights)
     if bad:
         raise WeightsError(f"{source}: tensor {bad[0]!r} holds NaN or inf values ({len(bad)} of {len(weights)} "
                            f"tensors do): weights of a run that diverged?")

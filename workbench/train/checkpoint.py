@@ -25,7 +25,7 @@ import torch
 
 from workbench.config import ConfigError
 from workbench.files import writing
-from workbench.models.weights import WeightsError, check_fits, read_weights, write_weights
+from workbench.models.weights import WeightsError, check_fits, non_finite, read_weights, write_weights
 from workbench.train.fsdp import shard_like, whole
 
 
@@ -117,10 +117,10 @@ def save_checkpoint(root: Path, step: int, roles: dict[str, RoleCheckpoint], sta
 def _check_finite(tensors: dict[str, torch.Tensor], file: str, step: int, root: Path) -> None:
     """A NaN or inf would be resumed from and exported as if it were good (a step's update can blow up the
     weights while its loss, computed before the update, was still finite)."""
-    for key, t in tensors.items():
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise NonFiniteWeightsError(f"step {step}: {file} would hold non-finite values ({key}); checkpoint not "
-                                        f"written, run stopped, {last_good(root)}")
+    bad = non_finite(tensors)
+    if bad:
+        raise NonFiniteWeightsError(f"step {step}: {file} would hold non-finite values ({bad[0]}); checkpoint not "
+                                    f"written, run stopped, {last_good(root)}")
 
 
 def last_good(root: Path) -> str:
