@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from _emit import emit  # bench/_emit.py (the script's folder is on sys.path)
 
-MODES = ("whole", "blockwise", "reverse", "reverse_blockwise", "finite_difference")
+from workbench.models.jvp import TANGENT_MODES as MODES  # noqa: E402
 MEMORY = ("MiB: peak resident memory during the call (Linux VmHWM, reset to the current resident size through "
           "/proc/self/clear_refs just before it) minus the resident memory just before it, on the call's first run; "
           "glibc's mmap threshold is 64 KiB so freed tensors leave the resident set and cannot hide a peak")
@@ -88,11 +88,10 @@ def _step_calls(spec) -> dict:
     """One optimisation step's losses + backward for flow matching and for CCD, same toy model and batch."""
     import copy
 
-    from workbench.config import load_config
     from workbench.data import build_dataset, collate
-    from workbench.methods import TrainStep, build_method
+    from workbench.methods import TrainStep, build_method, load_config
     from workbench.models import build_backbone
-    from workbench.train.loop import step_generator
+    from workbench.train.roles import step_generator
     cfg = load_config(None, [f"train.batch_size={spec['batch']}", "distill.tangent_warmup=0"])
     net, cond = build_backbone(cfg.model)
     ds = build_dataset(cfg.data, "train")

@@ -15,10 +15,9 @@ import argparse
 
 import torch
 
-from workbench.config import load_config
 from workbench.data import build_dataset, collate
 from workbench.flow import denoise, interpolate
-from workbench.methods import build_method
+from workbench.methods import build_method, load_config
 from workbench.models import build_backbone
 
 from _emit import emit  # bench/_emit.py (the script's folder is on sys.path)

@@ -17,7 +17,7 @@ import torch
 
 from workbench.data import build_dataset, collate
 from workbench.flow import denoise, interpolate
-from workbench.methods.adversarial import frames_of
+from workbench.methods.parts import frames_of
 from workbench.models.dino import frame_tokens, load_feature_net
 from workbench.runs import load_model
 

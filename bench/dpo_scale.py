@@ -15,9 +15,8 @@ import argparse
 
 import torch
 
-from workbench.config import load_config
 from workbench.data import build_dataset, collate
-from workbench.methods import TrainStep, build_method
+from workbench.methods import TrainStep, build_method, load_config
 from workbench.models import build_backbone
 
 from _emit import emit  # bench/_emit.py (the script's folder is on sys.path)

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workbench.config import load_config
 from workbench.data.synthetic import to_tensor, to_uint8
 from workbench.eval.fvd import fvd
 from workbench.eval.report import EvalSpec, Scorer
 from workbench.generate import Model, generate, test_batch
+from workbench.methods import load_config
 from workbench.runs import load_model
 from workbench.models import build_backbone
 

@@ -9,7 +9,7 @@ sampling       one clip at 32k tokens: the teacher's 25 Euler steps with guidanc
                a student's 4 steps without guidance (workbench.sampling.euler; the same random net stands for both)
 attention_jvp  torch.func.jvp of attention alone at Wan's 12 heads x 128, bf16: math SDPA vs the chunked JVP
                (workbench.models.jvp.chunked_attention), at 16k and 32k tokens
-steps          one training step as the loop runs it (workbench.train.loop.update_roles: the method's losses under
+steps          one training step as the loop runs it (workbench.train.roles.update_roles: the method's losses under
                train.mixed_precision=bf16, backward, AdamW, the exported EMA; fp32 weights) at 8k and 32k tokens,
                batch 1: flow_matching; ccd with distill.jvp whole / blockwise x distill.jvp_attention math /
                chunked; dmd2 (full fake score) at a step where the student and the fake score both update.
@@ -140,6 +140,7 @@ def sampling(size: dict, clock: Clock, accelerator) -> dict:
     """Teacher 25 steps with guidance 5 vs student 4 steps, one clip (euler on Wan's shift-5 grid)."""
     from workbench.models.wan import build_flownet
     from workbench.sampling import euler, schedule
+    from workbench.train.roles import autocast
     latent = size["steps"][size["sample"]]
     with torch.device(clock.device):
         net = build_flownet(size["preset"]).eval().requires_grad_(False)
@@ -147,7 +148,7 @@ def sampling(size: dict, clock: Clock, accelerator) -> dict:
     null = LatentEncoders(x0, cond).null_text(1)
 
     def run(steps, guidance):
-        with torch.no_grad(), accelerator.autocast():
+        with torch.no_grad(), autocast("bf16", clock.device):
             return euler(net, torch.randn_like(x0), cond, schedule(steps, 5.0), guidance=guidance, null_text=null)
     one_step = lambda: run(1, 1.0)  # noqa: E731  (warm-up: the teacher's 50 forwards are not run twice)
     out = {"tokens": tokens(latent), "teacher_25_steps_guidance_5": clock.measure(lambda: run(25, 5.0), one_step),
@@ -186,10 +187,9 @@ def attention_jvp(size: dict, clock: Clock) -> dict:
 
 def method_steps(size: dict, clock: Clock, accelerator) -> dict:
     """One loop step of each method at each size; a method is built once and measured at both sizes."""
-    from workbench.config import load_config
-    from workbench.methods import build_method
+    from workbench.methods import build_method, load_config
     from workbench.models.wan import build_flownet
-    from workbench.train.loop import build_trained, step_generator, train_step, update_roles
+    from workbench.train.roles import build_trained, step_generator, train_step, update_roles
     out = {label: {"tokens": tokens(latent), "latent_THW": list(latent)} for label, latent in size["steps"].items()}
     inputs = {label: random_inputs(size["preset"], latent, clock.device) for label, latent in size["steps"].items()}
     batch = {"video": None, "caption": ["a clip"]}
@@ -236,11 +236,9 @@ def main(argv=None) -> dict:
         sys.exit(2)
     import diffusers
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
     device = torch.device("cpu" if args.tiny else "cuda")
     size = TINY if args.tiny else REAL
-    AcceleratorState._reset_state()
-    accelerator = Accelerator(cpu=args.tiny, mixed_precision="bf16")
+    accelerator = Accelerator(cpu=args.tiny, mixed_precision="no")  # bf16: the loop's autocast (train.mixed_precision)
     torch.manual_seed(0)
     clock = Clock(device, args.budget)
     from workbench.models.wan import PRESETS

@@ -26,9 +26,8 @@ from pathlib import Path
 
 import torch
 
-from workbench.config import load_config
 from workbench.data import build_dataset, collate
-from workbench.methods import build_method
+from workbench.methods import build_method, load_config
 from workbench.models import build_backbone
 from workbench.preferences import build_preferences
 from workbench.train import steps_on_batch

@@ -14,14 +14,13 @@ import time
 
 import torch
 
-from workbench.config import load_config
 from workbench.data import build_dataset, collate
-from workbench.methods import TrainStep, build_method
+from workbench.methods import TrainStep, build_method, load_config
 from workbench.models import PRESETS, build_backbone
 from workbench.pipeline import load_pipeline
 from workbench.models.ema import ema_update, frozen_copy
 from workbench.sampling import euler, schedule
-from workbench.train.loop import step_generator
+from workbench.train.roles import step_generator
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 tiny-Wan scale, two conditionings that differ only in the first frame, and the check that each network sees it."""
 import torch
 
-from workbench.config import load_config
+from workbench.methods import load_config
 from workbench.methods import build_method
 from workbench.models import build_backbone
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from workbench.flow import interpolate, target_velocity
-from workbench.methods import METHODS, LossOut, Role
+from workbench.methods import LossOut, Role, register
 from workbench.methods.flow_matching import FlowMatching
 
 
@@ -18,6 +18,7 @@ def clip_generator(seed: int, step: int, clip_seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, clip_seed]).generate_state(1)[0]))
 
 
+@register("keyed_roles")
 class KeyedRoles(FlowMatching):
     def __init__(self, cfg, net, encoders):
         super().__init__(cfg, net, encoders)
@@ -38,6 +39,3 @@ class KeyedRoles(FlowMatching):
         if "critic" in step.due:
             out["critic"] = (step.nets["critic"](batch["video"].mean(dim=(2, 3, 4))) - 1).pow(2).mean()
         return LossOut(out, {f"loss_{k}": v.item() for k, v in out.items()})
-
-
-METHODS["keyed_roles"] = KeyedRoles

@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-from workbench.config import load_config
 from workbench.data import build_dataset, collate
-from workbench.methods import TrainStep, build_method
+from workbench.methods import TrainStep, build_method, load_config
 from workbench.train import steps_on_batch
-from workbench.methods.adversarial import Adversarial, hinge_discriminator, hinge_generator
+from workbench.methods.adversarial import Adversarial
 from workbench.methods.dpo import FlowDPO, dpo_loss
+from workbench.methods.parts import hinge_discriminator, hinge_generator
 from workbench.models import build_backbone
 from workbench.models.lora import add_lora, load_lora, save_lora
 

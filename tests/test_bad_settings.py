@@ -12,7 +12,11 @@ from safetensors.torch import load_file, save_file
 
 from tests.test_bad_inputs import MICRO, cli, one_line_error, run, snapshot  # noqa: F401 (run: a fixture)
 from workbench import config
+from workbench.methods import METHODS
+from workbench.methods.base import TEACHER_DTYPES
+from workbench.methods.parts import AdversarialSettings
 from workbench.models import PRESETS
+from workbench.models.jvp import TANGENT_MODES
 from workbench.sampling import SAMPLERS
 
 
@@ -21,9 +25,28 @@ def _in_root(monkeypatch, root):
     monkeypatch.chdir(root)
 
 
+def _choices(cls, key: str) -> set:
+    return set(typing.get_args(typing.get_type_hints(cls)[key]))
+
+
 def test_choice_types_are_the_registries():
     assert set(typing.get_args(config.Preset)) == set(PRESETS)
     assert set(typing.get_args(config.SamplerName)) == set(SAMPLERS)
+    assert _choices(config.DistillConfig, "jvp") == set(TANGENT_MODES)
+    assert _choices(config.DistillConfig, "teacher_dtype") == set(TEACHER_DTYPES)
+    distill = _choices(AdversarialSettings, "distill") - {"none"}     # DA adds its term to a method's distill_loss
+    assert distill <= set(METHODS) and all(callable(getattr(METHODS[m], "distill_loss", None)) for m in distill)
+
+
+def test_every_method_settings_section_is_checked_as_the_core_ones():
+    """Each registered method's sections are dataclasses the loader can check field by field (no type it would
+    refuse every value of), with defaults that pass their own RANGES and rules."""
+    for name, method in METHODS.items():
+        for section, cls in method.sections.items():
+            config._check({}, cls, section)                              # the defaults load
+            for key, tp in typing.get_type_hints(cls).items():
+                if not key.isupper():
+                    config._check(getattr(cls(), key), tp, f"{section}.{key}")
 
 
 @pytest.mark.parametrize("override,fragment", [
@@ -32,6 +55,12 @@ def test_choice_types_are_the_registries():
     ("train.method=ccdd", "train.method: unknown method 'ccdd'"),
     ("distill.jvp=blockwize", "distill.jvp: expected one of 'blockwise'"),
     ("dpo.region=diff", "dpo.region: expected one of 'all', 'difference'"),
+    ("pcm.loss=l1", "pcm.loss: expected one of 'huber', 'l2', got 'l1'"),       # another method's section: checked
+    ("pcm.phases=5", "pcm.phases: 5 must divide pcm.grid (48)"),              # a rule across a section's fields
+    ("cdm.min_steps=29", "cdm.min_steps: 29 must not exceed cdm.max_steps (28)"),
+    ("dmd2.min_t=0.99", "dmd2.min_t: 0.99 must be below dmd2.max_t (0.98)"),
+    ("lcm.grid_size=4", "lcm.grid_size: unknown key"),
+    ("lcmm.grid=4", "lcmm: unknown key"),
     ("train.mixed_precision=no", "quote it"),                                 # YAML reads `no` as False
     ("train.ema_decay=.nan", "train.ema_decay: expected a finite number, got nan"),
     ("train.lr=.nan", "train.lr: expected a finite number"),

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from workbench.config import load_config
 from workbench.flow import denoise, shift_timesteps
-from workbench.methods import build_method
-from workbench.methods.lcm import LCM, lcm_loss, pseudo_huber
+from workbench.methods import build_method, load_config
+from workbench.methods.lcm import LCM
+from workbench.methods.parts import lcm_loss, pseudo_huber
 from workbench.models import build_backbone
 from workbench.models.wan import Conditioning
 from workbench.train import steps_on_batch
@@ -103,8 +103,8 @@ def test_pcm_jumps_land_on_the_phase_edge_and_the_target_is_euler_then_jump():
     assert loss.item() == pytest.approx((want_pred - want_target).abs().mean().item(), rel=1e-5)   # Huber, c = 0
     l2, *_ = pcm_loss(student, teacher, x_t, t, s, edge, None, consistency_distance("l2", 0.001))
     assert l2.item() == pytest.approx(((want_pred - want_target) ** 2).mean().item(), rel=1e-5)
-    with pytest.raises(ValueError, match="pcm.loss: expected 'huber' or 'l2', got 'l1'"):
-        consistency_distance("l1", 0.001)
+    with pytest.raises(ValueError, match="pcm.loss: expected one of 'huber', 'l2', got 'l1'"):
+        load_config(MICRO, ["train.method=pcm", "pcm.loss=l1"])                    # at load, before any work
 
 
 def test_pcm_draws_solver_steps_inside_one_phase_and_keeps_no_target(tmp_path):
@@ -132,7 +132,7 @@ def test_pcm_draws_solver_steps_inside_one_phase_and_keeps_no_target(tmp_path):
         assert ((edge == 0) | (edge == 0.5)).all() and (s >= edge).all() and (s < t).all()
         assert (edge == torch.where(t > 0.5, torch.tensor(0.5), torch.tensor(0.0))).all()
     with pytest.raises(ValueError, match="pcm.phases: 5 must divide pcm.grid"):
-        build_method(load_config(MICRO, ["train.method=pcm", "pcm.phases=5"]), net, encoders)
+        load_config(MICRO, ["train.method=pcm", "pcm.phases=5"])                    # at load, before any work
 
 
 class _Identity:
@@ -144,9 +144,9 @@ class _Identity:
 @pytest.mark.parametrize("shift", [1.0, 3.0])
 def test_lcm_grid_lies_on_the_teachers_shifted_schedule(shift):
     """t = t_n and s = t_{n-k} are points of schedule(N, sample.shift), k grid intervals apart (LCM and OSV)."""
-    from workbench.methods.lcm import grid_batch
+    from workbench.methods.parts import grid_batch
     from workbench.sampling import schedule
-    c = load_config(None, ["lcm.grid=10", "lcm.skip=2"]).lcm
+    c = load_config(None, ["train.method=lcm", "lcm.grid=10", "lcm.skip=2"]).lcm
     _, t, s, _ = grid_batch(_Identity(), {"video": torch.zeros(64, 1, 1, 1, 1), "caption": [""] * 64}, c,
                             torch.Generator().manual_seed(0), shift)
     grid = schedule(c.grid, shift)                                    # grid[i] = shift(1 - i / N)
@@ -163,7 +163,7 @@ def test_pcm_k_step_euler_sampling_lands_on_the_phase_edges_under_a_shift(shift)
     in its phase (edge, next edge] and s in [edge, t)."""
     from workbench.methods.pcm import phase_times
     from workbench.sampling import euler, schedule
-    c = load_config(None, ["pcm.phases=4", "pcm.grid=12", "pcm.skip=2"]).pcm
+    c = load_config(None, ["train.method=pcm", "pcm.phases=4", "pcm.grid=12", "pcm.skip=2"]).pcm
     t, s, edge = phase_times(torch.arange(1, c.grid + 1), c, shift)
     visited = []                                                      # x_t is the time itself: dx/dt = 1
     landed = euler(lambda x, tt, cond: visited.append(x.item()) or torch.ones_like(x), torch.ones(1, 1, 1, 1, 1),

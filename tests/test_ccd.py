@@ -6,9 +6,9 @@ import pytest
 import torch
 from diffusers import WanTransformer3DModel
 
-from workbench.config import load_config
-from workbench.methods import CCD, DCD, TrainStep, build_method
-from workbench.methods.ccd import ccd_tangent, normalize_tangent, tangent_warmup
+from workbench.methods import TrainStep, build_method, load_config
+from workbench.methods.ccd import CCD, ccd_tangent, normalize_tangent, tangent_warmup
+from workbench.methods.dcd import DCD
 from workbench.models import Encoders, FlowNet
 from workbench.models.codec import PixelCodec
 from workbench.models.text import ToyTextEncoder

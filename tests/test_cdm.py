@@ -8,9 +8,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from workbench.config import load_config
-from workbench.methods import TrainStep, build_method
-from workbench.methods.cdm import CDM, ca_loss, dm_loss, fake_teacher_loss, random_schedule, rollout
+from workbench.methods import TrainStep, build_method, load_config
+from workbench.methods.cdm import CDM, fake_teacher_loss, random_schedule, rollout
+from workbench.methods.parts import dm_loss
 from workbench.models import build_backbone
 from workbench.train import steps_on_batch
 
@@ -22,7 +22,7 @@ def test_dm_push_and_its_normaliser_on_a_hand_case():
     x0_s = torch.tensor([[0.0, 1.0], [2.0, 2.0]]).view(2, 1, 1, 1, 2).requires_grad_(True)
     real = torch.tensor([[1.0, 3.0], [2.02, 2.0]]).view(2, 1, 1, 1, 2)
     fake = torch.tensor([[0.0, 2.0], [2.0, 1.99]]).view(2, 1, 1, 1, 2)
-    loss, norm = dm_loss(x0_s, real, fake, norm_min=0.1)
+    loss, _, norm = dm_loss(x0_s, real - fake, real, norm_min=0.1)   # CDM's DM: push x0_real - x0_fake
     # sample 0: mean|real - x0_S| = (1 + 2) / 2 = 1.5; sample 1: (0.02 + 0) / 2 = 0.01 -> clamped to 0.1
     torch.testing.assert_close(norm, torch.tensor([1.5, 0.1]))
     push = torch.tensor([[1.0, 1.0], [0.02, 0.01]]) / torch.tensor([[1.5], [0.1]])
@@ -35,14 +35,14 @@ def test_dm_push_and_its_normaliser_on_a_hand_case():
     assert ((moved - real).abs().sum() < (x0_s.detach() - real).abs().sum()).item()
     assert ((moved - fake).abs().sum() > (x0_s.detach() - fake).abs().sum()).item()
     # real == fake: no push at all
-    zero, _ = dm_loss(x0_s, real, real.clone())
+    zero, _, _ = dm_loss(x0_s, real - real.clone(), real, norm_min=0.1)
     assert zero.item() == 0.0
 
 
 def test_ca_push_is_guidance_times_cond_minus_uncond_normalised_by_cond():
     x0_s = torch.zeros(1, 1, 1, 1, 2)
     cond, uncond = torch.tensor([0.5, -0.5]).view(1, 1, 1, 1, 2), torch.tensor([0.25, -0.5]).view(1, 1, 1, 1, 2)
-    loss, norm = ca_loss(x0_s, cond, uncond, guidance=7.0)
+    loss, _, norm = dm_loss(x0_s, 7.0 * (cond - uncond), cond, norm_min=0.1)   # CDM's CA push
     assert norm.item() == pytest.approx(0.5)                   # mean|cond - x0_S|
     assert loss.item() == pytest.approx(((7 * 0.25 / 0.5) ** 2 + 0) / 2, rel=1e-5)
 
@@ -141,7 +141,7 @@ def test_update_ratio_holds_over_20_steps_and_across_a_resume(tmp_path):
 
 
 def test_rollout_schedules_are_random_in_length_and_fall_from_1_to_0():
-    c = load_config(None, ["cdm.max_steps=8"]).cdm
+    c = load_config(None, ["train.method=cdm", "cdm.max_steps=8"]).cdm
     lengths = set()
     for seed in range(60):
         ts = random_schedule(c, torch.Generator().manual_seed(seed))

@@ -138,8 +138,9 @@ def test_compare_samples_toy_models_on_demand_and_leaves_wan_scale_ones_to_study
 
     import yaml
 
-    from workbench.compare import choices, compare, model_folders, parse_choice
-    models = model_folders("experiments")
+    from workbench.compare import choices, compare, parse_choice
+    from workbench.runs import find_models
+    models = find_models("experiments")
     picks = [parse_choice(c, models) for c in ("toy/teacher @ 2", "toy/ccd @ 2")]
     info, real, shown, strip = compare(picks, 5, 0, tmp_path / "cache")
     assert [s.label for s in shown] == ["toy/teacher, 2 steps", "toy/ccd, 2 steps"] and strip.is_file()
@@ -151,6 +152,6 @@ def test_compare_samples_toy_models_on_demand_and_leaves_wan_scale_ones_to_study
     cfg = yaml.safe_load((wan / "config.yaml").read_text())
     cfg["model"]["preset"] = "wan2.1-fun-1.3b-inp"
     (wan / "config.yaml").write_text(yaml.safe_dump(cfg))
-    assert choices(model_folders(tmp_path / "exp")) == []
+    assert choices(find_models(tmp_path / "exp")) == []
     with pytest.raises(ValueError, match="unknown model choice"):
-        parse_choice("wan @ 4", model_folders(tmp_path / "exp"))
+        parse_choice("wan @ 4", find_models(tmp_path / "exp"))

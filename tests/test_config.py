@@ -4,7 +4,8 @@ import sys
 import pytest
 import yaml
 
-from workbench.config import Config, ConfigError, load_config
+from workbench.config import Config, ConfigError
+from workbench.methods import load_config
 
 
 def test_defaults_and_overrides():
@@ -75,3 +76,53 @@ def test_prediction_must_fit_the_weights(tmp_path):
     with pytest.raises(ValueError, match=r"model.weights: .* trained with model.prediction=x0"):
         build_backbone(ModelConfig(preset="toy", weights=weights))
     assert build_backbone(ModelConfig(preset="toy", weights=weights, prediction="x0"))[0].prediction == "x0"
+
+
+# --- a method's settings: declared in its file, built and checked at load -----------------------------------------
+
+def test_the_method_sections_are_those_of_train_method(tmp_path):
+    from workbench.config import to_dict
+    cfg = load_config(None, ["train.method=osv", "lcm.grid=10", "pcm.phases=2"])   # pcm: another method's
+    assert set(cfg.sections) == {"osv", "lcm", "adversarial"} and cfg.lcm.grid == 10 and cfg.osv.stage1_steps == 250
+    with pytest.raises(AttributeError, match="config has no section 'pcm': train.method 'osv' reads osv, lcm"):
+        cfg.pcm
+    saved = to_dict(cfg)
+    assert list(saved)[:7] == ["name", "out", "data", "model", "train", "sample", "distill"]
+    assert {"osv", "lcm", "adversarial"} <= set(saved) and "pcm" not in saved and "sections" not in saved
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    assert load_config(tmp_path / "config.yaml") == cfg                             # a saved config round-trips
+
+
+def test_a_config_saved_with_every_methods_section_still_loads(root):
+    """Run folders saved before methods declared their settings hold every method's section: the others are
+    checked and left out."""
+    path = root / "experiments/toy/baselines/dmd2/config.yaml"
+    assert {"lcm", "pcm", "dpo", "flow_matching"} <= set(yaml.safe_load(path.read_text()))
+    cfg = load_config(path)
+    assert set(cfg.sections) == {"dmd2"} and cfg.dmd2.student_every == 5
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.method=ccdd", "train.method: unknown method 'ccdd' (known: "),
+    ("pcm.loss=l1", "pcm.loss: expected one of 'huber', 'l2', got 'l1'"),
+    ("pcm.phases=5", "pcm.phases: 5 must divide pcm.grid (48)"),
+    ("sections={}", "sections: unknown key"),
+])
+def test_a_bad_method_or_method_setting_is_refused_at_load(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(None, ["train.method=pcm", override])
+
+
+def test_a_hand_built_config_names_the_section_its_method_reads():
+    from workbench.methods import build_method
+    with pytest.raises(ValueError, match="flow_matching: the config has no such section"):
+        build_method(Config(), None, None)
+
+
+def test_a_low_layer_reads_one_section(tmp_path):
+    from workbench.config import ModelConfig, load_section
+    (tmp_path / "config.yaml").write_text("model: {prediction: x0}\npcm: {loss: l1}\n")   # other sections unread
+    assert load_section(tmp_path / "config.yaml", "model", ModelConfig).prediction == "x0"
+    (tmp_path / "config.yaml").write_text("model: {prediction: eps}\n")
+    with pytest.raises(ConfigError, match="model.prediction: expected one of"):
+        load_section(tmp_path / "config.yaml", "model", ModelConfig)

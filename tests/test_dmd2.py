@@ -8,11 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from workbench.config import load_config
 from workbench.flow import interpolate
-from workbench.methods import build_method
+from workbench.methods import build_method, load_config
 from workbench.methods.base import TrainStep
-from workbench.methods.dmd2 import DMD2, dm_gradient, dm_loss
+from workbench.methods.dmd2 import DMD2
+from workbench.methods.parts import dm_loss
 from workbench.models import build_backbone
 from workbench.train import steps_on_batch, train
 
@@ -29,14 +29,15 @@ def test_dm_gradient_and_its_normaliser_by_hand():
     x0_hat = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 0.0]]).view(2, 1, 1, 2, 2)
     real = torch.tensor([[0.0, 2.0, 3.0, 6.0], [1.0, -1.0, 1.0, -1.0]]).view(2, 1, 1, 2, 2)
     fake = torch.tensor([[2.0, 2.0, 3.0, 6.0], [0.0, 0.0, 0.0, 0.0]]).view(2, 1, 1, 2, 2)
-    grad = dm_gradient(x0_hat, real, fake)
-    # sample 0: mean |x0_hat - real| = (1 + 0 + 0 + 2) / 4 = 0.75; sample 1: mean = 1
-    torch.testing.assert_close(grad[0].flatten(), torch.tensor([2.0, 0, 0, 0]) / 0.75)
-    torch.testing.assert_close(grad[1].flatten(), torch.tensor([-1.0, 1, -1, 1]))
     x = x0_hat.clone().requires_grad_(True)
-    dm_loss(x, grad).backward()
+    loss, grad, norm = dm_loss(x, real - fake, real, scale=0.5)        # DMD2's: push x0_real - x0_fake, norm_min 0
+    # sample 0: mean |x0_hat - real| = (1 + 0 + 0 + 2) / 4 = 0.75; sample 1: mean = 1
+    torch.testing.assert_close(norm, torch.tensor([0.75, 1.0]))
+    torch.testing.assert_close(grad[0].flatten(), torch.tensor([2.0, 0, 0, 0]) / 0.75)   # (x0_fake - x0_real) / norm
+    torch.testing.assert_close(grad[1].flatten(), torch.tensor([-1.0, 1, -1, 1]))
+    loss.backward()
     torch.testing.assert_close(x.grad, grad / grad.numel())           # 0.5 MSE to sg(x - grad): d/dx = grad / N
-    assert torch.isfinite(dm_gradient(real, real, fake)).all()          # a zero normaliser gives no NaN
+    assert torch.isfinite(dm_loss(real, real - fake, real)[1]).all()    # a zero normaliser gives no NaN
 
 
 def test_the_fake_scores_loss_is_flow_matching_on_detached_samples():

@@ -75,7 +75,7 @@ def test_figures_from_the_summary(evaluated):
 
 def test_the_fvd_reference_is_named_by_what_decides_the_test_clips():
     """TA's models train on preference pairs (data.preferences) but share the teacher's test clips: one reference."""
-    from workbench.config import load_config
+    from workbench.methods import load_config
     from workbench.eval.report import test_split_key
     base = load_config(None).data
     prefs = ["data.preferences=runs/prefs", "data.train_size=7", "train.batch_size=4"]

@@ -16,7 +16,8 @@ from safetensors.torch import save_file
 
 from tests.tiny_wan import save_tiny_wan
 from workbench.__main__ import main
-from workbench.config import load_config, to_dict
+from workbench.config import to_dict
+from workbench.methods import load_config
 from workbench.export_diffusers import diffusers_scheduler
 from workbench.models import build_backbone
 from workbench.runs import load_model

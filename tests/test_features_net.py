@@ -51,3 +51,13 @@ def test_preprocess_resizes_only_when_needed():
     mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     assert torch.equal(preprocess(frames_N3HW, 24), ((frames_N3HW + 1) / 2 - mean) / std)
     assert preprocess(torch.zeros(2, 3, 48, 40), 24).shape == (2, 3, 24, 24)
+
+
+def test_the_one_fitting_loop_follows_its_schedule_and_minimises():
+    """workbench/models/fit.py, the loop the three toy feature nets share: warmup over steps // 20, cosine to 0."""
+    from workbench.models.fit import fit, warmup_cosine
+    assert warmup_cosine(0, 100) == pytest.approx(0.2) and warmup_cosine(4, 100) == pytest.approx(0.99606, abs=1e-5)
+    assert warmup_cosine(100, 100) == 0.0
+    p = torch.nn.Parameter(torch.zeros(()))
+    losses = fit([p], lambda step: ((p - 3) ** 2, {}), steps=200, lr=0.1, weight_decay=0.0, desc="t", shown={"loss": ".3f"})
+    assert len(losses) == 200 and losses[-1] < 1e-2 * losses[0]

@@ -104,6 +104,25 @@ def test_samplers_by_name():
         get_sampler("heun")
 
 
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_every_sampler_calls_back_once_a_step_with_one_signature(name):
+    """callback(i, x_t, t_B, v) after each model evaluation, and the samples unchanged by it (CDM keeps its rollout
+    so): for the straight flow x_t = (1 - t) x0 + t x1, v = x1 - x0 at every step and x_t is on the line."""
+    g = torch.Generator().manual_seed(0)
+    x0, x1 = torch.randn(2, 3, 2, 4, 4, generator=g), torch.randn(2, 3, 2, 4, 4, generator=g)
+    field = lambda x, t, cond: x1 - x0  # noqa: E731
+    ts, seen = schedule(3), []
+    sampler = get_sampler(name)
+    kwargs = {"noise_sampler": lambda i: x1} if name == "consistency" else {}
+    out = sampler(field, x1, None, ts, callback=lambda *a: seen.append(a), **kwargs)
+    torch.testing.assert_close(out, sampler(field, x1, None, ts, **kwargs))
+    assert [i for i, *_ in seen] == [0, 1, 2]
+    for i, x, t_B, v in seen:
+        assert t_B.shape == (2,) and bool((t_B == ts[i]).all())
+        torch.testing.assert_close(v, x1 - x0)
+        torch.testing.assert_close(x, interpolate(x0, x1, t_B))
+
+
 def test_guidance_combines_branches():
     cond = Conditioning(torch.zeros(1, 1, 1, 1, 1), torch.zeros(1, 1, 1, 1, 1), torch.ones(1, 2, 3))
     model = lambda x, t, c: c.text_BLD.sum(dim=(1, 2)).view(-1, 1, 1, 1, 1) + 0 * x  # noqa: E731

@@ -7,7 +7,8 @@ import workbench
 
 # Bottom to top. A module may import its own layer and the ones below.
 LAYERS = [
-    ["workbench", "workbench.config", "workbench.flow", "workbench.files"],
+    ["workbench", "workbench.config", "workbench.flow", "workbench.files", "workbench.folders",  # folders: the layout
+     "workbench.cli"],                                # cli: one-line errors, for the CLI and the app
     ["workbench.models", "workbench.data"],
     ["workbench.sampling", "workbench.generate"],     # generate: a Model sampled to tensors and sheets (train uses it)
     ["workbench.methods"],
@@ -95,3 +96,23 @@ def test_the_layer_rule_catches_an_upward_import(tmp_path):
     f.write_text("def f():\n    from workbench.train import loop\n")
     assert "workbench.train.loop" in imports(f, "workbench.models.bad")
     assert layer_of("workbench.train.loop") > layer_of("workbench.models.bad")
+
+
+def long_functions(path: Path, limit: int = 60) -> list[str]:
+    """Functions (methods and nested ones included) longer than `limit` lines, decorators aside."""
+    return [f"{path.name}:{n.lineno} {n.name} ({n.end_lineno - n.lineno + 1} lines)"
+            for n in ast.walk(ast.parse(path.read_text()))
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > limit]
+
+
+def test_the_loop_and_the_app_are_short_functions():
+    """Issue 34: the loop reads as its steps, the app as one function per tab."""
+    files = [*(PACKAGE / "train").glob("*.py"), PACKAGE.parent / "app.py"]
+    found = [hit for f in files if f.is_file() for hit in long_functions(f)]
+    assert not found, "\n".join(found)
+
+
+def test_the_length_check_counts_lines(tmp_path):
+    f = tmp_path / "long.py"
+    f.write_text("def f():\n" + "    x = 1\n" * 60 + "\n\ndef g():\n    return 1\n")
+    assert long_functions(f) == ["long.py:1 f (61 lines)"]

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.test_resume import folder_state
-from workbench.config import load_config
+from workbench.methods import load_config
 from workbench.models import build_backbone
 from workbench.train.checkpoint import weights_module
 

@@ -83,7 +83,7 @@ def test_preference_pairs_are_the_models_own_samples(pipeline_run, tmp_path, mon
 def _dpo_paired_noise_is_the_pairs_own(m, pairs, real_pairs, monkeypatch):
     """dpo.noise=paired: x_t lies between each clip and the noise it was sampled from (x1 = clip_noise(seed, clip))."""
     import workbench.methods.dpo as dpo
-    from workbench.config import load_config
+    from workbench.methods import load_config
     from workbench.data import collate
     from workbench.generate import clip_noise
     from workbench.flow import interpolate

@@ -1,7 +1,7 @@
 """The direction-word probe: zero when the text path is cut, positive when text reaches the velocity."""
 import torch
 
-from workbench.config import load_config
+from workbench.methods import load_config
 from workbench.eval.probes import direction_sensitivity
 from workbench.generate import Model
 from workbench.generate import test_batch as make_test_batch

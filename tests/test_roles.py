@@ -7,9 +7,9 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-from workbench.config import load_config
+from workbench.methods import load_config
 from workbench.train import train
-from workbench.train.loop import lr_lambda
+from workbench.train.roles import lr_lambda
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 import two_roles  # noqa: E402  registers `two_roles`
@@ -109,18 +109,27 @@ def test_sigkill_then_resume_is_bitwise_equal_with_two_roles(point, n, tmp_path,
 
 
 def test_the_readme_add_a_method_example_trains(tmp_path, root):
-    """README's "Add a method in one file" code, as written, registers and trains through the loop."""
+    """README's "Add a method in one file" code, as written (the file and nothing else), registers its class and its
+    settings section, which the loader checks and the run's config.yaml keeps; it trains through the loop."""
+    import yaml
+
+    from workbench.config import ConfigError
     from workbench.methods import METHODS
     text = (root / "README.md").read_text().split("## Add a method in one file", 1)[1]
     code = text.split("```python", 1)[1].split("```", 1)[0]
     namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)
-    METHODS["my_method"] = namespace["MyMethod"]
+    exec(compile(code, "README.md", "exec"), namespace)                 # its @register adds it to METHODS
     try:
-        cfg = load_config(MICRO, ["train.method=my_method", "train.steps=6", "train.sample_num=1", "train.log_every=1",
-                                  "train.sample_steps=[1]"])
+        assert METHODS["my_method"] is namespace["MyMethod"]
+        sets = ["train.method=my_method", "train.steps=6", "train.sample_num=1", "train.log_every=1",
+                "train.sample_steps=[1]"]
+        with pytest.raises(ConfigError, match="my_method.critic_lr: expected a value >= 0"):
+            load_config(MICRO, [*sets, "my_method.critic_lr=-1"])
+        cfg = load_config(MICRO, [*sets, "my_method.critic_lr=5e-5"])
+        assert cfg.my_method.critic_lr == 5e-5
         run = train(cfg, tmp_path / "run", progress=False)
     finally:
         del METHODS["my_method"]
+    assert yaml.safe_load((run / "config.yaml").read_text())["my_method"] == {"critic_lr": 5e-5}
     rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
     assert [("loss_model" in r, "loss_critic" in r) for r in rows] == [(True, True)] + [(False, True)] * 4 + [(True, True)]

@@ -3,10 +3,10 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from workbench.config import load_config
+from workbench.methods import load_config
 from workbench.methods.flow_matching import FlowMatching
 from workbench.train import NonFiniteLossError, train
-from workbench.train.checkpoint import complete_checkpoints
+from workbench.folders import RunFolder
 
 MICRO = "experiments/micro/teacher.yaml"
 
@@ -24,7 +24,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(FlowMatching, "losses", poisoned)
     with pytest.raises(NonFiniteLossError, match="step 6"):
         train(cfg, tmp_path / "run", progress=False)
-    ckpts = complete_checkpoints(tmp_path / "run" / "checkpoints")
+    ckpts = [c.path for c in RunFolder(tmp_path / "run").checkpoints()]
     assert [c.name for c in ckpts] == ["step-000004"]
     assert not list((tmp_path / "run" / "checkpoints").glob(".tmp-*"))
     load_file(ckpts[0] / "model.safetensors")
@@ -42,7 +42,7 @@ def test_incomplete_checkpoint_is_ignored(tmp_path):
     run = train(cfg, tmp_path / "run", progress=False)
     (run / "checkpoints" / ".tmp-step-000008").mkdir()
     (run / "checkpoints" / "step-000009").mkdir()  # no state.json: never completed
-    assert [c.name for c in complete_checkpoints(run / "checkpoints")] == ["step-000004"]
+    assert [c.path.name for c in RunFolder(run).checkpoints()] == ["step-000004"]
 
 
 def test_batch_sampler_shards_the_global_batch_and_resumes_by_step():
@@ -58,5 +58,17 @@ def test_batch_sampler_shards_the_global_batch_and_resumes_by_step():
 def test_bf16_mixed_precision_switch_runs(tmp_path):
     cfg = load_config(MICRO, ["train.steps=2", "train.mixed_precision=bf16", "train.sample_num=1"])
     run = train(cfg, tmp_path / "run", progress=False)
+    rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 2 and all(r["loss"] == r["loss"] for r in rows)
+
+
+def test_fp16_scales_each_role_s_loss_and_checkpoints_the_scale(tmp_path):
+    """fp16 autocast with a loss scaler per role (train/roles.py), after runs of other precisions in this process
+    (accelerate's own precision is fixed once per process; the loop's is set per run)."""
+    cfg = load_config(MICRO, ["train.steps=2", "train.ckpt_every=2", "train.mixed_precision=fp16",
+                              "train.sample_num=1"])
+    run = train(cfg, tmp_path / "run", progress=False)
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step-000002" / "state.json").read_text())
+    assert state["roles"]["model"]["scaler"]["scale"] > 0
     rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 2 and all(r["loss"] == r["loss"] for r in rows)

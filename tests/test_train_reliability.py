@@ -11,10 +11,11 @@ import torch
 from safetensors.torch import load_file
 
 from workbench.__main__ import main
-from workbench.config import ConfigError, load_config
+from workbench.config import ConfigError
+from workbench.methods import load_config
 from workbench.methods.flow_matching import FlowMatching
 from workbench.train import NonFiniteWeightsError, TrainInterrupted, train
-from workbench.train.checkpoint import complete_checkpoints
+from workbench.folders import RunFolder
 
 MICRO = "experiments/micro/teacher.yaml"
 STEPS = ["train.steps=8", "train.ckpt_every=4"]
@@ -28,7 +29,7 @@ def snapshot(folder):
 
 def finite_checkpoints(run) -> list[str]:
     """The names of the run's published checkpoints, each checked to hold only finite tensors."""
-    ckpts = complete_checkpoints(run / "checkpoints")
+    ckpts = [c.path for c in RunFolder(run).checkpoints()]
     for c in ckpts:
         for f in c.glob("*.safetensors"):
             assert all(torch.isfinite(t).all() for t in load_file(f).values() if t.is_floating_point()), f

@@ -83,7 +83,7 @@ def test_cli_export(tmp_path, root):
 
 
 def test_training_reads_an_openvid_csv(exported, tmp_path):
-    from workbench.config import load_config
+    from workbench.methods import load_config
     from workbench.train import train
     cfg = load_config("experiments/micro/teacher.yaml", [
         "data.kind=videos", f"data.videos.csv={exported}", "data.videos.frames=4", "data.videos.height=16",

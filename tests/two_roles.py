@@ -5,10 +5,11 @@ a linear head on pooled clips) updates every step at another lr, without one.
 """
 import torch
 
-from workbench.methods import METHODS, LossOut, Role
+from workbench.methods import LossOut, Role, register
 from workbench.methods.flow_matching import FlowMatching
 
 
+@register("two_roles")
 class TwoRoles(FlowMatching):
     def __init__(self, cfg, net, encoders):
         super().__init__(cfg, net, encoders)
@@ -28,6 +29,3 @@ class TwoRoles(FlowMatching):
             pooled = batch["video"].mean(dim=(2, 3, 4))                      # B, 3
             out["critic"] = (step.nets["critic"](pooled) - 1).pow(2).mean()
         return LossOut(out, {f"loss_{k}": v.item() for k, v in out.items()})
-
-
-METHODS["two_roles"] = TwoRoles

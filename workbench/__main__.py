@@ -4,16 +4,10 @@ Bad input gives one line on stderr and exit 2.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse prints the usage and then the error; the promise is one line (the usage is in --help)."""
-
-    def error(self, message):
-        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+from workbench.cli import OneLineParser, one_line
 
 
 def argtype(words: str):
@@ -68,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
 
     v = sub.add_parser("eval", help="sample the test split at several step counts and seeds; write a metrics table")
-    v.add_argument("checkpoints", nargs="+", help="run folders, checkpoint folders or shipped model folders")
+    v.add_argument("models", nargs="+", metavar="MODEL", help="run folders, checkpoint folders or shipped model folders")
     v.add_argument("--steps", type=counts, default="1,2,4,8,25", help="comma-separated step counts (each model samples with its own sampler)")
     v.add_argument("--num", type=count, default=64, help="test clips per (model, steps, seed)")
     v.add_argument("--seeds", type=seeds, default="0,1,2", help="comma-separated noise seeds")
@@ -162,17 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def one_line(e: BaseException) -> str:
-    """The message of a library error, or `file: reason` of an OS error, on one line."""
-    if isinstance(e, OSError) and e.strerror and e.filename is not None:
-        msg = f"{e.filename}: {e.strerror}" + (f" (-> {e.filename2})" if e.filename2 is not None else "")
-    else:
-        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-    return " ".join(msg.split())
-
-
 def _run(args) -> int:
-    from workbench.config import load_config
+    from workbench.methods import load_config
     if args.cmd == "train":
         from workbench.train import train
         cfg = load_config(args.config, args.set)
@@ -190,7 +175,7 @@ def _run(args) -> int:
         from workbench.eval.report import EvalSpec, evaluate
         from workbench.plots import evaluation_figures
         spec = EvalSpec(args.fvd_extractor, args.frame_features, args.vbench, args.cache, device=args.device)
-        evaluate(args.checkpoints, args.steps, args.num, args.seeds, args.out, args.batch_size,
+        evaluate(args.models, args.steps, args.num, args.seeds, args.out, args.batch_size,
                  names=args.names.split(",") if args.names else None, spec=spec, overrides=args.set,
                  force=args.force, draw=evaluation_figures)
         print((Path(args.out) / "table.md").read_text())

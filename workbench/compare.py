@@ -14,33 +14,25 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench.config import load_config
 from workbench.data.io import contact_sheet, view_scale, write_mp4
 from workbench.data.synthetic import to_uint8
 from workbench.eval.fidelity import psnr
+from workbench.eval.metrics import METRICS
 from workbench.eval.oracle import clip_metrics
+from workbench.folders import ModelFolder
 from workbench.generate import Model, generate, test_batch
+from workbench.methods import load_config
 from workbench.runs import load_model
 
 FPS = 8
-METRICS = ("solid", "shape_iou", "colour_mass", "path_accel", "first_frame_mae", "direction_agree", "psnr")
+PER_CLIP = {m.name for m in METRICS if m.per_clip}   # the metric table's columns shown for each clip
 
 
 @dataclass
-class Shown:
+class LabelledVideo:
     label: str                # e.g. "toy/ccd, 4 steps", or "real continuation"
     video: Path               # mp4 under the cache, named by its content's hash
     metrics: dict[str, float]
-
-
-def model_folders(*roots: str | Path) -> dict[str, Path]:
-    """Every model folder (model.safetensors + config.yaml) under `roots`, named by its path below its root."""
-    found = {}
-    for root in map(Path, roots):
-        for weights in sorted(root.rglob("model.safetensors")):
-            if (weights.parent / "config.yaml").is_file():
-                found[str(weights.parent.relative_to(root))] = weights.parent
-    return found
 
 
 TEACHER_STEPS, STUDENT_STEPS = (2, 4, 8, 25), (1, 2, 4)
@@ -57,12 +49,12 @@ class Loaded:
 
     def config(self, folder: str | Path):
         """The folder's config.yaml (the choices list reads it for every model)."""
-        f = Path(folder) / "config.yaml"
+        f = ModelFolder(folder).config
         return self._config(str(f), f.stat().st_mtime_ns)
 
     def model(self, folder: str | Path) -> Model:
         """load_model of the folder, once per weights version."""
-        return self._model(str(folder), (Path(folder) / "model.safetensors").stat().st_mtime_ns)
+        return self._model(str(folder), ModelFolder(folder).weights.stat().st_mtime_ns)
 
 
 def _read_config(path: str, mtime_ns: int):
@@ -110,7 +102,7 @@ def _write(video_THWC: np.ndarray, cache: Path) -> Path:
 
 
 def compare(picks: list[tuple[str, Path, int]], clip: int, seed: int, cache: str | Path, loaded: Loaded | None = None
-            ) -> tuple[dict, Shown, list[Shown], Path]:
+            ) -> tuple[dict, LabelledVideo, list[LabelledVideo], Path]:
     """(the clip's caption and first frame, the real continuation, each pick's video with its metrics, a frame strip).
 
     `picks`: (label, model folder, steps). Every pick sees the same first frame, caption and noise (seed). Models
@@ -132,8 +124,8 @@ def compare(picks: list[tuple[str, Path, int]], clip: int, seed: int, cache: str
         video = to_uint8(generate(loaded.model(folder), batch, steps, seed)[0])
         metrics = {"psnr": float(psnr(video[None], real[None])[0])}
         if truth is not None:
-            metrics.update({k: v for k, v in clip_metrics(video, real, truth).items() if k in METRICS})
-        shown.append(Shown(label, _write(video, cache), metrics))
+            metrics.update({k: v for k, v in clip_metrics(video, real, truth).items() if k in PER_CLIP})
+        shown.append(LabelledVideo(label, _write(video, cache), metrics))
         rows.append(video)
         labels.append(label)
     strip = cache / f"strip-{hashlib.sha256(json.dumps(labels).encode() + b''.join(r.tobytes() for r in rows)).hexdigest()[:24]}.png"
@@ -141,16 +133,16 @@ def compare(picks: list[tuple[str, Path, int]], clip: int, seed: int, cache: str
         contact_sheet(rows, labels).save(strip)
     k = view_scale(*real.shape[1:3])                                   # the first frame, enlarged like the videos
     info = {"caption": batch["caption"][0], "first_frame": real[0].repeat(k, 0).repeat(k, 1), "clip": clip}
-    return info, Shown("real continuation", _write(real, cache), {}), shown, strip
+    return info, LabelledVideo("real continuation", _write(real, cache), {}), shown, strip
 
 
-def prerendered(study, item: str) -> tuple[str, Path, list[Shown]]:
+def prerendered(study, item: str) -> tuple[str, Path, list[LabelledVideo]]:
     """A study set's item, labelled (for reviewers: Compare at any scale, where sampling on demand is too slow):
     (caption, first frame, each video as "method, N steps")."""
     if item not in study.items:
         raise ValueError(f"item: {item!r} is not in study {study.id}")
     it = study.items[item]
-    shown = [Shown(f"{v['method']}, {v['steps']} step{'s' * (v['steps'] != 1)}", study.video_path(v["video"]), {})
+    shown = [LabelledVideo(f"{v['method']}, {v['steps']} step{'s' * (v['steps'] != 1)}", study.video_path(v["video"]), {})
              for v in it["videos"]]
     return it["caption"], study.frame_path(it["first_frame"]), shown
 

@@ -1,6 +1,9 @@
 """Typed configs for every stage, loaded from YAML. Unknown keys and wrong types fail loudly.
 
-A notebook builds the same dataclasses the command line loads:
+The core sections (data, model, train, sample, distill) are defined here; each method declares its own sections
+in its file (`Method.sections`, e.g. `lcm:`), and `load_config` builds those of `train.method` from the method
+registry it is given. A notebook builds the same dataclasses the command line loads:
+    from workbench.methods import load_config        # this module's load_config with the registered methods
     cfg = load_config("experiments/toy/teacher.yaml", overrides=["train.steps=200"])
 """
 from __future__ import annotations
@@ -10,8 +13,9 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 
@@ -26,7 +30,8 @@ Preset = Literal["toy", "toy-no-positions", "tiny-wan", "wan2.1-fun-1.3b-inp"]  
 SamplerName = Literal["euler", "consistency"]                                     # sampling.SAMPLERS
 Timesteps = Literal["uniform", "logit_normal"]
 
-# A config class may set RANGES = {field: (min, max)} (None = open): load_config refuses values outside.
+# A config class may set RANGES = {field: (min, max)} (None = open): load_config refuses values outside. It may
+# define problems(self) -> {field: what is wrong} for rules across its fields, checked after RANGES.
 
 
 @dataclass
@@ -99,17 +104,9 @@ class SampleConfig:
 
 
 @dataclass
-class FlowMatchingConfig:
-    timesteps: Timesteps = "logit_normal"  # "uniform" or "logit_normal"
-    p_mean: float = 0.0              # logit-normal location
-    p_std: float = 1.0               # logit-normal scale
-    caption_dropout: float = 0.1     # chance to train on the empty caption (enables guidance)
-    RANGES = {"p_std": (0, None), "caption_dropout": (0, 1)}
-
-
-@dataclass
 class DistillConfig:
-    """Consistency distillation from a frozen teacher; the student starts from `model.weights`."""
+    """Consistency distillation from a frozen teacher; the student starts from `model.weights`. A core section: every
+    distillation method reads it (methods/base.py: Distillation), and a pipeline stage's `teacher:` sets it."""
     teacher: str = ""                # safetensors of F_pretrain ("" = model.weights: student and teacher start equal)
     teacher_dtype: Literal["float32", "bfloat16"] = "float32"  # the frozen teacher's weights: "float32" or "bfloat16" (halves it; diffusers'
                                      # fp32 modules kept); a teacher that is a role's LoRA base (DMD2) stays fp32
@@ -131,132 +128,9 @@ class DistillConfig:
 
 
 @dataclass
-class LCMConfig:
-    """Latent consistency distillation (Luo et al. 2023; diffusers examples/consistency_distillation): the teacher's
-    one Euler step on a grid as the ODE solver, consistency to the target network (distill.target_decay) there.
-    Guidance is fixed (distill.guidance) and distilled in: Wan has no guidance input to condition on."""
-    grid: int = 50                   # N points of the teacher's schedule, t_n = n / N (diffusers: 50 DDIM steps)
-    skip: int = 1                    # k: the solver jumps from t_n to t_{n-k} (the skipping-step grid)
-    huber_c: float = 0.001           # pseudo-Huber sqrt(d^2 + c^2) - c per element; our units are ~[-1, 1] as SD latents
-    RANGES = {"grid": (1, 1000), "skip": (1, None), "huber_c": (0, None)}
-
-
-@dataclass
-class PCMConfig:
-    """Phased consistency (Wang et al. 2024; the official SD3 flow-matching code): K phases with edges on the
-    teacher's grid, consistency within a phase to its lower edge, the online student (no_grad) as the target."""
-    phases: int = 4                  # K; the model samples with Euler on the K + 1 phase edges (one model per K)
-    grid: int = 48                   # N points of the teacher's schedule; K must divide N (48: K = 1, 2, 3, 4, 6, 8)
-    skip: int = 1                    # solver step in grid intervals (not across a phase edge)
-    loss: Literal["huber", "l2"] = "huber"  # "huber" (pseudo-Huber with huber_c, the official default) or "l2" (MSE)
-    huber_c: float = 0.001           # pseudo-Huber c (0 = L1-like)
-    target: Literal["online", "ema"] = "online"  # "online": the student under no_grad (the official code); "ema": distill.target_decay
-    adversarial: bool = False        # the official consistency-GAN: heads on the frozen teacher's block features
-    adv_weight: float = 0.1          # its generator weight (the official SD3 run.sh)
-    adv_lr: float = 1.0e-5           # its heads' learning rate (run.sh)
-    adv_blocks: tuple[int, ...] = ()  # teacher blocks read, one head each (() = every block, as the official code)
-    adv_head_width: int = 64
-    RANGES = {"phases": (1, None), "grid": (1, 1000), "skip": (1, None), "huber_c": (0, None), "adv_weight": (0, None),
-              "adv_lr": (0, None), "adv_head_width": (1, None)}
-
-
-@dataclass
-class AdversarialConfig:
-    """Distribution alignment (DA): hinge GAN on real clips over frozen features (Eq. 10)."""
-    distill: Literal["ccd", "dcd", "none"] = "ccd"  # the distillation loss DA is added to: "ccd", "dcd" or "none" (DA alone)
-    lambda_adv: float = 0.01         # weight of the generator's hinge loss
-    warmup: int = 1000               # N_warmup: distillation-only steps before DA starts
-    feature_net: str = "toy"         # frozen DINOv2: "toy" (shipped experiments/toy/dino) or a local Dinov2Model folder
-    layers: tuple[int, ...] = (2, 4)  # hidden states (0 = embeddings) read by one spatial and one temporal head each
-    head_width: int = 64             # channels of each discriminator head
-    temporal_heads: bool = True      # add temporal heads over the frame sequence (False: spatial heads only)
-    motion_layers: tuple[int, ...] = ()  # hidden states read by a motion head each: per patch, the change of its token
-                                     # between consecutive frames (not in the paper; () = off). 0 = the patch
-                                     # embeddings, local to each patch, so a still background changes by exactly 0
-    lr: float = 0.0                  # discriminator learning rate (0 = train.lr)
-    t_min: float = 0.0               # 0: D reads x0_hat at the distillation's t; > 0: at its own t ~ U[t_min, 1]
-    lambda_first: float = 0.0        # weight of ||x0_hat's frame 0 - the given frame's latent||^2 at D's x0_hat
-                                     # (not in the paper; 0 = off)
-    RANGES = {"lambda_adv": (0, None), "warmup": (0, None), "head_width": (1, None), "lr": (0, None),
-              "t_min": (0, 1), "lambda_first": (0, None)}
-
-
-@dataclass
-class OSVConfig:
-    """OSV (Mao et al. 2025; no public code, our implementation): a hinge GAN against real clips (adversarial.*:
-    features, heads, lr, lambda_adv), alone for the first stage1_steps, then with LCM's consistency loss (lcm.*)."""
-    stage1_steps: int = 250          # stage 1 (GAN only) length; stage 2 (consistency + GAN) runs to train.steps
-    RANGES = {"stage1_steps": (0, None)}
-
-
-@dataclass
-class DMD2Config:
-    """DMD2 (Yin et al. 2024; tianweiy/DMD2, main/sd_guidance.py): distribution matching against a trainable fake
-    score (a copy of the teacher trained by flow matching on the student's detached samples), a GAN classifier
-    head on the fake score's block features, the two time-scale rule and backward simulation."""
-    student_every: int = 5           # the student updates every 5th step, the fake score every step (dfake_gen_update_ratio)
-    fake_lr: float = 0.0             # the fake score's (and its head's) lr (0 = train.lr; the official SD recipes use the same lr)
-    denoising_steps: int = 4         # the student's step list = schedule(denoising_steps) (backward simulation; 1 = one step)
-    min_t: float = 0.02              # score times t ~ U[min_t, max_t] (min/max_step_percent)
-    max_t: float = 0.98
-    gan_weight: float = 5.0e-3       # the generator's GAN weight (gen_cls_loss_weight, SDXL recipe)
-    gan_fake_weight: float = 1.0e-2  # the classifier's weight in the fake score's loss (guidance_cls_loss_weight)
-    gan_block: int = -1              # the fake score's transformer block the classifier head reads (-1 = the middle one)
-    fake_lora_rank: int = 0          # > 0: the fake score is a LoRA of this rank on the teacher's own frozen weights
-                                     # (one base in memory; model.lora's alpha and targets), 0: a full trainable copy
-    RANGES = {"student_every": (1, None), "fake_lr": (0, None), "denoising_steps": (1, None), "min_t": (0, 1),
-              "max_t": (0, 1), "gan_weight": (0, None), "gan_fake_weight": (0, None), "fake_lora_rank": (0, None)}
-
-
-@dataclass
-class CDMConfig:
-    """Continuous-time distribution matching (byliutao/cdm: scripts/train.py, cdm/training/losses.py; defaults from
-    config/config.py, SD3 preset where it overrides): a random-length continuous student rollout, a fake teacher
-    trained on its detached x0 and merged with the student, CFG augmentation + on- and off-trajectory DM."""
-    update_ratio: int = 5            # one student step per 5 fake-teacher steps (student.update_ratio; SD3 preset 2)
-    fake_lr: float = 5.0e-6          # the fake teacher's lr (fake_teacher.full_learning_rate, SD3; 0 = train.lr)
-    fake_ema_decay: float = 0.999    # FT <- student EMA merge after each FT step (fake_teacher.ema_from_student_decay)
-    min_steps: int = 1               # rollout length n ~ U{min_steps..max_steps} (sample.random_sigma_num_steps_min)
-    max_steps: int = 28              # (sample.random_sigma_num_steps_max)
-    sigma_lo: float = 0.25           # inner rollout times ~ U(sigma_lo, sigma_hi), sorted descending (random_sigma_min)
-    sigma_hi: float = 0.95           # (random_sigma_max)
-    t_min: float = 0.02              # every sampled sigma is clamped to [t_min, t_max] (sigma_min, sigma_max)
-    t_max: float = 0.98
-    guidance: float = 7.0            # g of CFG augmentation (loss.cfg.guidance_scale); 0 = CA off
-    norm_min: float = 0.1            # floor of the per-sample normaliser of every push (norm_clip_min)
-    ca_weight: float = 1.0           # loss.cfg.weight
-    dm_weight: float = 1.0           # loss.ddm.weight (on-trajectory DM)
-    cdm_weight: float = 1.0          # loss.cdm.weight (off-trajectory DM)
-    RANGES = {"update_ratio": (1, None), "fake_lr": (0, None), "fake_ema_decay": (0, 1), "min_steps": (1, None),
-              "max_steps": (1, 1000), "sigma_lo": (0, 1), "sigma_hi": (0, 1), "t_min": (0, 1), "t_max": (0, 1),
-              "guidance": (0, None), "norm_min": (0, None), "ca_weight": (0, None), "dm_weight": (0, None),
-              "cdm_weight": (0, None)}
-
-
-@dataclass
-class DPOConfig:
-    """Trajectory alignment (TA): Flow-DPO (Eq. 11) + reflow regulariser on winners; trains the LoRA of model.lora."""
-    beta: float = 2500.0             # beta of Eq. (11); errors are per-element means
-    error: Literal["velocity", "x0"] = "velocity"  # "velocity": ||v - F||^2 (Eq. 11); "x0": ||x0 - x0_hat||^2 = t^2 ||v - F||^2
-    condition_frame: bool = False    # winner and loser take the condition's latent as frame 0 (the given frame)
-    noise: Literal["fresh", "paired"] = "fresh"  # x1 of x_t: "fresh" (a new draw each step) or "paired" (the noise the pair was
-                                     # sampled from: reflow's coupling, Liu et al. 2022; sampled winners only)
-    region: Literal["all", "difference"] = "all"  # DPO errors over "all" elements or weighted by |x0^w - x0^l| ("difference": the
-                                     # preference speaks where the pair differs; reflow still sees every element)
-    lambda_rf: float = 2.0           # weight of the reflow loss ||v_w - v_theta(x_t^w, t)||^2 (0 = DPO alone)
-    lambda_keep: float = 0.0         # weight of ||F - F_ref||^2 where winner and loser agree (not in the paper; 0 = off)
-    lambda_first: float = 0.0        # weight of ||x0_hat's frame 0 - the given frame's latent||^2 (not in the paper)
-    timesteps: Timesteps = "uniform"  # t sampler: "uniform" or "logit_normal"
-    p_mean: float = 0.0
-    p_std: float = 1.0
-    RANGES = {"beta": (0, None), "lambda_rf": (0, None), "lambda_keep": (0, None), "lambda_first": (0, None),
-              "p_std": (0, None)}
-
-
-@dataclass
 class TrainConfig:
-    method: str = "flow_matching"  # a name in workbench.methods.METHODS (an open registry: checked as the method
-                                   # is built, before any work; a pipeline checks every stage's at load)
+    method: str = "flow_matching"  # a name in workbench.methods.METHODS (an open registry: checked at load, with the
+                                   # sections the method declares; a pipeline checks every stage's at load)
     steps: int = 1000              # optimizer steps
     batch_size: int = 32
     lr: float = 1e-3
@@ -287,21 +161,32 @@ class TrainConfig:
 
 @dataclass
 class Config:
+    """The core sections, and `sections`: the settings of train.method, each under its YAML name (`lcm:`), read as
+    `cfg.lcm` as a core section is (`--set lcm.huber_c=...` sets it). load_config fills them from the method
+    registry; a Config built by hand has none, and building the method then names the one missing."""
     name: str = "run"
     out: str = "runs/run"          # run folder: metrics.jsonl, checkpoints/, samples/
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
-    flow_matching: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
-    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
-    lcm: LCMConfig = field(default_factory=LCMConfig)
-    pcm: PCMConfig = field(default_factory=PCMConfig)
-    osv: OSVConfig = field(default_factory=OSVConfig)
-    dmd2: DMD2Config = field(default_factory=DMD2Config)
-    cdm: CDMConfig = field(default_factory=CDMConfig)
-    dpo: DPOConfig = field(default_factory=DPOConfig)
+    sections: dict[str, Any] = field(default_factory=dict)  # train.method's sections: YAML name -> its dataclass
+
+    def __getattr__(self, name: str):  # only for names that are not attributes: a method's section
+        sections = self.__dict__.get("sections")
+        if sections is not None and name in sections:
+            return sections[name]
+        if name.startswith("__") or sections is None:
+            raise AttributeError(name)
+        raise AttributeError(f"config has no section {name!r}: train.method {self.train.method!r} reads "
+                             f"{', '.join(sections) or 'no section of its own'} (workbench.methods.load_config "
+                             f"builds them)")
+
+
+def core_sections() -> tuple[str, ...]:
+    """The top-level keys of every config (Config's fields but `sections`); a method's section takes another name."""
+    return tuple(f.name for f in dataclasses.fields(Config) if f.name != "sections")
 
 
 def _check(value, tp, where: str):
@@ -361,6 +246,8 @@ def _from_dict(cls, data: dict, where: str):
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             bounds = " and ".join(b for b in (lo is not None and f">= {lo}", hi is not None and f"<= {hi}") if b)
             raise ConfigError(f"{where}.{key}: expected a value {bounds}, got {value!r}".lstrip("."))
+    for key, problem in (obj.problems() if hasattr(obj, "problems") else {}).items():  # rules across fields
+        raise ConfigError(f"{where}.{key}: {problem}".lstrip("."))
     return obj
 
 
@@ -374,8 +261,8 @@ def _set(data: dict, dotted: str, value) -> None:
     node[leaf] = value
 
 
-def load_dataclass(cls, path: str | Path | None = None, overrides: list[str] = ()):
-    """Any config dataclass from a YAML file (or its defaults) plus overrides; errors name the file and key."""
+def _read_with_overrides(path: str | Path | None, overrides: list[str]) -> tuple[dict, str]:
+    """(the YAML file's mapping, or {}, with `key.sub=value` overrides set in it; the source errors name)."""
     data: dict = {}
     source = "defaults"
     if path is not None:
@@ -386,10 +273,26 @@ def load_dataclass(cls, path: str | Path | None = None, overrides: list[str] = (
             raise ConfigError(f"--set {item}: expected key=value")
         key, raw = item.split("=", 1)
         _set(data, key.strip(), _parse_yaml(raw, f"--set {item}"))
+    return data, source
+
+
+def load_dataclass(cls, path: str | Path | None = None, overrides: list[str] = ()):
+    """Any config dataclass from a YAML file (or its defaults) plus overrides; errors name the file and key."""
+    data, source = _read_with_overrides(path, overrides)
     try:
         return _from_dict(cls, data, "")
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
+
+
+def load_section(path: str | Path, name: str, cls):
+    """One section of a config file, checked alone (its defaults where the file has none): for a caller below the
+    methods that needs only a core section, e.g. a saved run's `model`."""
+    data = _read_yaml(Path(path))
+    try:
+        return _check(data.get(name, {}), cls, name)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
 
 
 class _NoAliasLoader(yaml.SafeLoader):
@@ -428,33 +331,54 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Config from a YAML file (or the defaults) plus `key.sub=value` overrides (values parsed as YAML)."""
+def load_config(path: str | Path | None = None, overrides: list[str] = (), *, methods: Mapping[str, type]) -> Config:
+    """Config from a YAML file (or the defaults) plus `key.sub=value` overrides (values parsed as YAML), with the
+    sections of train.method. `methods` is the method registry (name -> class whose `sections` maps YAML section
+    names to settings dataclasses); workbench.methods.load_config passes workbench.methods.METHODS.
+
+    A section of another registered method (every section a run saved before methods declared their own) is
+    checked as strictly and left out: the config holds the core sections and train.method's."""
     if path is not None and Path(path).is_file() and "stages" in _read_yaml(Path(path)):
         raise ConfigError(f"{path}: a pipeline config (it has stages:); run it with `python -m workbench pipeline`")
-    cfg = load_dataclass(Config, path, overrides)
+    data, source = _read_with_overrides(path, overrides)
+    try:
+        cfg = _config(data, methods)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
     if cfg.train.batch_size > cfg.data.train_size:  # e.g. a typo of 1e9: refused now, not by a MemoryError later
         raise ConfigError(f"{path or 'defaults'}: train.batch_size: {cfg.train.batch_size} clips a step, more than "
                           f"the train split holds (data.train_size {cfg.data.train_size})")
     return cfg
 
 
-def saved_config(weights_folder: str | Path) -> Path | None:
-    """The config.yaml a run saved for the weights in this folder: beside them (an exported model folder) or in
-    the run folder of a checkpoint (<run>/checkpoints/step-N/); None if neither exists."""
-    folder = Path(weights_folder)
-    return next((p for p in (folder / "config.yaml", folder.parent.parent / "config.yaml") if p.is_file()), None)
+def _config(data: dict, methods: Mapping[str, type]) -> Config:
+    core = core_sections()
+    registered = {name: cls for method in methods.values() for name, cls in method.sections.items()}
+    for key in data:  # first, as _from_dict does: an unknown top-level key is named before any value
+        if key not in core and key not in registered:
+            raise ConfigError(f"{key}: unknown key (known: {', '.join(sorted(core))}, or a method's section: "
+                              f"{', '.join(sorted(registered))})")
+    cfg = _from_dict(Config, {k: v for k, v in data.items() if k in core}, "")
+    if cfg.train.method not in methods:
+        raise ConfigError(f"train.method: unknown method {cfg.train.method!r} (known: {', '.join(methods)})")
+    own = methods[cfg.train.method].sections
+    given = {k: _check(v, registered[k], k) for k, v in data.items() if k not in core}  # every one checked
+    cfg.sections = {name: given[name] if name in given else cls() for name, cls in own.items()}
+    return cfg
 
 
 def to_dict(cfg) -> dict:
-    """Plain dict (tuples as lists) for JSON/YAML."""
+    """Plain dict (tuples as lists) for JSON/YAML; a Config's method sections at the top level, under their names."""
     def plain(x):
         if isinstance(x, (list, tuple)):
             return [plain(v) for v in x]
         if isinstance(x, dict):
             return {k: plain(v) for k, v in x.items()}
         return x
-    return plain(dataclasses.asdict(cfg))
+    d = plain(dataclasses.asdict(cfg))
+    if isinstance(cfg, Config):
+        d.update(d.pop("sections"))
+    return d
 
 
 # Keys that decide what is logged, kept or drawn, not what is trained: a resumed or reused run may differ in them.

@@ -16,14 +16,14 @@ from pathlib import Path
 import torch
 import yaml
 
-from workbench.config import load_config, to_dict
+from workbench.config import to_dict
 from workbench.files import staged_folder
+from workbench.folders import MARKER, Checkpoint, ModelFolder, RunFolder
+from workbench.methods import load_config
 from workbench.models.lora import merge_lora, save_lora
 from workbench.models.weights import check_finite, read_weights, write_weights
-from workbench.runs import checkpoint_state, exported_weights, load_model, without_lora
-from workbench.train.checkpoint import complete_checkpoints
+from workbench.runs import load_model, without_lora
 
-MARKER = "export.json"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -46,33 +46,34 @@ def export_model(run_or_ckpt: str | Path, out: str | Path, dtype: str = "float16
     run_or_ckpt, out = Path(run_or_ckpt), Path(out)
     if dtype not in DTYPES:
         raise ValueError(f"--dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
-    ckpts = complete_checkpoints(run_or_ckpt / "checkpoints") if (run_or_ckpt / "checkpoints").is_dir() else [run_or_ckpt]
-    if not ckpts or not (ckpts[-1] / "state.json").is_file():
+    ckpt = RunFolder(run_or_ckpt).latest() if RunFolder(run_or_ckpt).is_run else Checkpoint(run_or_ckpt)
+    if ckpt is None or not ckpt.complete:
         raise FileNotFoundError(f"{run_or_ckpt}: not a run folder with a complete checkpoint, nor a checkpoint")
-    ckpt = ckpts[-1]
-    run = ckpt.parent.parent
+    run = ckpt.run
     check_export_target(out, force)
-    weights = read_weights(exported_weights(ckpt))
-    check_finite(weights, str(exported_weights(ckpt)))
+    weights = read_weights(ckpt.exported_weights())
+    check_finite(weights, str(ckpt.exported_weights()))
     out.parent.mkdir(parents=True, exist_ok=True)
     with staged(out) as tmp:
-        cfg_text = (run / "config.yaml").read_text() if (run / "config.yaml").is_file() else None
+        model_folder = ModelFolder(tmp)
+        cfg_text = run.config.read_text() if run.config.is_file() else None
         if any("lora_" in k for k in weights):  # written as diffusers' LoRA file, and merged into the weights
-            model = load_model(ckpt, merge_lora_weights=False)
-            save_lora(model.net.transformer, tmp / "lora")
+            model = load_model(ckpt.path, merge_lora_weights=False)
+            save_lora(model.net.transformer, model_folder.lora)
             merge_lora(model.net.transformer)
             weights = model.net.transformer.state_dict()
-            cfg_text = yaml.safe_dump(to_dict(without_lora(load_config(run / "config.yaml"))), sort_keys=False)
+            cfg_text = yaml.safe_dump(to_dict(without_lora(load_config(run.config))), sort_keys=False)
         weights = {k: v.to(DTYPES[dtype]).contiguous() for k, v in weights.items()}
         # one metadata key: safetensors writes a metadata map in no fixed order, so two keys make the bytes vary
-        write_weights(weights, tmp / "model.safetensors",
-                  metadata={"export": json.dumps({"dtype": dtype, "source": str(ckpt)}, sort_keys=True)})
+        write_weights(weights, model_folder.weights,
+                      metadata={"export": json.dumps({"dtype": dtype, "source": str(ckpt.path)}, sort_keys=True)})
         if cfg_text is not None:
-            (tmp / "config.yaml").write_text(cfg_text)
-        if (run / "metrics.jsonl").is_file():
-            shutil.copy(run / "metrics.jsonl", tmp / "metrics.jsonl")
-        step = checkpoint_state(ckpt).get("step")
-        (tmp / MARKER).write_text(json.dumps({"source": str(ckpt.resolve()), "step": step, "dtype": dtype}, indent=1))
+            model_folder.config.write_text(cfg_text)
+        if run.metrics.is_file():
+            shutil.copy(run.metrics, model_folder.metrics)
+        step = ckpt.state().get("step")
+        model_folder.marker.write_text(json.dumps({"source": str(ckpt.path.resolve()), "step": step, "dtype": dtype},
+                                                  indent=1))
     return out
 
 

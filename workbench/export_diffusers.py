@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from workbench.export import DTYPES, MARKER, check_export_target, staged
+from workbench.export import DTYPES, check_export_target, staged
+from workbench.folders import MARKER
 from workbench.flow import velocity_from_x0
 from workbench.models.lora import merge_lora, save_lora
 from workbench.runs import load_model, resolve_weights

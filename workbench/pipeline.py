@@ -13,9 +13,10 @@ from pathlib import Path
 
 from typing import Literal
 
-from workbench.config import ConfigError, load_config, load_dataclass, trained_changes
+from workbench.config import ConfigError, load_dataclass, trained_changes
 from workbench.files import check_output_folder
-from workbench.methods import METHODS
+from workbench.folders import ModelFolder, PipelineFolder, RunFolder
+from workbench.methods import load_config
 
 
 @dataclass
@@ -67,17 +68,14 @@ def load_pipeline(path: str | Path, overrides: list[str] = ()) -> PipelineConfig
             raise ConfigError(f"{path}: stages[{i}] needs a name and a config (or reuse)")
         if s.name in names[:i]:  # two stages would share one run folder
             raise ConfigError(f"{path}: stages[{i}].name: {s.name!r} is also the name of stages[{names.index(s.name)}]")
-        if "/" in s.name or s.name in (".", "..", "eval"):
+        if "/" in s.name or s.name in (".", "..", *PipelineFolder.RESERVED):
             raise ConfigError(f"{path}: stages[{i}].name: {s.name!r} names a folder in the pipeline's (expected a "
-                              f"plain name, not 'eval')")
+                              f"plain name, not {' or '.join(map(repr, PipelineFolder.RESERVED))})")
         if s.config:
             try:
-                method = load_config(s.config, s.set).train.method
+                load_config(s.config, s.set)   # train.method and its sections included
             except ConfigError as e:
                 raise ConfigError(f"{path}: stages[{i}] ({s.name}): {e}") from None
-            if method not in METHODS:
-                raise ConfigError(f"{path}: stages[{i}] ({s.name}): train.method: unknown method {method!r} (known: "
-                                  f"{', '.join(METHODS)})")
         for key in ("init", "teacher"):
             ref = getattr(s, key)
             if ref and ref not in names[:i] and not Path(ref).is_dir():
@@ -88,47 +86,46 @@ def load_pipeline(path: str | Path, overrides: list[str] = ()) -> PipelineConfig
     return cfg
 
 
-def run_stage(stage: Stage, run: Path, init: Path | None, teacher: Path | None = None, log=print) -> Path:
+def run_stage(stage: Stage, run: str | Path, init: Path | None, teacher: Path | None = None, log=print) -> Path:
     """Train one stage (or reuse/skip it); returns its model folder."""
     from workbench.preferences import cached_preferences
     from workbench.train import train
     from workbench.export import export_model
-    from workbench.train.checkpoint import complete_checkpoints
     if shipped(stage):
         log(f"reused {stage.reuse}")
         return Path(stage.reuse)
     if not stage.config:
-        raise FileNotFoundError(f"stage {stage.name}: {Path(stage.reuse) / 'model.safetensors'} not found and the "
+        raise FileNotFoundError(f"stage {stage.name}: {ModelFolder(stage.reuse).weights} not found and the "
                                 f"stage has no config to train it from")
-    overrides = [f"model.weights={init / 'model.safetensors'}"] if init else []
+    run = RunFolder(run)
+    model, prefs = run.model, run.preferences
+    overrides = [f"model.weights={ModelFolder(init).weights}"] if init else []
     if teacher:
-        overrides.append(f"distill.teacher={teacher / 'model.safetensors'}")
-    prefs = run / "preferences"
+        overrides.append(f"distill.teacher={ModelFolder(teacher).weights}")
     if stage.preferences:
         overrides.append(f"data.preferences={prefs}")
-    cfg = load_config(stage.config, [*overrides, *stage.set, f"out={run}", f"name={run.name}"])
-    model = run / "model"
-    if (model / "model.safetensors").is_file():
-        if (run / "config.yaml").is_file() and (changes := trained_changes(load_config(run / "config.yaml"), cfg)):
-            raise ConfigError(f"stage {stage.name}: {run} was trained with another config ({'; '.join(changes)}); "
-                              f"delete {run} to retrain it, or run the pipeline with another --out")
-        log(f"done already: {model}")
-        return model
+    cfg = load_config(stage.config, [*overrides, *stage.set, f"out={run.path}", f"name={run.path.name}"])
+    if model.exists:
+        if run.config.is_file() and (changes := trained_changes(load_config(run.config), cfg)):
+            raise ConfigError(f"stage {stage.name}: {run.path} was trained with another config ({'; '.join(changes)}); "
+                              f"delete {run.path} to retrain it, or run the pipeline with another --out")
+        log(f"done already: {model.path}")
+        return model.path
     if stage.preferences:
         p = stage.preferences
         cached_preferences(init, prefs, p.num, p.win_steps, p.lose_steps, p.winners, p.seed, log=log)
-    resume = bool(complete_checkpoints(run / "checkpoints"))
+    resume = bool(run.checkpoints())
     log(f"training {cfg.train.method} for {cfg.train.steps} steps" + (" (resuming)" if resume else ""))
-    train(cfg, run, resume=resume)
-    export_model(run, model, dtype="float32")
-    return model
+    train(cfg, run.path, resume=resume)
+    export_model(run.path, model.path, dtype="float32")
+    return model.path
 
 
 def run_pipeline(cfg: PipelineConfig, out: str | Path | None = None) -> Path:
     """Every stage in order, then <out>/eval: table.md, results.csv, plots and contact sheets."""
-    out = Path(out or cfg.out)
-    check_output_folder(out / "eval", "eval", force=True)  # refused now, not after the stages have trained
-    out.mkdir(parents=True, exist_ok=True)
+    folder = PipelineFolder(out or cfg.out)
+    check_output_folder(folder.eval, "eval", force=True)  # refused now, not after the stages have trained
+    folder.path.mkdir(parents=True, exist_ok=True)
     models: dict[str, Path] = {}
     t0 = time.time()
     needed = needed_stages(cfg)
@@ -140,14 +137,14 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path | None = None) -> Path:
             continue
         init = models.get(stage.init) or (Path(stage.init) if stage.init else None)
         teacher = models.get(stage.teacher) or (Path(stage.teacher) if stage.teacher else None)
-        models[stage.name] = run_stage(stage, out / stage.name, init, teacher, log)
-    evaluate_stages(cfg, out, models)
-    print(f"[eval | {(time.time() - t0) / 60:.1f} min] wrote {out / 'eval' / 'table.md'}", flush=True)
-    return out
+        models[stage.name] = run_stage(stage, folder.run(stage.name).path, init, teacher, log)
+    evaluate_stages(cfg, folder, models)
+    print(f"[eval | {(time.time() - t0) / 60:.1f} min] wrote {folder.eval / 'table.md'}", flush=True)
+    return folder.path
 
 
 def shipped(stage: Stage) -> bool:
-    return bool(stage.reuse) and (Path(stage.reuse) / "model.safetensors").is_file()
+    return bool(stage.reuse) and ModelFolder(stage.reuse).exists
 
 
 def needed_stages(cfg: PipelineConfig) -> set[str]:
@@ -160,41 +157,37 @@ def needed_stages(cfg: PipelineConfig) -> set[str]:
     return needed
 
 
-def evaluate_stages(cfg: PipelineConfig, out: Path, models: dict[str, Path]) -> None:
+def evaluate_stages(cfg: PipelineConfig, folder: PipelineFolder, models: dict[str, Path]) -> None:
     from workbench.eval.report import evaluate
     from workbench.generate import comparison_sheet
     from workbench.plots import evaluation_figures
     from workbench.runs import load_model
     e = cfg.eval
     names = e.models or list(models)
-    evaluate([str(models[n]) for n in names], list(e.steps), e.num, list(e.seeds), out / "eval", names=names,
+    evaluate([str(models[n]) for n in names], list(e.steps), e.num, list(e.seeds), folder.eval, names=names,
              sheet_num=0, force=True, draw=evaluation_figures)  # the pipeline's own eval folder, replaced every run
     if e.sheet_num:
         sheet = {n: (load_model(models[n]), [e.sheet_steps]) for n in names}
-        comparison_sheet(sheet, out / "eval" / f"stages_{e.sheet_steps}steps.png", e.sheet_num)
-    write_curves(cfg, out, models)
+        comparison_sheet(sheet, folder.eval / f"stages_{e.sheet_steps}steps.png", e.sheet_num)
+    write_curves(cfg, folder, models)
 
 
-CURVES = {"training_curves": ("loss", "loss_distill", "loss_adv_g", "loss_d", "loss_dpo", "loss_rf"),
-          "discriminator_logits": ("logit_real", "logit_fake"),       # DA: hinge logits on real and fake
-          "win_diff": ("win_diff",)}                                  # TA: Figure 8
-
-
-def write_curves(cfg: PipelineConfig, out: Path, models: dict[str, Path]) -> None:
-    """<out>/eval/<figure>.html for each group of CURVES some stage logged; a reused stage contributes the
+def write_curves(cfg: PipelineConfig, folder: PipelineFolder, models: dict[str, Path]) -> None:
+    """<out>/eval/<figure>.html for each figure of plots.CURVES some stage logged; a reused stage contributes the
     curves of the run it was exported from (<run>/model -> <run>/metrics.jsonl)."""
-    from workbench.plots import training_curves
+    from workbench.plots import CURVES, training_curves
     from workbench.runs import Run
     runs = {}
     for s in cfg.stages:
         if s.name not in models:                                      # not needed, not run
             continue
-        found = [r for r in (out / s.name, models[s.name], models[s.name].parent) if (r / "metrics.jsonl").is_file()]
+        found = [r for r in (folder.run(s.name).path, models[s.name], models[s.name].parent)
+                 if RunFolder(r).metrics.is_file()]
         if found:                                                     # a run, a shipped model folder (its copy), ...
             runs[s.name] = found[0]
     logged = {name: set(Run(run).metrics.columns) for name, run in runs.items()}
     for figure, keys in CURVES.items():
         having = {name: runs[name] for name in runs if logged[name] & set(keys)}
         if having:
-            training_curves(having, keys, log_y=False).write_html(out / "eval" / f"{figure}.html",
+            training_curves(having, keys, log_y=False).write_html(folder.eval / f"{figure}.html",
                                                                   include_plotlyjs="cdn")

@@ -13,10 +13,16 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from PIL import Image
 
+from workbench.eval.metrics import HEADLINE, column_of, in_groups
 from workbench.eval.tables import display, summarise
 from workbench.runs import Run
 
 NOTEBOOK_RENDERER = "plotly_mimetype+notebook"
+# The training curves a run logs in metrics.jsonl, by the figure that draws them: the one list the app and the
+# pipeline read (the pipeline writes <eval>/<figure>.html for each figure some stage logged)
+CURVES = {"win_diff": ("win_diff",),                                                   # TA: Figure 8
+          "training_curves": ("loss", "loss_distill", "loss_adv_g", "loss_d", "loss_dpo", "loss_rf"),
+          "discriminator_logits": ("logit_real", "logit_fake")}                         # DA: hinge logits
 
 
 def notebook_renderer() -> None:
@@ -73,6 +79,19 @@ def evaluation_figures(results: pd.DataFrame, folder: str | Path) -> None:
     metric_vs_steps(summarise(results), "fvd").write_html(Path(folder) / "fvd_vs_steps.html", include_plotlyjs="cdn")
 
 
+def results_view(results: pd.DataFrame, metric: str = HEADLINE) -> tuple[go.Figure, pd.DataFrame, go.Figure | None]:
+    """An evaluation's rows as the app shows them: `metric` (its proxy where the table has that, else the headline
+    metric) against steps, the means over seeds as one flat table, and the VBench-I2V dimensions (None if none)."""
+    summary = summarise(results)
+    columns = summary["mean"].columns
+    flat = summary["mean"].copy()
+    flat.insert(0, "steps", summary["steps"])
+    flat.insert(0, "method", summary["method"])
+    dims = [c for c in columns if in_groups(c, "vbench")]
+    vbench = ablation_table(summary, dims, "VBench-I2V dimensions, mean ± std over seeds") if dims else None
+    return metric_vs_steps(summary, column_of(metric, columns) or HEADLINE), flat.round(3), vbench
+
+
 def method_bars(summary: pd.DataFrame, metric: str, steps: list[int] | None = None) -> go.Figure:
     """Bars per method, grouped by step count, mean with spread over seeds (error bars)."""
     df = _long(summary, metric)
@@ -109,7 +128,7 @@ def strength_intervals(strengths: pd.DataFrame) -> go.Figure:
     return fig.update_layout(height=380)
 
 
-def human_vs_metric(strengths: pd.DataFrame, results: pd.DataFrame, metric: str = "fvd",
+def human_vs_metric(strengths: pd.DataFrame, results: pd.DataFrame, metric: str = HEADLINE,
                     criterion: str = "frame_quality") -> go.Figure:
     """Each study entrant (method@steps) placed by its Bradley-Terry strength against an automatic metric of the
     same model at the same steps (mean over seeds): does the metric agree with people?"""

@@ -1,11 +1,14 @@
 """Samplers by name, one signature (k-diffusion's style), randomness only from an explicit generator.
 
-    sampler(model, x_BCTHW, cond, timesteps, *, guidance=1.0, null_text=None, generator=None, noise_sampler=None)
+    sampler(model, x_BCTHW, cond, timesteps, *, guidance=1.0, null_text=None, generator=None, noise_sampler=None,
+            callback=None)
 
 `x_BCTHW` is the noise at timesteps[0] (= 1); `timesteps` falls to 0 (`schedule` makes Wan's shifted grid);
 `model(x_t, t, cond) -> F` is any velocity field, teacher or student (a consistency student predicts x0 as
 x_t - t F, Eq. 5). A sampler keeps autograd's state: under torch.no_grad it samples, with grad enabled it is
 the rollout core that training-time backward simulation differentiates through.
+`callback(i, x_t, t_B, v)`, where given, is called after the model's i-th evaluation with the state x_t there, its
+times t_B (B,) and the (guided) velocity v: CDM keeps the student's trajectory with it.
 """
 from __future__ import annotations
 
@@ -32,25 +35,32 @@ def guided_velocity(model, x_t, t_B, cond, guidance: float = 1.0, null_text=None
     return v_u + guidance * (v_c - v_u)
 
 
-def euler(model, x_BCTHW, cond, timesteps, *, guidance=1.0, null_text=None, generator=None, noise_sampler=None):
+def euler(model, x_BCTHW, cond, timesteps, *, guidance=1.0, null_text=None, generator=None, noise_sampler=None,
+          callback=None):
     """Euler integration of dx/dt = F from timesteps[0] to timesteps[-1] (deterministic)."""
     x = x_BCTHW
     ts = timesteps.to(x.device)
-    for t, t_next in zip(ts[:-1], ts[1:]):
-        v = guided_velocity(model, x, t.expand(x.shape[0]), cond, guidance, null_text)
+    for i, (t, t_next) in enumerate(zip(ts[:-1], ts[1:])):
+        t_B = t.expand(x.shape[0])
+        v = guided_velocity(model, x, t_B, cond, guidance, null_text)
+        if callback is not None:
+            callback(i, x, t_B, v)
         x = x + expand_t((t_next - t).expand(x.shape[0]), x) * v
     return x
 
 
 def consistency(model, x_BCTHW, cond, timesteps, *, guidance=1.0, null_text=None, generator=None,
-                noise_sampler=None):
+                noise_sampler=None, callback=None):
     """Multistep consistency sampling (Song et al. 2023, Alg. 1): x0_hat = x_t - t F, re-noised to the next time
     with fresh noise (from `noise_sampler(i)`, else drawn from `generator`)."""
     x = x_BCTHW
     ts = timesteps.to(x.device)
     for i, (t, t_next) in enumerate(zip(ts[:-1], ts[1:])):
         t_B = t.expand(x.shape[0])
-        x = denoise(x, guided_velocity(model, x, t_B, cond, guidance, null_text), t_B)    # Eq. (5)
+        v = guided_velocity(model, x, t_B, cond, guidance, null_text)
+        if callback is not None:
+            callback(i, x, t_B, v)
+        x = denoise(x, v, t_B)                                                             # Eq. (5)
         if t_next > 0:
             noise = noise_sampler(i) if noise_sampler else torch.randn(x.shape, generator=generator).to(x)
             x = interpolate(x, noise, t_next.expand(x.shape[0]))                           # Eq. (1)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import abc
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,10 +23,10 @@ import torch
 from torch.nn import functional as nnf
 from safetensors.torch import save_file
 from torch import nn
-from tqdm.auto import tqdm
 
 from workbench.data.synthetic import (COLOURS, DIRECTIONS, FEATURE_SPEC, SHAPES, ToySpec, coverage, render_clip,
                                       to_tensor)
+from workbench.models.fit import fit
 from workbench.models.weights import WeightsError, load_weights
 
 FEATURE_SEED_OFFSET = 2_000_000_000       # toy FVD net clips; train/test splits use seeds from 0 and from 10^9
@@ -180,20 +179,14 @@ def train_toy_fvd_net(out: str | Path, steps: int = 1000, batch_size: int = 48, 
     torch.manual_seed(seed)
     cfg = ToyFVDNetConfig()
     net = ToyFVDNet(cfg)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    warm = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
-    bar = tqdm(range(steps), desc="toy FVD net")
-    for step in bar:
+
+    def loss_of_step(step: int) -> tuple[torch.Tensor, dict]:
         x, y = toy_batch(range(FEATURE_SEED_OFFSET + step * batch_size, FEATURE_SEED_OFFSET + (step + 1) * batch_size))
         loss, logs = _losses(net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}", dir=f"{logs['direction'].item():.2f}")
+        return loss, {"dir": logs["direction"]}
+
+    fit(net.parameters(), loss_of_step, steps, lr, weight_decay=1e-4, desc="toy FVD net",
+        shown={"loss": ".3f", "dir": ".2f"})
     net.eval()
     info = {"command": f"python -m workbench features train --out {out} --steps {steps} --batch {batch_size} "
                        f"--seed {seed}", "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,

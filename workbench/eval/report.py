@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from workbench.config import load_config, to_dict
+from workbench.config import to_dict
 from workbench.data.io import write_mp4
 from workbench.data.synthetic import to_tensor, to_uint8
 from workbench.eval.feature_nets import Dinov2FrameFeatures, ToyFrameFeatures
@@ -32,6 +32,7 @@ from workbench.eval.fvd import ToyAEExtractor, ToyFVDExtractor, fvd, load_extrac
 from workbench.eval.oracle import clip_metrics
 from workbench.eval.vbench import VBenchNets, quality_groups, run_vbench, vbench_available, vbench_clips
 from workbench.generate import generate, sample_sheet, test_batch
+from workbench.methods import load_config
 from workbench.models.weights import tensor_names
 from workbench.eval.tables import report_markdown
 from workbench.files import check_output_folder, output_folder

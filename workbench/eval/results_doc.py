@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from workbench.eval.tables import DIMENSIONS, METRIC_ORDER, TABLE1, metric_columns, report_markdown, stage_changes, \
-    summarise, to_markdown
+from workbench.eval.metrics import metric
+from workbench.eval.tables import metric_columns, report_markdown, stage_changes, summarise, to_markdown
 
 MARKER = re.compile(r"^<!--\s*(table|include|changes):\s*(\S+)((?:\s+\w+=\S+)*)\s*-->$")
 OPTIONS = {"methods", "steps", "columns", "reference", "stages"}
@@ -69,8 +69,8 @@ def render_table(path: str, methods: list[str] | None = None, steps: list[int] |
             raise ValueError(f"{where}: no metric column {', '.join(unknown)} (has: {', '.join(metric_columns(df))})")
         return to_markdown(summarise(df), columns, ref)
     text = report_markdown(df, ref)
-    rest = [c for c in metric_columns(df) if c.removesuffix("_proxy") not in TABLE1 + METRIC_ORDER + DIMENSIONS]
-    if rest:  # report_markdown lays out the known metrics; the honest table shows every one
+    rest = [c for c in metric_columns(df) if metric(c) is None]
+    if rest:  # report_markdown lays out the metric table's metrics; the honest table shows every column
         text += "\n## Other metrics\n\n" + to_markdown(summarise(df), rest, ref)
     return text
 

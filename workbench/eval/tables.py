@@ -1,36 +1,27 @@
-"""Result tables: column order and titles, mean ± std over seeds, markdown. Pandas only (no model code)."""
+"""Result tables: mean ± std over seeds, markdown, stage-by-stage changes. Column order, titles and better directions
+are the metric table's (workbench/eval/metrics.py). Pandas only (no model code)."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-METRIC_ORDER = ["colour_mass", "solid", "shape_iou", "count_ok", "path_accel", "first_frame_mae",
-                "direction_agree", "speed_agree", "sharpness", "background_mae", "wake_mae",
-                "free_right", "free_left", "free_up", "free_down"]  # the oracle's columns
-TABLE1 = ["sec_per_clip", "fvd", "fvd_ae", "temporal_quality", "frame_quality", "i2v_subject", "i2v_background", "psnr",
-          "ssim"]  # fvd: the toy FVD net (or I3D); fvd_ae: the toy video autoencoder, beside the toy FVD net
-DIMENSIONS = ["subject_consistency", "background_consistency", "temporal_flickering", "motion_smoothness",
-              "dynamic_degree", "aesthetic_quality", "imaging_quality"]
-NAMES = {"sec_per_clip": "s/clip", "fvd": "FVD", "fvd_ae": "FVD (toy-ae)", "psnr": "PSNR", "ssim": "SSIM",
-         "i2v_subject": "I2V Subject", "i2v_background": "I2V Background"}
+from workbench.eval.metrics import PROXY, in_groups, names, title, verdict
+
 IDS = ["method", "steps", "nfe", "seed", "num"]
-LOWER_IS_BETTER = {"sec_per_clip", "fvd", "fvd_ae", "path_accel", "first_frame_mae", "background_mae", "wake_mae"}
-TOWARDS = {"sharpness": 1.0}       # better when closer to this value (1 = as crisp as the real clip)
-NO_DIRECTION = {"dynamic_degree", "free_right", "free_left", "free_up", "free_down"}  # shares and degrees: no "better"
+LAYOUT = {"main": ("timing", "table1", "fidelity", "oracle"),   # the Table 1 layout, with the oracle's columns
+          "vbench": ("vbench",)}                                 # the VBench-I2V dimensions, a table of their own
 
 
 def display(key: str) -> str:
-    """Column title: 'temporal_quality_proxy' -> 'Temporal Quality (proxy)'."""
-    base, proxy = (key[:-6], " (proxy)") if key.endswith("_proxy") else (key, "")
-    return NAMES.get(base, base.replace("_", " ").title() if base in TABLE1 else base.replace("_", " ")) + proxy
+    """Column title: 'temporal_quality_proxy' -> 'Temporal Quality (proxy)' (the metric table's titles)."""
+    return title(key)
 
 
 def metric_columns(df: pd.DataFrame) -> list[str]:
-    """Numeric metric columns in table order: Table 1, VBench dimensions, oracle, anything else."""
-    order = [*TABLE1, *DIMENSIONS, *METRIC_ORDER]
-    rank = {k: i for i, k in enumerate(order)}
+    """Numeric metric columns in the metric table's order (a proxy beside its metric), then any other."""
+    rank = {name: i for i, name in enumerate(names())}
     cols = [c for c in df.columns if c not in IDS and pd.api.types.is_numeric_dtype(df[c])]
-    return sorted(cols, key=lambda c: (rank.get(c.removesuffix("_proxy"), len(order)), c))
+    return sorted(cols, key=lambda c: (rank.get(c.removesuffix(PROXY), len(rank)), c))
 
 
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
@@ -61,19 +52,9 @@ def to_markdown(summary: pd.DataFrame, metrics: list[str] | None = None, referen
     return head + "\n".join(lines) + "\n"
 
 
-def _verdict(key: str, a: float, b: float) -> int:
-    """+1 if b is better than a on metric `key`, -1 if worse, 0 if the metric has no better direction."""
-    key = key.removesuffix("_proxy")
-    if key in NO_DIRECTION or key not in TABLE1 + DIMENSIONS + METRIC_ORDER:
-        return 0
-    if key in TOWARDS:
-        return int(np.sign(abs(a - TOWARDS[key]) - abs(b - TOWARDS[key])))
-    return int(np.sign(a - b) if key in LOWER_IS_BETTER else np.sign(b - a))
-
-
 def _compared_columns(df: pd.DataFrame) -> list[str]:
     """The metric columns two tables are compared on: every one with a value, s/clip left out (machine load)."""
-    return [c for c in metric_columns(df) if c != "sec_per_clip" and df[c].notna().any()]
+    return [c for c in metric_columns(df) if not in_groups(c, "timing") and df[c].notna().any()]
 
 
 def _beyond_spread(a: pd.Series, b: pd.Series, c: str) -> bool | None:
@@ -109,7 +90,7 @@ def stage_changes(df: pd.DataFrame, stages: list[str], steps: list[int]) -> str:
                 if a_txt == b_txt:                                        # a change the rounding would hide
                     a_txt, b_txt = f"{m_a:.4f}", f"{m_b:.4f}"
                 text = f"{display(c)} {a_txt} -> {b_txt}"
-                {1: better, -1: worse, 0: moved}[_verdict(c, m_a, m_b)].append(text)
+                {1: better, -1: worse, 0: moved}[verdict(c, m_a, m_b)].append(text)
             parts = [f"better: {', '.join(better) or 'none'}", f"worse: {', '.join(worse) or 'none'}"]
             parts += [f"moved: {', '.join(moved)}"] if moved else []
             parts += [f"level: {', '.join(level) or 'none'}"]
@@ -150,8 +131,8 @@ def report_markdown(df: pd.DataFrame, reference: pd.DataFrame | None = None) -> 
     """table.md: the Table 1 layout (with oracle columns), the VBench dimensions, and every metric's variant."""
     summary = summarise(df)
     cols = metric_columns(df)
-    main = [c for c in cols if c.removesuffix("_proxy") in TABLE1 + METRIC_ORDER]
-    dims = [c for c in cols if c.removesuffix("_proxy") in DIMENSIONS]
+    main = [c for c in cols if in_groups(c, *LAYOUT["main"])]
+    dims = [c for c in cols if in_groups(c, *LAYOUT["vbench"])]
     seeds = ",".join(str(s) for s in sorted(df["seed"].unique()))
     text = (f"## Results: mean ± std over seeds {seeds}, {int(df['num'].iloc[0])} test clips each\n\n"
             + to_markdown(summary, main, reference) + "\n")

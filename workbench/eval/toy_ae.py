@@ -20,7 +20,6 @@ Rebuild the shipped weights: python -m workbench features train --kind ae --out 
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,10 +28,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as nnf
-from tqdm.auto import tqdm
 
 from workbench.data.synthetic import FEATURE_SPEC, ToySpec, render_clip, to_tensor
 from workbench.eval.feature_nets import FEATURE_SEED_OFFSET, VAL_SEED_OFFSET, load_frozen_net
+from workbench.models.fit import fit
 
 
 @dataclass
@@ -120,21 +119,14 @@ def train_toy_video_ae(out: str | Path, steps: int = 1500, batch_size: int = 32,
     torch.manual_seed(seed)
     cfg = ToyVideoAEConfig()
     net = ToyVideoAE(cfg)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    warm = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
-    t0, bar = time.perf_counter(), tqdm(range(steps), desc="toy video AE")
-    for step in bar:
+
+    def loss_of_step(step: int) -> tuple[torch.Tensor, dict]:
         x = clips(range(FEATURE_SEED_OFFSET + step * batch_size, FEATURE_SEED_OFFSET + (step + 1) * batch_size))
         y = net(x)
-        loss = nnf.mse_loss(y, x) + nnf.l1_loss(y, x)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+        return nnf.mse_loss(y, x) + nnf.l1_loss(y, x), {}
+
+    t0 = time.perf_counter()
+    fit(net.parameters(), loss_of_step, steps, lr, weight_decay=1e-4, desc="toy video AE", shown={"loss": ".4f"})
     seconds = time.perf_counter() - t0
     net.eval()
     with torch.no_grad():

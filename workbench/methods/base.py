@@ -7,16 +7,23 @@
                                   (and, at snapshot steps, images to look at: DMD2's x0 estimates)
     after_update(step)            e.g. CCD's target EMA (Algorithm 1 line 11)
 The loop knows roles, never a method by name, and writes nothing into a method.
+
+A method file declares its settings (`sections`: YAML section name -> dataclass, read as `cfg.<name>`) and
+registers its class under its `train.method` name (`@register("name")`); workbench/methods/__init__.py imports
+every file of the package, so a new method is one file. A method file imports this module, `parts` and the
+layers below, never another method.
 """
 from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from workbench.config import DistillConfig, core_sections
 from workbench.flow import interpolate, sample_timesteps
 from workbench.models import check_prediction_fits
 from workbench.models.ema import ema_update, frozen_copy
@@ -66,6 +73,7 @@ class LossOut:
 
 class Method(abc.ABC):
     """A method trains `net` (the FlowNet built from cfg.model) as its role "model", the one exported."""
+    sections: ClassVar[dict[str, type]] = {}          # its config sections beyond the core ones: YAML name -> dataclass
 
     def __init__(self, cfg, net, encoders):
         self.cfg, self.net, self.encoders = cfg, net, encoders
@@ -87,6 +95,34 @@ class Method(abc.ABC):
         """Called after the due roles have stepped."""
 
 
+METHODS: dict[str, type[Method]] = {}                  # train.method -> class, filled by @register
+
+
+def _where(cls: type) -> tuple[str, str]:
+    return cls.__module__.rpartition(".")[2], cls.__qualname__
+
+
+def register(name: str):
+    """Class decorator: the method is `train.method: name`. A section name has one dataclass across the registry
+    (LCM and OSV both read `lcm:`, one class) and is no core section's."""
+    def add(cls: type[Method]) -> type[Method]:
+        known = METHODS.get(name)                 # the same file imported again (by another path) replaces it
+        if known is not None and _where(known) != _where(cls):
+            raise ValueError(f"train.method {name!r}: {cls.__module__}.{cls.__qualname__} and "
+                             f"{known.__module__}.{known.__qualname__} both claim it")
+        for section, settings in cls.sections.items():
+            if section in core_sections():
+                raise ValueError(f"{cls.__qualname__}.sections: {section!r} is a core section of workbench.config")
+            other = next((m for n, m in METHODS.items() if n != name
+                          and m.sections.get(section, settings) is not settings), None)
+            if other is not None:
+                raise ValueError(f"{cls.__qualname__}.sections: {section!r} is {settings.__qualname__} here but "
+                                 f"{other.sections[section].__qualname__} in {other.__qualname__}")
+        METHODS[name] = cls
+        return cls
+    return add
+
+
 TEACHER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -101,9 +137,21 @@ def cast_frozen(net: nn.Module, dtype: torch.dtype) -> nn.Module:
     return net
 
 
-# A distillation loss: (student, target, teacher velocity, x_t, t, cond, step, distill config)
-#   -> (loss, the student's F_theta(x_t, t) with its graph, logs)
-DistillLoss = Callable[..., tuple[torch.Tensor, torch.Tensor, dict]]
+@dataclass(frozen=True)
+class DistillInputs:
+    """What a distillation loss reads at one step: x_t and t made by Algorithm 1 lines 4-5."""
+    student: nn.Module                            # F_theta, with its graph (the loop's prepared network)
+    target: nn.Module | None                      # theta^-, the method's EMA of the student (None: no target)
+    teacher_velocity: Callable                    # (x_t, t, cond) -> dx_t/dt = F_pretrain(x_t, t), under no_grad
+    x_t: torch.Tensor                             # B, C, T, H, W latents
+    t: torch.Tensor                               # B times
+    cond: Any                                     # the batch's Conditioning
+    step: int                                     # the optimizer step (CCD's tangent warmup, Eq. 9)
+    settings: DistillConfig                       # cfg.distill
+
+
+# A distillation loss: DistillInputs -> (loss, the student's F_theta(x_t, t) with its graph, logs)
+DistillLoss = Callable[[DistillInputs], tuple[torch.Tensor, torch.Tensor, dict]]
 
 
 class Distillation(Method):
@@ -144,7 +192,8 @@ class Distillation(Method):
 
     def student_loss(self, student, x_t, t, cond, step: int):
         """(distillation loss, F_theta(x_t, t) with its graph, logs) for latents x_t (B,C,T,H,W) at times t (B,)."""
-        return self.distill_loss(student, self.target, self.teacher_velocity, x_t, t, cond, step, self.cfg.distill)
+        return self.distill_loss(DistillInputs(student, self.target, self.teacher_velocity, x_t, t, cond, step,
+                                               self.cfg.distill))
 
     def after_update(self, step):
         if self.uses_target and "model" in step.due:

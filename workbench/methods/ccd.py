@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from workbench.flow import expand_t
-from workbench.methods.base import Distillation
+from workbench.methods.base import DistillInputs, Distillation, register
 from workbench.models.jvp import velocity_and_tangent
 
 
@@ -27,21 +27,23 @@ def normalize_tangent(g_BCTHW: torch.Tensor, c: float) -> torch.Tensor:
     return g_BCTHW / expand_t(norm + c, g_BCTHW)
 
 
-def ccd_loss(student, target, teacher_velocity, x_t, t, cond, step: int, d):
+def ccd_loss(inputs: DistillInputs):
     """Algorithm 1 lines 5-9 on latents x_t (B,C,T,H,W) at times t (B,): (loss, F_theta with its graph, logs)."""
+    x_t, t, cond, d = inputs.x_t, inputs.t, inputs.cond, inputs.settings
     with torch.no_grad():
-        dxdt = teacher_velocity(x_t, t, cond)                                      # line 5
-        F_target, dF_dt = velocity_and_tangent(target, x_t, t, cond, dxdt, mode=d.jvp,  # Eq. (8), (14)
+        dxdt = inputs.teacher_velocity(x_t, t, cond)                               # line 5
+        F_target, dF_dt = velocity_and_tangent(inputs.target, x_t, t, cond, dxdt, mode=d.jvp,  # Eq. (8), (14)
                                                attention=d.jvp_attention, chunk=d.jvp_chunk, fd_eps=d.fd_eps)
-        r = tangent_warmup(step, d.tangent_warmup)                                 # line 6
+        r = tangent_warmup(inputs.step, d.tangent_warmup)                          # line 6
         g_raw = ccd_tangent(dxdt, F_target, dF_dt, t, r)                           # line 7
         g = normalize_tangent(g_raw, d.tangent_norm_c)                             # line 8
-    F = student(x_t, t, cond)
+    F = inputs.student(x_t, t, cond)
     loss = (F.float() - F_target.float() - g.float()).pow(2).flatten(1).sum(1).mean()  # line 9, Eq. (7)
     logs = {"loss": loss.item(), "r": r, "tangent_norm": g_raw.flatten(1).norm(dim=1).mean().item(),
             "t_dFdt_norm": (expand_t(t, dF_dt) * dF_dt).flatten(1).norm(dim=1).mean().item()}
     return loss, F, logs
 
 
+@register("ccd")
 class CCD(Distillation):
     distill_loss = staticmethod(ccd_loss)

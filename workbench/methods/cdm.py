@@ -31,29 +31,42 @@ from dataclasses import dataclass
 import torch
 
 from workbench.flow import denoise, expand_t, interpolate, shift_timesteps
-from workbench.methods.base import Distillation, LossOut, Role
-from workbench.methods.dmd2 import dm_loss as dmd2_loss, dm_normaliser
+from workbench.methods.base import Distillation, LossOut, Role, register
+from workbench.methods.parts import dm_loss
 from workbench.models.ema import ema_update, trainable_copy
+from workbench.sampling import euler
 
 
-def push_loss(x0_student: torch.Tensor, push: torch.Tensor, anchor: torch.Tensor, norm_min: float
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(MSE(x0_S, sg(x0_S + push / n)), n): DMD2's normalised push (dmd2.dm_gradient with x0_fake - x0_real = -push)
-    with n = max(mean|anchor - sg(x0_S)|, norm_min) per sample (compute_dm_loss / compute_cfg_loss); the gradient
-    on x0_S is -2 push / (n * numel per sample)."""
-    norm = dm_normaliser(x0_student, anchor, norm_min)
-    grad = torch.nan_to_num(-push.float() / expand_t(norm, x0_student))
-    return dmd2_loss(x0_student, grad, scale=1.0), norm
+@dataclass
+class CDMSettings:
+    """Continuous-time distribution matching (byliutao/cdm: scripts/train.py, cdm/training/losses.py; defaults from
+    config/config.py, SD3 preset where it overrides): a random-length continuous student rollout, a fake teacher
+    trained on its detached x0 and merged with the student, CFG augmentation + on- and off-trajectory DM."""
+    update_ratio: int = 5            # one student step per 5 fake-teacher steps (student.update_ratio; SD3 preset 2)
+    fake_lr: float = 5.0e-6          # the fake teacher's lr (fake_teacher.full_learning_rate, SD3; 0 = train.lr)
+    fake_ema_decay: float = 0.999    # FT <- student EMA merge after each FT step (fake_teacher.ema_from_student_decay)
+    min_steps: int = 1               # rollout length n ~ U{min_steps..max_steps} (sample.random_sigma_num_steps_min)
+    max_steps: int = 28              # (sample.random_sigma_num_steps_max)
+    sigma_lo: float = 0.25           # inner rollout times ~ U(sigma_lo, sigma_hi), sorted descending (random_sigma_min)
+    sigma_hi: float = 0.95           # (random_sigma_max)
+    t_min: float = 0.02              # every sampled sigma is clamped to [t_min, t_max] (sigma_min, sigma_max)
+    t_max: float = 0.98
+    guidance: float = 7.0            # g of CFG augmentation (loss.cfg.guidance_scale); 0 = CA off
+    norm_min: float = 0.1            # floor of the per-sample normaliser of every push (norm_clip_min)
+    ca_weight: float = 1.0           # loss.cfg.weight
+    dm_weight: float = 1.0           # loss.ddm.weight (on-trajectory DM)
+    cdm_weight: float = 1.0          # loss.cdm.weight (off-trajectory DM)
+    RANGES = {"update_ratio": (1, None), "fake_lr": (0, None), "fake_ema_decay": (0, 1), "min_steps": (1, None),
+              "max_steps": (1, 1000), "sigma_lo": (0, 1), "sigma_hi": (0, 1), "t_min": (0, 1), "t_max": (0, 1),
+              "guidance": (0, None), "norm_min": (0, None), "ca_weight": (0, None), "dm_weight": (0, None),
+              "cdm_weight": (0, None)}
 
-
-def dm_loss(x0_student, x0_real, x0_fake, norm_min: float = 0.1):
-    """Distribution matching: x0_S is pushed by (x0_real - x0_fake), normalised by mean|x0_real - x0_S|."""
-    return push_loss(x0_student, x0_real - x0_fake, x0_real, norm_min)
-
-
-def ca_loss(x0_student, x0_cond, x0_uncond, guidance: float, norm_min: float = 0.1):
-    """CFG augmentation: x0_S is pushed by g (x0_cond - x0_uncond), normalised by mean|x0_cond - x0_S|."""
-    return push_loss(x0_student, guidance * (x0_cond - x0_uncond), x0_cond, norm_min)
+    def problems(self) -> dict[str, str]:
+        if not self.min_steps <= self.max_steps:
+            return {"min_steps": f"{self.min_steps} must not exceed cdm.max_steps ({self.max_steps})"}
+        if not self.sigma_lo <= self.sigma_hi:
+            return {"sigma_lo": f"{self.sigma_lo} must not exceed cdm.sigma_hi ({self.sigma_hi})"}
+        return {}
 
 
 def fake_teacher_loss(fake, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor, cond) -> torch.Tensor:
@@ -91,28 +104,26 @@ class Rollout:
 
 @torch.no_grad()
 def rollout(student, noise: torch.Tensor, cond, ts: torch.Tensor) -> Rollout:
-    """Deterministic Euler with the student from noise at ts[0] = 1 to ts[-1] = 0, keeping every point."""
-    xs, vs, x0s, x = [noise], [], [], noise
-    for t, t_next in zip(ts[:-1], ts[1:]):
-        t_B = t.expand(x.shape[0]).to(x)
-        v = student(x, t_B, cond)
-        vs.append(v)
-        x0s.append(denoise(x, v, t_B))
-        x = x + expand_t((t_next - t).expand(x.shape[0]), x) * v
-        xs.append(x)
-    return Rollout(ts, xs, vs, x0s)
+    """Deterministic Euler (sampling.euler) with the student from noise at ts[0] = 1 to ts[-1] = 0, keeping every
+    point through the sampler's callback."""
+    traj = Rollout(ts, [], [], [])
+
+    def keep(i, x, t_B, v):
+        traj.xs.append(x)
+        traj.vs.append(v)
+        traj.x0s.append(denoise(x, v, t_B))
+
+    traj.xs.append(euler(student, noise, cond, ts, callback=keep))
+    return traj
 
 
+@register("cdm")
 class CDM(Distillation):
     uses_target = False                                   # no consistency target; the exported EMA is train.ema_decay
+    sections = {"cdm": CDMSettings}
 
     def __init__(self, cfg, net, encoders):
         super().__init__(cfg, net, encoders)
-        c = cfg.cdm
-        if not c.min_steps <= c.max_steps:
-            raise ValueError(f"cdm.min_steps ({c.min_steps}) must not exceed cdm.max_steps ({c.max_steps})")
-        if not c.sigma_lo <= c.sigma_hi:
-            raise ValueError(f"cdm.sigma_lo ({c.sigma_lo}) must not exceed cdm.sigma_hi ({c.sigma_hi})")
         self.fake = trainable_copy(self.teacher).float()                  # FT starts as the teacher, in fp32
 
     def roles(self):
@@ -163,10 +174,10 @@ class CDM(Distillation):
             tau, noise = self._uniform(B, g, x_t), randn()               # DM, tau ~ U[t_min, t_max]
             x0_real, x0_fake = self._x0(self.teacher, x0_s, tau, noise, cond), self._x0(fake, x0_s, tau, noise, cond)
         if c.guidance:
-            l_ca, n_ca = ca_loss(x0_s, x0_c, x0_u, c.guidance, c.norm_min)
+            l_ca, _, n_ca = dm_loss(x0_s, c.guidance * (x0_c - x0_u), x0_c, c.norm_min)   # CFG augmentation
             total = total + c.ca_weight * l_ca
             logs.update({"loss_ca": l_ca.item(), "norm_ca": n_ca.mean().item()})
-        l_dm, n_dm = dm_loss(x0_s, x0_real, x0_fake, c.norm_min)
+        l_dm, _, n_dm = dm_loss(x0_s, x0_real - x0_fake, x0_real, c.norm_min)
 
         sigma = self._uniform(B, g, x_t)                                 # CDM: extrapolate along v_traj to sigma
         x_sigma = x_t + expand_t(sigma - t, x_t) * v_traj
@@ -175,7 +186,7 @@ class CDM(Distillation):
             sigma2, noise = self._uniform(B, g, x_t), randn()            # fresh_independent sigma' and noise
             x0_real2, x0_fake2 = (self._x0(self.teacher, x0_off, sigma2, noise, cond),
                                   self._x0(fake, x0_off, sigma2, noise, cond))
-        l_cdm, n_cdm = dm_loss(x0_off, x0_real2, x0_fake2, c.norm_min)
+        l_cdm, _, n_cdm = dm_loss(x0_off, x0_real2 - x0_fake2, x0_real2, c.norm_min)
         total = total + c.dm_weight * l_dm + c.cdm_weight * l_cdm
         logs.update({"loss": total.item(), "loss_dm": l_dm.item(), "loss_cdm": l_cdm.item(),
                      "norm_dm": n_dm.mean().item(), "norm_cdm": n_cdm.mean().item(),

@@ -16,34 +16,41 @@ Weights as published (SDXL recipe: gen_cls_loss_weight 5e-3, guidance_cls_loss_w
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.nn.functional import mse_loss, softplus
 
-from workbench.flow import denoise, expand_t, interpolate
-from workbench.methods.adversarial import BlockHeads
-from workbench.methods.base import Distillation, LossOut, Role
+from workbench.flow import denoise, interpolate
+from workbench.methods.base import Distillation, LossOut, Role, register
+from workbench.methods.parts import BlockHeads, dm_loss
 from workbench.models.ema import trainable_copy
 from workbench.models.lora import adapters_disabled, add_lora
 from workbench.models.wan import block_features
 from workbench.sampling import consistency, schedule
 
 
-def dm_normaliser(x0_hat, anchor, norm_min: float = 0.0) -> torch.Tensor:
-    """max(mean_{C,T,H,W} |x0_hat - anchor|, norm_min) per sample (B,): DMD2's (norm_min 0), CDM's (0.1)."""
-    return (x0_hat.detach().float() - anchor.float()).abs().flatten(1).mean(1).clamp(min=norm_min)
+@dataclass
+class DMD2Settings:
+    """DMD2 (Yin et al. 2024; tianweiy/DMD2, main/sd_guidance.py): distribution matching against a trainable fake
+    score (a copy of the teacher trained by flow matching on the student's detached samples), a GAN classifier
+    head on the fake score's block features, the two time-scale rule and backward simulation."""
+    student_every: int = 5           # the student updates every 5th step, the fake score every step (dfake_gen_update_ratio)
+    fake_lr: float = 0.0             # the fake score's (and its head's) lr (0 = train.lr; the official SD recipes use the same lr)
+    denoising_steps: int = 4         # the student's step list = schedule(denoising_steps) (backward simulation; 1 = one step)
+    min_t: float = 0.02              # score times t ~ U[min_t, max_t] (min/max_step_percent)
+    max_t: float = 0.98
+    gan_weight: float = 5.0e-3       # the generator's GAN weight (gen_cls_loss_weight, SDXL recipe)
+    gan_fake_weight: float = 1.0e-2  # the classifier's weight in the fake score's loss (guidance_cls_loss_weight)
+    gan_block: int = -1              # the fake score's transformer block the classifier head reads (-1 = the middle one)
+    fake_lora_rank: int = 0          # > 0: the fake score is a LoRA of this rank on the teacher's own frozen weights
+                                     # (one base in memory; model.lora's alpha and targets), 0: a full trainable copy
+    RANGES = {"student_every": (1, None), "fake_lr": (0, None), "denoising_steps": (1, None), "min_t": (0, 1),
+              "max_t": (0, 1), "gan_weight": (0, None), "gan_fake_weight": (0, None), "fake_lora_rank": (0, None)}
 
-
-def dm_gradient(x0_hat, x0_real, x0_fake, norm_min: float = 0.0):
-    """(x0_fake - x0_real) / dm_normaliser(x0_hat, x0_real), per sample (sd_guidance.py; nan_to_num as there)."""
-    norm = dm_normaliser(x0_hat, x0_real, norm_min)
-    return torch.nan_to_num((x0_fake.float() - x0_real.float()) / expand_t(norm, x0_hat))
-
-
-def dm_loss(x0_hat, grad, scale: float = 0.5):
-    """scale x MSE(x0_hat, sg(x0_hat - grad)): its gradient on x0_hat is 2 scale grad / numel (DMD2: scale 0.5,
-    so grad / numel; CDM: 1)."""
-    return scale * mse_loss(x0_hat.float(), (x0_hat.float() - grad).detach())
+    def problems(self) -> dict[str, str]:
+        return {} if self.min_t < self.max_t else {"min_t": f"{self.min_t} must be below dmd2.max_t ({self.max_t})"}
 
 
 class FakeScore(nn.Module):
@@ -61,14 +68,14 @@ class FakeScore(nn.Module):
         return self.head(block_features(self.flow, x_t, t, cond, (self.block,)))[0]
 
 
+@register("dmd2")
 class DMD2(Distillation):
     uses_target = False
+    sections = {"dmd2": DMD2Settings}
 
     def __init__(self, cfg, net, encoders):
         super().__init__(cfg, net, encoders)
         c, depth = cfg.dmd2, len(net.transformer.blocks)
-        if not c.min_t < c.max_t:
-            raise ValueError(f"dmd2.min_t: {c.min_t} must be below dmd2.max_t ({c.max_t})")
         block = c.gan_block if c.gan_block >= 0 else depth // 2
         if block >= depth:
             raise ValueError(f"dmd2.gan_block: {c.gan_block} must be a block 0..{depth - 1} (or -1, the middle one)")
@@ -141,8 +148,8 @@ class DMD2(Distillation):
             if step.snapshot:                   # the DMD2 authors' collapse check: look at all three
                 images = {"student x0": sample, "real score x0": x0_from_teacher, "fake score x0": x0_from_fake}
         if train_student:                       # distribution matching (+ the generator's GAN term)
-            grad = dm_gradient(sample, x0_from_teacher, x0_from_fake)
-            loss_dm = dm_loss(x0_hat, grad)
+            loss_dm, grad, _ = dm_loss(x0_hat, x0_from_teacher.float() - x0_from_fake.float(), x0_from_teacher,
+                                       scale=0.5)                       # grad = (x0_fake - x0_real) / norm
             t_gan, eps_gan = self.times(B, g, sample), torch.randn(sample.shape, generator=g).to(sample)
             loss_gan = softplus(-fake(interpolate(x0_hat, eps_gan, t_gan), t_gan, cond, classify=True)).mean()
             losses["model"] = loss_dm + c.gan_weight * loss_gan

@@ -20,15 +20,37 @@ Win Diff = e_w - e_w^ref (Figure 8): above 0, the model fits the preferred traje
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
 import torch
 from torch.nn.functional import logsigmoid
 
+from workbench.config import Timesteps
 from workbench.flow import denoise, interpolate, sample_timesteps, target_velocity
 from workbench.generate import clip_noise
-from workbench.methods.base import LossOut, Method
+from workbench.methods.base import LossOut, Method, register
 from workbench.models.lora import adapters_disabled
+
+
+@dataclass
+class DPOSettings:
+    """Trajectory alignment (TA): Flow-DPO (Eq. 11) + reflow regulariser on winners; trains the LoRA of model.lora."""
+    beta: float = 2500.0             # beta of Eq. (11); errors are per-element means
+    error: Literal["velocity", "x0"] = "velocity"  # "velocity": ||v - F||^2 (Eq. 11); "x0": ||x0 - x0_hat||^2 = t^2 ||v - F||^2
+    condition_frame: bool = False    # winner and loser take the condition's latent as frame 0 (the given frame)
+    noise: Literal["fresh", "paired"] = "fresh"  # x1 of x_t: "fresh" (a new draw each step) or "paired" (the noise the pair was
+                                     # sampled from: reflow's coupling, Liu et al. 2022; sampled winners only)
+    region: Literal["all", "difference"] = "all"  # DPO errors over "all" elements or weighted by |x0^w - x0^l| ("difference": the
+                                     # preference speaks where the pair differs; reflow still sees every element)
+    lambda_rf: float = 2.0           # weight of the reflow loss ||v_w - v_theta(x_t^w, t)||^2 (0 = DPO alone)
+    lambda_keep: float = 0.0         # weight of ||F - F_ref||^2 where winner and loser agree (not in the paper; 0 = off)
+    lambda_first: float = 0.0        # weight of ||x0_hat's frame 0 - the given frame's latent||^2 (not in the paper)
+    timesteps: Timesteps = "uniform"  # t sampler: "uniform" or "logit_normal"
+    p_mean: float = 0.0
+    p_std: float = 1.0
+    RANGES = {"beta": (0, None), "lambda_rf": (0, None), "lambda_keep": (0, None), "lambda_first": (0, None),
+              "p_std": (0, None)}
 
 
 def dpo_loss(err_w: torch.Tensor, err_l: torch.Tensor, ref_w: torch.Tensor, ref_l: torch.Tensor,
@@ -56,12 +78,14 @@ def difference_weight(x_w: torch.Tensor, x_l: torch.Tensor) -> torch.Tensor:
     return diff / diff.flatten(1).mean(1).clamp_min(1e-12).view(-1, *[1] * (diff.dim() - 1))
 
 
+@register("dpo")
 class FlowDPO(Method):
     """Trains the LoRA of model.lora (its only trainable parameters); the reference is the network, adapters off."""
+    sections = {"dpo": DPOSettings}
 
     def __init__(self, cfg, net, encoders):
         super().__init__(cfg, net, encoders)
-        if not cfg.model.lora.rank:
+        if not cfg.model.lora.rank:                 # another section's value: an exported TA model's config says 0
             raise ValueError("model.lora.rank: Flow-DPO trains a LoRA; set a rank >= 1 (e.g. 16)")
 
     def pair_errors(self, batch, step) -> PairErrors:

@@ -8,39 +8,15 @@ with the `consistency` sampler (sample.sampler).
 """
 from __future__ import annotations
 
-import torch
-
-from workbench.flow import denoise, expand_t, interpolate, shift_timesteps
-from workbench.methods.base import Distillation, LossOut
+from workbench.methods.base import Distillation, LossOut, register
+from workbench.methods.parts import LCMSettings, grid_batch, lcm_loss
 
 
-def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float) -> torch.Tensor:
-    """mean of sqrt((a - b)^2 + c^2) - c over elements (diffusers' LCM loss); c = 0 is the mean absolute error."""
-    return (torch.sqrt((a.float() - b.float()) ** 2 + c ** 2) - c).mean()
-
-
-def lcm_loss(student, target, teacher_velocity, x_t, t, s, cond, huber_c: float):
-    """(loss, f_theta(x_t, t) = x0_hat with its graph, logs) on latents x_t (B,C,T,H,W) at grid times t (B,) with
-    solver targets at s < t."""
-    with torch.no_grad():
-        x_s = x_t + expand_t(s - t, x_t) * teacher_velocity(x_t, t, cond)   # the teacher's Euler step (ODE solver)
-        f_target = denoise(x_s, target(x_s, s, cond), s)                     # f_theta-(x_s, s)
-    f = denoise(x_t, student(x_t, t, cond), t)                               # f_theta(x_t, t)
-    loss = pseudo_huber(f, f_target, huber_c)
-    return loss, f, {"loss": loss.item()}
-
-
-def grid_batch(encoders, batch: dict, c, generator: torch.Generator, shift: float = 1.0):
-    """(x_t, t, s, cond): x0 ~ D, t = t_n on the grid of c.grid points shifted as the sampler's schedule
-    (sampling.schedule), s = t_{n - c.skip}; latents B,C,T,H,W."""
-    x0, cond = encoders.prepare(batch["video"], batch["caption"])
-    x1 = torch.randn(x0.shape, generator=generator).to(x0)
-    n = torch.randint(c.skip, c.grid + 1, (x0.shape[0],), generator=generator)   # grid index of t
-    t, s = (shift_timesteps(m / c.grid, shift).to(x0) for m in (n, n - c.skip))
-    return interpolate(x0, x1, t), t, s, cond
-
-
+@register("lcm")
 class LCM(Distillation):
+    """Its loss and grid are parts (`parts.lcm_loss`, `parts.grid_batch`, settings `lcm:`): OSV's stage 2 reads them."""
+    sections = {"lcm": LCMSettings}
+
     def losses(self, batch, step):
         x_t, t, s, cond = grid_batch(self.encoders, batch, self.cfg.lcm, step.generator, self.cfg.sample.shift)
         loss, _, logs = lcm_loss(step.nets["model"], self.target, self.teacher_velocity, x_t, t, s, cond,

@@ -14,13 +14,25 @@ The GAN's fake is x0_hat = f_theta(x_t, t) at grid times t (Eq. 5), so every sam
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from workbench.flow import denoise
-from workbench.methods.adversarial import AdversarialTerm
-from workbench.methods.base import Distillation, LossOut, Role
-from workbench.methods.lcm import grid_batch, lcm_loss
+from workbench.methods.base import Distillation, LossOut, Role, register
+from workbench.methods.parts import AdversarialSettings, AdversarialTerm, LCMSettings, grid_batch, lcm_loss
 
 
+@dataclass
+class OSVSettings:
+    """OSV (Mao et al. 2025; no public code, our implementation): a hinge GAN against real clips (adversarial.*:
+    features, heads, lr, lambda_adv), alone for the first stage1_steps, then with LCM's consistency loss (lcm.*)."""
+    stage1_steps: int = 250          # stage 1 (GAN only) length; stage 2 (consistency + GAN) runs to train.steps
+    RANGES = {"stage1_steps": (0, None)}
+
+
+@register("osv")
 class OSV(Distillation):
+    sections = {"osv": OSVSettings, "lcm": LCMSettings, "adversarial": AdversarialSettings}  # lcm, adversarial: parts
+
     def __init__(self, cfg, net, encoders):
         super().__init__(cfg, net, encoders)
         self.adversarial = AdversarialTerm(cfg.adversarial)

@@ -14,14 +14,40 @@ as DA's, so the student keeps the CCD budget of updates.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from torch.nn.functional import mse_loss
 
 from workbench.flow import expand_t, interpolate, shift_timesteps
-from workbench.methods.adversarial import BlockHeads, hinge_discriminator, hinge_generator
-from workbench.methods.base import Distillation, LossOut, Role
-from workbench.methods.lcm import pseudo_huber
+from workbench.methods.base import Distillation, LossOut, Role, register
+from workbench.methods.parts import BlockHeads, hinge_discriminator, hinge_generator, pseudo_huber, teacher_step
 from workbench.models.wan import block_features
+
+
+@dataclass
+class PCMSettings:
+    """Phased consistency (Wang et al. 2024; the official SD3 flow-matching code): K phases with edges on the
+    teacher's grid, consistency within a phase to its lower edge, the online student (no_grad) as the target."""
+    phases: int = 4                  # K; the model samples with Euler on the K + 1 phase edges (one model per K)
+    grid: int = 48                   # N points of the teacher's schedule; K must divide N (48: K = 1, 2, 3, 4, 6, 8)
+    skip: int = 1                    # solver step in grid intervals (not across a phase edge)
+    loss: Literal["huber", "l2"] = "huber"  # "huber" (pseudo-Huber with huber_c, the official default) or "l2" (MSE)
+    huber_c: float = 0.001           # pseudo-Huber c (0 = L1-like)
+    target: Literal["online", "ema"] = "online"  # "online": the student under no_grad (the official code); "ema": distill.target_decay
+    adversarial: bool = False        # the official consistency-GAN: heads on the frozen teacher's block features
+    adv_weight: float = 0.1          # its generator weight (the official SD3 run.sh)
+    adv_lr: float = 1.0e-5           # its heads' learning rate (run.sh)
+    adv_blocks: tuple[int, ...] = ()  # teacher blocks read, one head each (() = every block, as the official code)
+    adv_head_width: int = 64
+    RANGES = {"phases": (1, None), "grid": (1, 1000), "skip": (1, None), "huber_c": (0, None), "adv_weight": (0, None),
+              "adv_lr": (0, None), "adv_head_width": (1, None)}
+
+    def problems(self) -> dict[str, str]:
+        if self.grid % self.phases:
+            return {"phases": f"{self.phases} must divide pcm.grid ({self.grid}): phase edges lie on the grid"}
+        return {}
 
 
 def jump(x, F, t, edge):
@@ -30,12 +56,8 @@ def jump(x, F, t, edge):
 
 
 def consistency_distance(kind: str, huber_c: float):
-    """distance(a, b) -> scalar, the official code's loss_type: "huber" (pseudo-Huber with c) or "l2" (MSE)."""
-    if kind == "huber":
-        return lambda a, b: pseudo_huber(a, b, huber_c)
-    if kind == "l2":
-        return lambda a, b: mse_loss(a.float(), b.float())
-    raise ValueError(f"pcm.loss: expected 'huber' or 'l2', got {kind!r}")
+    """distance(a, b) -> scalar, the official code's loss_type (pcm.loss): "huber" (pseudo-Huber with c) or "l2" (MSE)."""
+    return {"huber": lambda a, b: pseudo_huber(a, b, huber_c), "l2": lambda a, b: mse_loss(a.float(), b.float())}[kind]
 
 
 def phase_times(n: torch.Tensor, c, shift: float = 1.0):
@@ -50,7 +72,7 @@ def pcm_loss(student, teacher_velocity, x_t, t, s, edge, cond, distance, target=
     """(loss, the student's jump with its graph, the target jump, logs): distance(the student's jump from (x_t, t),
     the no_grad jump from the teacher's Euler step of `target` (default: the online student, as the official code))."""
     with torch.no_grad():
-        x_s = x_t + expand_t(s - t, x_t) * teacher_velocity(x_t, t, cond)    # the teacher's Euler step
+        x_s = teacher_step(teacher_velocity, x_t, t, s, cond)               # the teacher's Euler step
         target_jump = jump(x_s, (target or student)(x_s, s, cond), s, edge)
     pred = jump(x_t, student(x_t, t, cond), t, edge)
     loss = distance(pred, target_jump)
@@ -63,14 +85,15 @@ def renoise_in_phase(x_edge, noise, edge, sigma):
     return (expand_t(1 - sigma, x_edge) * x_edge + expand_t(sigma - edge, x_edge) * noise) / expand_t(1 - edge, x_edge)
 
 
+@register("pcm")
 class PCM(Distillation):
+    sections = {"pcm": PCMSettings}
+
     def __init__(self, cfg, net, encoders):
         self.uses_target = cfg.pcm.target == "ema"
         super().__init__(cfg, net, encoders)
         c = cfg.pcm
         self.distance = consistency_distance(c.loss, c.huber_c)
-        if c.grid % c.phases:
-            raise ValueError(f"pcm.phases: {c.phases} must divide pcm.grid ({c.grid}): phase edges lie on the grid")
         depth = len(net.transformer.blocks)
         self.blocks = tuple(c.adv_blocks) or tuple(range(depth))
         if not all(0 <= b < depth for b in self.blocks):

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import torch
 
-from workbench.config import ModelConfig, load_config, saved_config
+from workbench.config import ModelConfig, load_section
+from workbench.folders import saved_config
 from workbench.models.codec import PixelCodec, WanVAECodec
 from workbench.models.text import CLIPImageEncoder, ToyTextEncoder, UMT5TextEncoder
 from workbench.models.lora import add_lora
@@ -83,7 +84,7 @@ def check_prediction_fits(weights: str, prediction: str, key: str = "model.weigh
     saved = saved_config(Path(weights).parent) if weights else None
     if saved is None:
         return
-    trained = load_config(saved).model.prediction  # a config saved before the key existed reads as the default
+    trained = load_section(saved, "model", ModelConfig).prediction  # saved before the key existed: the default
     if trained != prediction:
         raise ValueError(f"{key}: {weights} was trained with model.prediction={trained} ({saved}), "
                          f"but this config has model.prediction={prediction}")

@@ -11,7 +11,6 @@ Rebuild the shipped weights: python -m workbench features train --kind dino
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -19,11 +18,11 @@ from pathlib import Path
 import torch
 from torch.nn import functional as nnf
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import Dinov2Config, Dinov2Model
 
 from workbench import shipped
 from workbench.data.synthetic import COLOURS, FEATURE_SPEC, SHAPES, ToySpec, coverage, render_clip, to_tensor
+from workbench.models.fit import fit
 
 FEATURE_NET_SEED_OFFSET = 3_000_000_000   # its clips; FVD net 2e9.., train split 0.., test 1e9..
 VAL_SEED_OFFSET = FEATURE_NET_SEED_OFFSET + 100_000_000
@@ -135,24 +134,16 @@ def train_toy_dino(out: str | Path, steps: int = 3000, batch_size: int = 64, lr:
     gen = torch.Generator().manual_seed(seed)
     net = Dinov2Model(toy_dino_config())
     heads = _Heads(net.config.hidden_size, net.config.patch_size)
-    opt = torch.optim.AdamW([*net.parameters(), *heads.parameters()], lr=lr, weight_decay=0.01)
-    warm = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
-    start = time.time()
-    bar = tqdm(range(steps), desc="toy DINOv2")
-    for step in bar:
+
+    def loss_of_step(step: int) -> tuple[torch.Tensor, dict]:
         seeds = range(FEATURE_NET_SEED_OFFSET + step * batch_size, FEATURE_NET_SEED_OFFSET + (step + 1) * batch_size)
         frames, y = toy_frames(seeds, FEATURE_SPEC, gen)
         pred = heads(net(pixel_values=preprocess(frames, net.config.image_size)))
-        loss, logs = _losses(pred, frames, y, net.config.patch_size)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}", mask=f"{logs['mask'].item():.3f}",
-                            shape=f"{logs['shape'].item():.2f}")
+        return _losses(pred, frames, y, net.config.patch_size)
+
+    start = time.time()
+    fit([*net.parameters(), *heads.parameters()], loss_of_step, steps, lr, weight_decay=0.01, desc="toy DINOv2",
+        shown={"loss": ".3f", "mask": ".3f", "shape": ".2f"})
     net.eval()
     info = {"command": f"python -m workbench features train --kind dino --out {out} --steps {steps} "
                        f"--batch {batch_size} --seed {seed}", "steps": steps, "batch_size": batch_size, "lr": lr,

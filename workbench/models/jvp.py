@@ -23,7 +23,7 @@ from torch.overrides import TorchFunctionMode
 
 from workbench.models.wan import Conditioning, FlowNet
 
-MODES = ("whole", "blockwise", "reverse", "reverse_blockwise", "finite_difference")
+TANGENT_MODES = ("whole", "blockwise", "reverse", "reverse_blockwise", "finite_difference")  # distill.jvp
 ATTENTIONS = ("math", "chunked")
 # Both return (outputs, output tangents) for (fn, primals, tangents).
 _JVP = {"forward": torch.func.jvp, "reverse": torch.autograd.functional.jvp}
@@ -37,8 +37,8 @@ def velocity_and_tangent(net: FlowNet, x_t_BCTHW: torch.Tensor, t_B: torch.Tenso
     No grad to the net (stop-gradient): both results are detached, parameters get no .grad.
     `fd_eps` is the step of mode "finite_difference"; `chunk` the query / key chunk of attention "chunked".
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode not in TANGENT_MODES:
+        raise ValueError(f"mode must be one of {TANGENT_MODES}, got {mode!r}")
     if attention not in ATTENTIONS:
         raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
     if attention == "chunked" and mode.startswith("reverse"):

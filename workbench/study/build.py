@@ -3,6 +3,8 @@
     study folder    manifest.json            the only file that knows which method made which video
                     videos/<sha256>.mp4      same size, length and frame rate for every method
                     frames/<sha256>.png      each item's first frame (the image the videos continue)
+                    eval/results.csv         (optional) the study's models evaluated at their step counts:
+                                             `python -m workbench eval MODEL... --out <study>/eval`
 
 A study is built in a temporary sibling folder (`workbench.files.staged_folder`: `.wb-study-<pid>-*`) and renamed
 when complete, so a folder that exists is whole; the next build removes the temporary folder of a killed one.
@@ -23,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from workbench import shipped
 from workbench.files import staged_folder
@@ -33,6 +36,7 @@ CRITERIA = ("frame_quality", "temporal_consistency", "image_alignment")  # the p
 REAL = "real"              # method name of an attention item's real clip (its known answer)
 CORRUPTED = "corrupted"    # method name of an attention item's corrupted copies
 MANIFEST = "manifest.json"
+VIDEOS, FRAMES, EVALUATED = "videos", "frames", "eval/results.csv"
 FORMAT = 1
 SHIPPED = "experiments/toy"  # short names: `teacher@8` -> workbench.shipped("experiments/toy/teacher")
 
@@ -106,10 +110,27 @@ class Study:
         return {it["id"]: it for it in self.manifest["items"]}
 
     def video_path(self, name: str) -> Path:
-        return self.path / "videos" / name
+        return self.path / VIDEOS / name
 
     def frame_path(self, name: str) -> Path:
-        return self.path / "frames" / name
+        return self.path / FRAMES / name
+
+    @property
+    def media(self) -> tuple[Path, Path]:
+        """The folders annotators may be served, absolute (as a server's allowed paths): the videos and the first
+        frames, never the manifest."""
+        return self.path.resolve() / VIDEOS, self.path.resolve() / FRAMES
+
+    @property
+    def manifest_path(self) -> Path:
+        """The one file that names each video's method, absolute (as a server's blocked paths): never served."""
+        return self.path.resolve() / MANIFEST
+
+    def evaluated(self) -> pd.DataFrame | None:
+        """The study's own models evaluated at their step counts (its eval/results.csv), or None where nobody has
+        evaluated them: what people's judgements are set against."""
+        f = self.path / EVALUATED
+        return pd.read_csv(f) if f.is_file() else None
 
 
 def load_study(path: str | Path) -> Study:
@@ -189,15 +210,15 @@ def build_study(models: list[str], items: int, seed: int, out: str | Path, atten
 
     # staged: a failure removes the half-built folder, and a killed build's folder goes at the next build
     with staged_folder(out, kind="study") as tmp:
-        (tmp / "videos").mkdir()
-        (tmp / "frames").mkdir()
+        (tmp / VIDEOS).mkdir()
+        (tmp / FRAMES).mkdir()
         first = load_model(specs[0].folder)
         clips = test_batch(first.config, items + checks)
         real_BCTHW = clips["video"]
         _, _, T, H, W = real_BCTHW.shape
         scale = view_scale(H, W)
         regular = [{"clip": int(clips["seed"][i]), "caption": clips["caption"][i],
-                    "first_frame": _frame(tmp / "frames", to_uint8(real_BCTHW[i, :, :1])[0], scale), "videos": []}
+                    "first_frame": _frame(tmp / FRAMES, to_uint8(real_BCTHW[i, :, :1])[0], scale), "videos": []}
                    for i in range(items)]
         for k, spec in enumerate(specs):
             model = first if k == 0 else load_model(spec.folder)
@@ -208,7 +229,7 @@ def build_study(models: list[str], items: int, seed: int, out: str | Path, atten
                     raise ValueError(f"model {spec.folder}: makes clips of {tuple(video.shape[2:])} (T, H, W); "
                                      f"the study's first model makes {(T, H, W)}")
                 for j, v in enumerate(video):
-                    regular[lo + j]["videos"].append({"video": _video(tmp / "videos", to_uint8(v), fps, scale),
+                    regular[lo + j]["videos"].append({"video": _video(tmp / VIDEOS, to_uint8(v), fps, scale),
                                                       "method": spec.name, "steps": spec.steps})
             del model  # one network in memory at a time (Wan scale)
             if torch.cuda.is_available():
@@ -218,11 +239,11 @@ def build_study(models: list[str], items: int, seed: int, out: str | Path, atten
         attention = []
         for i in range(items, items + checks):
             real = to_uint8(real_BCTHW[i])
-            videos = [{"video": _video(tmp / "videos", real, fps, scale), "method": REAL, "steps": 0}]
-            videos += [{"video": _video(tmp / "videos", corrupt(real, rng), fps, scale), "method": CORRUPTED,
+            videos = [{"video": _video(tmp / VIDEOS, real, fps, scale), "method": REAL, "steps": 0}]
+            videos += [{"video": _video(tmp / VIDEOS, corrupt(real, rng), fps, scale), "method": CORRUPTED,
                         "steps": 0} for _ in range(len(specs) - 1)]
             attention.append({"clip": int(clips["seed"][i]), "caption": clips["caption"][i],
-                              "first_frame": _frame(tmp / "frames", real[0], scale), "videos": videos,
+                              "first_frame": _frame(tmp / FRAMES, real[0], scale), "videos": videos,
                               "attention": {"answer": videos[0]["video"]}})
         all_items = regular + attention
         order = rng.permutation(len(all_items))

@@ -1,4 +1,5 @@
-"""Checkpoints: safetensors + JSON in a folder written under a temporary name and renamed when complete.
+"""Checkpoints: safetensors + JSON in a folder written under a temporary name and renamed when complete (where
+each file lies: workbench/folders.py, RunFolder and Checkpoint).
 
     checkpoints/step-000500/  <role>.safetensors  <role>-ema.safetensors  optim-<role>.safetensors
                               state-<name>.safetensors (a method's own state, e.g. CCD's target network)
@@ -19,14 +20,14 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import NamedTuple
-
 import torch
 
 from workbench.config import ConfigError
 from workbench.files import writing
+from workbench.folders import Checkpoint, RunFolder
 from workbench.models.weights import WeightsError, check_fits, non_finite, read_weights, write_weights
 from workbench.train.fsdp import shard_like, whole
+from workbench.train.roles import Trained
 
 
 def _flat_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -61,83 +62,73 @@ def weights_module(net: torch.nn.Module) -> torch.nn.Module:
     return getattr(net, "transformer", net)
 
 
-class RoleCheckpoint(NamedTuple):
-    """What a checkpoint holds of one trained role."""
-    net: torch.nn.Module                      # unwrapped (not the DDP wrapper)
-    ema: torch.nn.Module | None
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    exported: bool
-
-
 class NonFiniteWeightsError(FloatingPointError):
     """A checkpoint would hold a NaN or inf: it is not published and the run stops."""
 
 
-def save_checkpoint(root: Path, step: int, roles: dict[str, RoleCheckpoint], state: dict, extra: dict,
+def save_checkpoint(run: RunFolder, step: int, roles: dict[str, Trained], state: dict, extra: dict,
                     keep: int = 2, write: bool = True) -> Path | None:
-    """`roles`: each trained role's RoleCheckpoint; `state`: the method's own {name: module} (a target network).
+    """`roles`: each trained role; `state`: the method's own {name: module} (a target network).
 
     write=False: only gather the sharded tensors with the process that writes (FSDP) and check them, write nothing
     (every process checks, so every process stops on a non-finite tensor)."""
-    root = Path(root)
-    final = root / f"step-{step:06d}"
-    tmp = root / f".tmp-step-{step:06d}"
+    final = run.checkpoint(step).path
+    tmp = Checkpoint(run.staging(step))
     try:
         if write:
-            shutil.rmtree(tmp, ignore_errors=True)
-            with writing(tmp):
-                tmp.mkdir(parents=True)
+            shutil.rmtree(tmp.path, ignore_errors=True)
+            with writing(tmp.path):
+                tmp.path.mkdir(parents=True)
         meta = {}
         for name, tensors in _files(roles, state, meta):  # one file's tensors at a time
-            _check_finite(tensors, f"{name}.safetensors", step, root)
+            _check_finite(tensors, tmp.file(name).name, step, run)
             if write:
-                write_weights(tensors, tmp / f"{name}.safetensors")
+                write_weights(tensors, tmp.file(name))
         if not write:
             return None
-        write_weights({"torch": torch.get_rng_state()}, tmp / "rng.safetensors")
-        export = next(name for name, r in roles.items() if r.exported)
-        with writing(tmp / "state.json"):
-            (tmp / "state.json").write_text(json.dumps({"step": step, "export": export, "roles": meta, **extra},
-                                                       indent=1))
-        for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
+        write_weights({"torch": torch.get_rng_state()}, tmp.file("rng"))
+        export = next(name for name, t in roles.items() if t.role.export)
+        with writing(tmp.state_file):
+            tmp.state_file.write_text(json.dumps({"step": step, "export": export, "roles": meta, **extra}, indent=1))
+        for f in tmp.path.iterdir():  # make the bytes durable before the rename publishes them
             with writing(f), open(f, "rb") as fh:
                 os.fsync(fh.fileno())
     except BaseException:
         if write:                # a failed checkpoint leaves no folder of its own; older ones stay as they were
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp.path, ignore_errors=True)
         raise
     if final.exists():
         _remove(final)
-    os.replace(tmp, final)
-    prune_checkpoints(root, keep)  # only after the new one is complete
+    os.replace(tmp.path, final)
+    prune_checkpoints(run, keep)  # only after the new one is complete
     return final
 
 
-def _check_finite(tensors: dict[str, torch.Tensor], file: str, step: int, root: Path) -> None:
+def _check_finite(tensors: dict[str, torch.Tensor], file: str, step: int, run: RunFolder) -> None:
     """A NaN or inf would be resumed from and exported as if it were good (a step's update can blow up the
     weights while its loss, computed before the update, was still finite)."""
     bad = non_finite(tensors)
     if bad:
         raise NonFiniteWeightsError(f"step {step}: {file} would hold non-finite values ({bad[0]}); checkpoint not "
-                                    f"written, run stopped, {last_good(root)}")
+                                    f"written, run stopped, {last_good(run)}")
 
 
-def last_good(root: Path) -> str:
+def last_good(run: RunFolder) -> str:
     """Words naming the newest complete checkpoint, for a message that stops a run."""
-    kept = complete_checkpoints(root)
-    return f"last good checkpoint kept: {kept[-1]}" if kept else "no checkpoint had been written"
+    kept = run.latest()
+    return f"last good checkpoint kept: {kept.path}" if kept else "no checkpoint had been written"
 
 
-def _files(roles: dict[str, RoleCheckpoint], state: dict, meta: dict):
+def _files(roles: dict[str, Trained], state: dict, meta: dict):
     """(file name, whole tensors) of each weights and optimizer file; fills `meta` with each role's state.json."""
-    for name, (net, ema, opt, sched, exported) in roles.items():
-        yield name, _tensors(weights_module(net))
-        if ema is not None:
-            yield f"{name}-ema", _tensors(weights_module(ema))
-        tensors, m = _flat_optimizer(opt.state_dict())
+    for name, t in roles.items():
+        yield name, _tensors(weights_module(t.role.net))
+        if t.ema is not None:
+            yield f"{name}-ema", _tensors(weights_module(t.ema))
+        tensors, m = _flat_optimizer(t.optimizer.state_dict())
         yield f"optim-{name}", tensors
-        meta[name] = {"optimizer": m, "scheduler": sched.state_dict(), "ema": ema is not None}
+        meta[name] = {"optimizer": m, "scheduler": t.scheduler.state_dict(), "ema": t.ema is not None,
+                      **({"scaler": t.scaler.state_dict()} if t.scaler is not None else {})}
     for name, module in state.items():
         yield f"state-{name}", _tensors(weights_module(module))
 
@@ -146,17 +137,13 @@ def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: whole(v).contiguous() for k, v in module.state_dict().items()}
 
 
-def prune_checkpoints(root: Path, keep: int) -> None:
-    """Keep the newest `keep` complete checkpoints, and finish what a killed run left: its pruning (one more
-    checkpoint, or a `.pruning-*` folder), its unfinished checkpoint (`.tmp-step-*`), and a `step-*` folder without
-    state.json (half deleted by an older version, which deleted in place)."""
-    root = Path(root)
-    leftovers = [*root.glob(".pruning-step-*"), *root.glob(".tmp-step-*"),
-                 *(p for p in root.glob("step-*") if not (p / "state.json").is_file())]
-    for p in leftovers:
+def prune_checkpoints(run: RunFolder, keep: int) -> None:
+    """Keep the newest `keep` complete checkpoints, and finish what a killed run left (RunFolder.leftovers): its
+    pruning (one more checkpoint, or a `.pruning-*` folder), its unfinished checkpoint, a half-deleted one."""
+    for p in run.leftovers():
         shutil.rmtree(p)
-    for old in complete_checkpoints(root)[:-keep]:
-        _remove(old)
+    for old in run.checkpoints()[:-keep]:
+        _remove(old.path)
 
 
 def _remove(ckpt: Path) -> None:
@@ -166,24 +153,19 @@ def _remove(ckpt: Path) -> None:
     shutil.rmtree(gone)
 
 
-def complete_checkpoints(root: Path) -> list[Path]:
-    root = Path(root)
-    return sorted(p for p in root.glob("step-*") if (p / "state.json").is_file()) if root.is_dir() else []
-
-
-def check_processes(ckpts: list[Path], launch: dict) -> None:
+def check_processes(ckpts: list[Checkpoint], launch: dict) -> None:
     """Refuse to resume under another launch than the newest readable checkpoint's: another process count trains
     on another global batch, data order and noise. `launch`: {"processes": n, "global_batch": b}; a checkpoint
     without these keys (older versions) is accepted."""
     for ckpt in reversed(ckpts):
         try:
-            saved = json.loads((ckpt / "state.json").read_text())
+            saved = json.loads(ckpt.state_file.read_text())
             was = {k: saved[k] for k in launch if k in saved}
         except (OSError, ValueError, TypeError):
             continue  # unreadable: the resume reports it and falls back to an older one
         now = {k: launch[k] for k in was}
         if was != now:
-            raise ConfigError(f"--resume: {ckpt} was trained by {_words(was)}, this launch has {_words(now)}; "
+            raise ConfigError(f"--resume: {ckpt.path} was trained by {_words(was)}, this launch has {_words(now)}; "
                               f"resume with the same number of processes (accelerate launch --num_processes), "
                               f"or train into a new --out")
         return
@@ -197,28 +179,29 @@ class CheckpointError(ValueError):
     """A complete checkpoint folder whose files cannot be read or do not fit the run."""
 
 
-def load_checkpoint(path: Path, roles: dict[str, RoleCheckpoint], state: dict) -> dict:
+def load_checkpoint(ckpt: Checkpoint, roles: dict[str, Trained], state: dict) -> dict:
     """Restore what `save_checkpoint` wrote into the same structures; raises CheckpointError, having changed
     nothing, if any file is missing, unreadable or misfits."""
-    path = Path(path)
     try:
-        saved = json.loads((path / "state.json").read_text())
-        modules = {name: weights_module(r.net) for name, r in roles.items()}
-        modules.update({f"{name}-ema": weights_module(r.ema) for name, r in roles.items() if r.ema is not None})
+        saved = json.loads(ckpt.state_file.read_text())
+        modules = {name: weights_module(t.role.net) for name, t in roles.items()}
+        modules.update({f"{name}-ema": weights_module(t.ema) for name, t in roles.items() if t.ema is not None})
         modules.update({f"state-{name}": weights_module(m) for name, m in state.items()})
-        weights = {name: read_weights(path / f"{name}.safetensors") for name in modules}
+        weights = {name: read_weights(ckpt.file(name)) for name in modules}
         for name, module in modules.items():
-            check_fits(module, weights[name], str(path / f"{name}.safetensors"))
-        optim = {name: _unflat_optimizer(read_weights(path / f"optim-{name}.safetensors"),
+            check_fits(module, weights[name], str(ckpt.file(name)))
+        optim = {name: _unflat_optimizer(read_weights(ckpt.file(f"optim-{name}")),
                                          saved["roles"][name]["optimizer"]) for name in roles}
-        rng = read_weights(path / "rng.safetensors")["torch"]
+        rng = read_weights(ckpt.file("rng"))["torch"]
     except (OSError, ValueError, KeyError, WeightsError) as e:  # JSONDecodeError and WeightsError are ValueErrors
-        raise CheckpointError(f"{path}: unreadable checkpoint ({e})") from None
+        raise CheckpointError(f"{ckpt.path}: unreadable checkpoint ({e})") from None
     for name, module in modules.items():
         own = module.state_dict()
         module.load_state_dict({k: shard_like(v, own[k]) for k, v in weights[name].items()})
-    for name, r in roles.items():
-        r.optimizer.load_state_dict(_sharded_optimizer(optim[name], r.optimizer))
-        r.scheduler.load_state_dict(saved["roles"][name]["scheduler"])
+    for name, t in roles.items():
+        t.optimizer.load_state_dict(_sharded_optimizer(optim[name], t.optimizer))
+        t.scheduler.load_state_dict(saved["roles"][name]["scheduler"])
+        if t.scaler is not None and "scaler" in saved["roles"][name]:
+            t.scaler.load_state_dict(saved["roles"][name]["scaler"])
     torch.set_rng_state(rng)
     return saved
