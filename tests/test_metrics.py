@@ -1,6 +1,7 @@
 """The metric table (workbench/eval/metrics.py) is the one source of metric names, titles, directions and groups:
 every column an evaluation writes has a row, and the tables, plots, compare and the app read it."""
 import ast
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -82,8 +83,11 @@ def test_compare_shows_the_tables_per_clip_metrics():
 
 def test_the_app_offers_the_tables_metrics_and_the_declared_curves(tmp_path):
     """The Results tab's metric dropdown is the metric table; its curve dropdown is plots.CURVES."""
-    import app
+    import importlib.util
     from workbench import plots
+    spec = importlib.util.spec_from_file_location("workbench_app", ROOT / "app.py")  # this checkout's, not a module
+    app = sys.modules[spec.name] = importlib.util.module_from_spec(spec)            # named `app` met earlier
+    spec.loader.exec_module(app)
     page = app.build([tmp_path], tmp_path / "cache")
     dropdowns = {b.label: b for b in page.blocks.values() if type(b).__name__ == "Dropdown"}
     metric = dropdowns["metric against steps"]
