@@ -1,29 +1,42 @@
-"""The GPU check (issue 22): seconds and peak memory at the Wan2.1-Fun-1.3B-InP architecture, as one JSON object.
+"""The GPU check (issues 22, 35): seconds and peak memory of each SwiftVideo step at the Wan2.1-Fun-1.3B-InP
+architecture under its memory plan, as one JSON object.
 
-    python bench/gpu.py [--out FILE] [--budget 420]   on a CUDA machine: bf16 autocast, random weights from the
-                                                      preset (nothing downloaded); no measurement starts after
-                                                      --budget s, so a run ends within ~8 min (not yet run on a GPU)
+    python bench/gpu.py [--out FILE] [--budget 540]   on a CUDA machine: random weights from the preset, built on
+                                                      the device (nothing downloaded); no measurement starts after
+                                                      --budget s, so a run ends within ~10 min (not yet run on a GPU)
     python bench/gpu.py --tiny [--out FILE]           every measurement on the CPU at the tiny-wan size (tests)
 
-sampling       one clip at 32k tokens: the teacher's 25 Euler steps with guidance 5 (two forwards a step) against
-               a student's 4 steps without guidance (workbench.sampling.euler; the same random net stands for both)
+The memory plan of experiments/wan/{ccd,da,dpo}.yaml: train.activation_checkpointing (the trained transformer's
+blocks recomputed in backward, as workbench.train.roles.build_trained enables it), train.mixed_precision bf16
+(the loop's autocast), distill.teacher_dtype bfloat16, distill.jvp blockwise with distill.jvp_attention chunked,
+adversarial.latent_frames (DA decodes a prefix of x0_hat), and the cached encoder outputs (data.cache: no UMT5, no
+CLIP, only the VAE's decoder: here `LatentEncoders`, fixed random latents and tokens + a random Wan VAE decoder).
+train.fsdp is set too; on one process build_trained does not shard (FSDP needs several GPUs: see "fsdp").
+
+sampling       one clip: the teacher's 50 Euler steps with guidance 5 (two forwards a step; bf16 weights, as
+               distill.teacher_dtype) against the student's 4 steps without guidance (fp32 weights, bf16 autocast)
 attention_jvp  torch.func.jvp of attention alone at Wan's 12 heads x 128, bf16: math SDPA vs the chunked JVP
                (workbench.models.jvp.chunked_attention), at 16k and 32k tokens
-steps          one training step as the loop runs it (workbench.train.roles.update_roles: the method's losses under
-               train.mixed_precision=bf16, backward, AdamW, the exported EMA; fp32 weights) at 8k and 32k tokens,
-               batch 1: flow_matching; ccd with distill.jvp whole / blockwise x distill.jvp_attention math /
-               chunked; dmd2 (full fake score) at a step where the student and the fake score both update.
-               The frozen encoders are replaced by fixed random latents and tokens (LatentEncoders).
-Each measurement: one untimed warm-up, then one timed call; peak_mib = the peak above what was allocated before it
-(CUDA: max_memory_allocated; CPU: VmHWM over VmRSS). Out of memory gives {"oom": true}, any other error
-{"error": "..."}, and a measurement begun past --budget seconds {"skipped": "budget"}, so one run always ends
-with its JSON.
+steps          one training step as the loop runs it (workbench.train.roles.update_roles: losses under bf16
+               autocast, backward, AdamW, the exported EMA; fp32 trained weights), batch 1:
+               flow_matching; ccd (block-wise JVP, chunked attention JVP, bf16 teacher); da (method adversarial on
+               CCD, a random DINOv2 at dinov2-base size (--tiny: the tiny one of workbench.models.tiny_wan),
+               layers 2, 5, 8, 11, the first 4 latent frames decoded with gradients, both roles updating); ta
+               (method dpo, rank-64 LoRA, a winner and a loser).
+Sizes: each step and the sampling try SIZES from the largest (480p x 81 frames = 21 x 60 x 104 latents = 32,760
+tokens) down; an out-of-memory is recorded as {"skipped": "out of memory", "reason": ...} and the next size tried,
+so the JSON holds figures at the largest size that fits ("fits": its label; null if none did).
+Each measurement: one untimed warm-up, then one timed call; "seconds", "peak_mib" = the peak above what was
+allocated before it, "peak_total_mib" = the peak itself (CUDA: max_memory_allocated; CPU: VmHWM over VmRSS, and
+VmHWM). Another error gives {"error": "..."}, a measurement begun past --budget s {"skipped": "budget"}.
+--simulate-oom-above N (tests) raises torch.OutOfMemoryError in any step or sampling above N tokens.
 """
 from __future__ import annotations
 
 import argparse
 import gc
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,21 +47,28 @@ import torch  # noqa: E402
 
 from _emit import emit  # noqa: E402  bench/_emit.py (the script's folder is on sys.path)
 
-# latent (T', H', W') per size; tokens = T' (H'/2) (W'/2) with Wan's (1, 2, 2) patches. Real: 480x832 at 81 frames
-# is 21 x 60 x 104 latents (32,760 tokens), its quarter area 21 x 30 x 52 (8,190).
-REAL = dict(preset="wan2.1-fun-1.3b-inp", steps={"8k": (21, 30, 52), "32k": (21, 60, 104)},
-            attention={"16k": 16380, "32k": 32760}, heads=12, head_dim=128, chunk=4096, sample="32k")
-TINY = dict(preset="tiny-wan", steps={"8k": (2, 8, 8), "32k": (2, 16, 16)},
-            attention={"16k": 256, "32k": 512}, heads=2, head_dim=8, chunk=64, sample="32k")
-CCD_VARIANTS = [(jvp, att) for jvp in ("whole", "blockwise") for att in ("math", "chunked")]
+# latent (T', H', W') per size, largest first; tokens = T' (H'/2) (W'/2) with Wan's (1, 2, 2) patches, pixel frames
+# 1 + 4 (T' - 1), pixels 8x the latents. 480p_61f is what experiments/wan/*.yaml train at (data.videos.frames 61).
+REAL = dict(preset="wan2.1-fun-1.3b-inp",
+            sizes={"480p_81f": (21, 60, 104), "480p_61f": (16, 60, 104), "480p_33f": (9, 60, 104),
+                   "240p_81f": (21, 30, 52), "240p_17f": (5, 30, 52)},
+            attention={"16k": 16380, "32k": 32760}, heads=12, head_dim=128, chunk=1024, latent_frames=4,
+            lora_rank=64, dino=dict(image_size=518, patch_size=14, hidden_size=768, num_hidden_layers=12,
+                                    num_attention_heads=12, intermediate_size=3072), dino_layers=[2, 5, 8, 11])
+TINY = dict(preset="tiny-wan", sizes={"large": (3, 16, 16), "small": (3, 8, 8)},
+            attention={"16k": 256, "32k": 512}, heads=2, head_dim=8, chunk=64, latent_frames=2, lora_rank=4,
+            dino=None, dino_layers=[1, 2])
+STEPS = ("flow_matching", "ccd", "da", "ta")
 TEXT_TOKENS, IMAGE_TOKENS = 512, 257
+FSDP_COMMAND = ("accelerate launch --config_file experiments/wan/accelerate_fsdp.yaml --num_processes 8 "
+                "bench/gpu.py --sizes 480p_81f --out experiments/bench/gpu_fsdp8.json")
 
 
 class Clock:
     """Measurements on one device against one time budget."""
 
-    def __init__(self, device: torch.device, budget: float):
-        self.device, self.budget, self.start = device, budget, time.perf_counter()
+    def __init__(self, device: torch.device, budget: float, oom_above: int | None = None):
+        self.device, self.budget, self.start, self.oom_above = device, budget, time.perf_counter(), oom_above
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -71,15 +91,22 @@ class Clock:
     def _peak(self) -> float:
         return torch.cuda.max_memory_allocated() if self.device.type == "cuda" else _status_kib("VmHWM") * 1024
 
-    def measure(self, fn, warmup=None) -> dict:
-        """{"seconds", "peak_mib"} of fn() after `warmup()` (default: fn itself), or why there is none."""
+    def free(self):
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def measure(self, fn, warmup=None, tokens: int = 0) -> dict:
+        """{"seconds", "peak_mib", "peak_total_mib"} of fn() after `warmup()` (default: fn itself), or why none."""
         if self.elapsed() > self.budget:
             return {"skipped": "budget"}
-        gc.collect()
+        self.free()
         self._sync()
         before = self._allocated()
         self._reset_peak()
         try:
+            if self.oom_above is not None and tokens > self.oom_above:
+                raise torch.OutOfMemoryError(f"simulated: {tokens} tokens > --simulate-oom-above {self.oom_above}")
             (warmup or fn)()
             self._sync()
             start = time.perf_counter()
@@ -87,14 +114,14 @@ class Clock:
             self._sync()
             seconds = time.perf_counter() - start
             peak = self._peak()
-        except torch.OutOfMemoryError:
-            return {"oom": True}
+        except torch.OutOfMemoryError as e:
+            return {"skipped": "out of memory", "reason": " ".join(str(e).split())[:300]}
         except RuntimeError as e:
             return {"error": " ".join(f"{type(e).__name__}: {e}".split())[:300]}
         finally:
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-        return {"seconds": round(seconds, 4), "peak_mib": round(max(peak - before, 0) / 2**20, 1)}
+            self.free()
+        return {"seconds": round(seconds, 4), "peak_mib": round(max(peak - before, 0) / 2**20, 1),
+                "peak_total_mib": round(peak / 2**20, 1)}
 
 
 def _status_kib(field: str) -> int:
@@ -102,14 +129,40 @@ def _status_kib(field: str) -> int:
                .split()[1])
 
 
-class LatentEncoders:
-    """Stands for the frozen VAE, UMT5 and CLIP: every batch is the same random latents and tokens."""
+def tokens(latent_THW) -> int:
+    T, H, W = latent_THW
+    return T * (H // 2) * (W // 2)
 
-    def __init__(self, x0_BCTHW, cond):
-        self.x0, self.cond = x0_BCTHW, cond
+
+def largest_that_fits(size: dict, clock: Clock, measure_at) -> dict:
+    """measure_at(label, latent) at each size from the largest down until one is measured; {"fits", label: ...}."""
+    out = {"fits": None}
+    for label, latent in size["sizes"].items():
+        m = measure_at(label, latent)
+        out[label] = {"tokens": tokens(latent), "latent_THW": list(latent), **m}
+        if not {"skipped", "error"} & set(m):
+            out["fits"] = label
+            break
+        if m.get("skipped") == "budget":
+            break
+    return out
+
+
+class LatentEncoders:
+    """Stands for data.cache's encoders (models/cached.py): every batch is the same random latents and tokens, no
+    UMT5 or CLIP; `decode` runs a Wan VAE decoder (random weights) with gradients, as DA's does."""
+
+    def __init__(self, x0_BCTHW, cond, codec=None):
+        self.x0, self.cond, self.codec = x0_BCTHW, cond, codec
 
     def prepare(self, video, captions):
         return self.x0, self.cond
+
+    def condition(self, first_B3HW, captions, frames):
+        return self.cond
+
+    def decode(self, latents_BCTHW):
+        return self.codec.decode(latents_BCTHW)
 
     def null_text(self, batch_size: int):
         return torch.zeros_like(self.cond.text_BLD[:1]).expand(batch_size, -1, -1)
@@ -131,30 +184,77 @@ def random_inputs(preset: str, latent_THW, device):
                                          (cond.first_BCTHW, cond.mask_BMTHW, cond.text_BLD, cond.image_BND)))
 
 
-def tokens(latent_THW) -> int:
+def pixel_batch(latent_THW, device) -> dict:
+    """Real clips in [-1, 1] for DA (1 + 4 (T' - 1) frames, 8x the latents) and a TA pair's first frame."""
     T, H, W = latent_THW
-    return T * (H // 2) * (W // 2)
+    video = torch.rand(1, 3, 1 + 4 * (T - 1), 8 * H, 8 * W, device=device) * 2 - 1
+    return {"video": video, "first": video[:, :, 0], "frames": [video.shape[2]]}
 
 
-def sampling(size: dict, clock: Clock, accelerator) -> dict:
-    """Teacher 25 steps with guidance 5 vs student 4 steps, one clip (euler on Wan's shift-5 grid)."""
+def vae_decoder(tiny: bool, device, dtype=torch.bfloat16):
+    """A Wan VAE (diffusers AutoencoderKLWan: the default config = Wan2.1's; --tiny: the tiny one) with random
+    weights and its encoder dropped, as data.cache keeps it; in model.dtype bf16."""
+    from diffusers import AutoencoderKLWan
+
+    from workbench.models.codec import WanVAECodec
+    if tiny:
+        from workbench.models import tiny_wan
+        with tempfile.TemporaryDirectory() as d:
+            vae = AutoencoderKLWan.from_pretrained(str(tiny_wan.save_vae(Path(d) / "vae")))
+    else:
+        with torch.device(device):
+            vae = AutoencoderKLWan()
+    vae.encoder = None                            # the cache holds the encoded latents
+    return WanVAECodec(vae.to(device, dtype))
+
+
+def feature_net_folder(size: dict, folder: Path) -> str:
+    """A local Dinov2Model folder for adversarial.feature_net: tiny (workbench.models.tiny_wan.save_dino), or a
+    random one at dinov2-base's size (86 M parameters; no weights are downloaded)."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    from workbench.models import tiny_wan
+    if size["dino"] is None:
+        return str(tiny_wan.save_dino(folder))
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(**size["dino"])).save_pretrained(folder)
+    return str(folder)
+
+
+def sampling(size: dict, clock: Clock) -> dict:
+    """Teacher 50 steps with guidance 5 (bf16 weights) vs student 4 steps (fp32, autocast), one clip each, at the
+    largest size that fits (euler on Wan's shift-5 grid; the same random net stands for both)."""
+    from workbench.methods.base import cast_frozen
     from workbench.models.wan import build_flownet
     from workbench.sampling import euler, schedule
     from workbench.train.roles import autocast
-    latent = size["steps"][size["sample"]]
     with torch.device(clock.device):
         net = build_flownet(size["preset"]).eval().requires_grad_(False)
-    x0, cond = random_inputs(size["preset"], latent, clock.device)
-    null = LatentEncoders(x0, cond).null_text(1)
 
-    def run(steps, guidance):
-        with torch.no_grad(), autocast("bf16", clock.device):
-            return euler(net, torch.randn_like(x0), cond, schedule(steps, 5.0), guidance=guidance, null_text=null)
-    one_step = lambda: run(1, 1.0)  # noqa: E731  (warm-up: the teacher's 50 forwards are not run twice)
-    out = {"tokens": tokens(latent), "teacher_25_steps_guidance_5": clock.measure(lambda: run(25, 5.0), one_step),
-           "student_4_steps": clock.measure(lambda: run(4, 1.0), one_step)}
-    if all("seconds" in out[k] for k in ("teacher_25_steps_guidance_5", "student_4_steps")):
-        out["speedup"] = round(out["teacher_25_steps_guidance_5"]["seconds"] / out["student_4_steps"]["seconds"], 2)
+    def at(label, latent):
+        x0, cond = random_inputs(size["preset"], latent, clock.device)
+        null = LatentEncoders(x0, cond).null_text(1)
+
+        def run(steps, guidance):
+            with torch.no_grad(), autocast("bf16", clock.device):
+                return euler(net, torch.randn_like(x0), cond, schedule(steps, 5.0), guidance=guidance,
+                             null_text=null)
+        one_step = lambda: run(1, 1.0)  # noqa: E731  (warm-up: the teacher's 100 forwards are not run twice)
+        n = tokens(latent)
+        for p in net.parameters():      # the student: fp32 weights
+            p.data = p.data.float()
+        student = clock.measure(lambda: run(4, 1.0), one_step, n)
+        if "seconds" not in student:
+            return student
+        cast_frozen(net, torch.bfloat16)   # the teacher: bf16 weights (distill.teacher_dtype)
+        teacher = clock.measure(lambda: run(50, 5.0), one_step, n)
+        if "seconds" not in teacher:
+            return {"student_4_steps": student, **teacher}
+        return {"teacher_50_steps_guidance_5": teacher, "student_4_steps": student,
+                "speedup": round(teacher["seconds"] / student["seconds"], 2)}
+    out = largest_that_fits(size, clock, at)
+    del net
+    clock.free()
     return out
 
 
@@ -185,50 +285,85 @@ def attention_jvp(size: dict, clock: Clock) -> dict:
     return out
 
 
-def method_steps(size: dict, clock: Clock, accelerator) -> dict:
-    """One loop step of each method at each size; a method is built once and measured at both sizes."""
+def step_config(size: dict, step: str, feature_net: str) -> list[str]:
+    """--set overrides of one step under the memory plan."""
+    plan = [f"model.preset={size['preset']}", "train.mixed_precision=bf16", "train.activation_checkpointing=true",
+            "train.fsdp=true", "distill.teacher_dtype=bfloat16", "distill.tangent_warmup=0",
+            "distill.jvp=blockwise", "distill.jvp_attention=chunked", f"distill.jvp_chunk={size['chunk']}"]
+    return plan + {
+        "flow_matching": ["train.method=flow_matching"],
+        "ccd": ["train.method=ccd"],
+        "da": ["train.method=adversarial", "adversarial.distill=ccd", "adversarial.warmup=0",
+               f"adversarial.feature_net={feature_net}", f"adversarial.layers={size['dino_layers']}",
+               f"adversarial.latent_frames={size['latent_frames']}"],
+        "ta": ["train.method=dpo", f"model.lora.rank={size['lora_rank']}", f"model.lora.alpha={size['lora_rank']}"],
+    }[step]
+
+
+def method_steps(size: dict, clock: Clock, accelerator, tiny: bool) -> dict:
+    """One loop step of each method under the memory plan, at the largest size that fits; a method is built once."""
     from workbench.methods import build_method, load_config
+    from workbench.models.lora import add_lora
     from workbench.models.wan import build_flownet
     from workbench.train.roles import build_trained, step_generator, train_step, update_roles
-    out = {label: {"tokens": tokens(latent), "latent_THW": list(latent)} for label, latent in size["steps"].items()}
-    inputs = {label: random_inputs(size["preset"], latent, clock.device) for label, latent in size["steps"].items()}
-    batch = {"video": None, "caption": ["a clip"]}
-    for method in ("flow_matching", "ccd", "dmd2"):
-        cfg = load_config(None, [f"model.preset={size['preset']}", f"train.method={method}",
-                                 "train.mixed_precision=bf16", "distill.tangent_warmup=0",
-                                 f"distill.jvp_chunk={size['chunk']}"])
-        if clock.elapsed() > clock.budget:
-            for label in out:
-                out[label][method] = {"skipped": "budget"}
-            continue
-        with torch.device(clock.device):
-            net = build_flownet(cfg.model.preset)
-        encoders = LatentEncoders(*inputs[next(iter(inputs))])
-        built = build_method(cfg, net, encoders)
-        trained = build_trained(built.roles(), cfg.train, accelerator)
-        every_role = [i for i in range(100) if all(t.role.due(i) for t in trained.values())]  # DMD2: the student's
+    device = clock.device
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        codec = vae_decoder(tiny, device)
+        feature_net = feature_net_folder(size, Path(tmp) / "dino")
+        first = next(iter(size["sizes"].values()))
+        for name in STEPS:
+            if clock.elapsed() > clock.budget:
+                out[name] = {"fits": None, "skipped": "budget"}
+                continue
+            cfg = load_config(None, step_config(size, name, feature_net))
+            with torch.device(device):
+                net = build_flownet(cfg.model.preset)
+            if cfg.model.lora.rank:
+                add_lora(net.transformer, cfg.model.lora.rank, cfg.model.lora.alpha, cfg.model.lora.targets)
+            encoders = LatentEncoders(*random_inputs(size["preset"], first, device), codec)
+            built = build_method(cfg, net, encoders)
+            for part in built.frozen().values():             # DINOv2 is loaded on the CPU
+                if isinstance(part, torch.nn.Module):
+                    part.to(device)
+            roles = built.roles()
+            for role in roles.values():
+                role.net.to(device)
+            trained = build_trained(roles, cfg.train, accelerator)
+            every_role = [i for i in range(100) if all(t.role.due(i) for t in trained.values())]
 
-        def step(n=iter(every_role * 1000)):
-            i = next(n)
-            update_roles(built, trained, batch, train_step(trained, i, step_generator(0, i)), accelerator, cfg.train)
-        for label in out:
-            encoders.x0, encoders.cond = inputs[label]
-            variants = CCD_VARIANTS if method == "ccd" else [None]
-            for variant in variants:
-                if variant:
-                    cfg.distill.jvp, cfg.distill.jvp_attention = variant
-                out[label][method if variant is None else f"ccd_{variant[0]}_{variant[1]}"] = clock.measure(step)
-        del net, built, trained, encoders, step
-        gc.collect()
-        if clock.device.type == "cuda":
-            torch.cuda.empty_cache()
+            def at(label, latent, built=built, trained=trained, encoders=encoders, cfg=cfg):
+                encoders.x0, encoders.cond = random_inputs(size["preset"], latent, device)
+                batch = {"caption": ["a clip"], **pixel_batch(latent, device)}
+                if name == "ta":
+                    g = torch.Generator().manual_seed(1)
+                    batch.update(winner=encoders.x0, loser=torch.randn(encoders.x0.shape, generator=g).to(device),
+                                 winners=["sampled"])
+                steps = iter(every_role * 1000)
+
+                def step():
+                    i = next(steps)
+                    update_roles(built, trained, batch, train_step(trained, i, step_generator(0, i)), accelerator,
+                                 cfg.train)
+                m = clock.measure(step, tokens=tokens(latent))
+                for t in trained.values():                    # an out-of-memory leaves grads behind
+                    t.optimizer.zero_grad(set_to_none=True)
+                return m
+            out[name] = {"roles": sorted(trained), "activation_checkpointing": bool(
+                net.transformer.is_gradient_checkpointing), "trained_params": {
+                k: sum(p.numel() for p in t.params) for k, t in trained.items()}, **largest_that_fits(size, clock, at)}
+            del net, built, trained, encoders, roles, at
+            clock.free()
+        del codec
     return out
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="CPU, tiny-wan size: checks the script, measures nothing real")
-    ap.add_argument("--budget", type=float, default=420.0, help="seconds after which no new measurement starts")
+    ap.add_argument("--budget", type=float, default=540.0, help="seconds after which no new measurement starts")
+    ap.add_argument("--sizes", nargs="+", help="only these size labels (default: every size, largest first)")
+    ap.add_argument("--simulate-oom-above", type=int, help="tests: an out-of-memory in any step above N tokens")
     ap.add_argument("--out", help="also write the JSON to this file")
     args = ap.parse_args(argv)
     if not args.tiny and not torch.cuda.is_available():
@@ -236,20 +371,34 @@ def main(argv=None) -> dict:
         sys.exit(2)
     import diffusers
     from accelerate import Accelerator
-    device = torch.device("cpu" if args.tiny else "cuda")
-    size = TINY if args.tiny else REAL
+    size = dict(TINY if args.tiny else REAL)
+    if args.sizes:
+        unknown = set(args.sizes) - set(size["sizes"])
+        if unknown:
+            ap.error(f"--sizes: {sorted(unknown)} not in {list(size['sizes'])}")
+        size["sizes"] = {k: v for k, v in size["sizes"].items() if k in args.sizes}
     accelerator = Accelerator(cpu=args.tiny, mixed_precision="no")  # bf16: the loop's autocast (train.mixed_precision)
+    device = accelerator.device
     torch.manual_seed(0)
-    clock = Clock(device, args.budget)
+    clock = Clock(device, args.budget, args.simulate_oom_above)
     from workbench.models.wan import PRESETS
     result = {"tiny": args.tiny, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+              "processes": accelerator.num_processes,
               "torch": torch.__version__, "diffusers": diffusers.__version__, "preset": size["preset"],
-              "architecture": PRESETS[size["preset"]], "precision": "bf16 autocast, fp32 weights (steps, sampling); "
-              "bf16 tensors (attention_jvp)", "budget_s": args.budget,
-              "sampling": sampling(size, clock, accelerator), "attention_jvp": attention_jvp(size, clock),
-              "steps": method_steps(size, clock, accelerator)}
+              "architecture": PRESETS[size["preset"]],
+              "memory_plan": "activation checkpointing, bf16 autocast, fp32 trained weights, bf16 teacher, block-wise "
+                             "JVP with chunked attention JVP, DA on the first latent frames, cached encoders (VAE "
+                             "decoder only, bf16); FSDP only with several processes",
+              "sizes": {k: {"latent_THW": list(v), "tokens": tokens(v)} for k, v in size["sizes"].items()},
+              "budget_s": args.budget,
+              "sampling": sampling(size, clock), "attention_jvp": attention_jvp(size, clock),
+              "steps": method_steps(size, clock, accelerator, args.tiny),
+              "fsdp": {"run": accelerator.num_processes > 1, "command": FSDP_COMMAND,
+                       "note": "480p x 81 frames under FSDP needs several GPUs; on one GPU build_trained does not "
+                               "shard (this command has not been run: no multi-GPU machine has been lent)"}}
     result["total_seconds"] = round(clock.elapsed(), 1)
-    emit(result, args.out)
+    if accelerator.is_main_process:
+        emit(result, args.out)
     return result
 
 

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +18,8 @@ from workbench.methods.dpo import FlowDPO, dpo_loss
 from workbench.methods.parts import hinge_discriminator, hinge_generator
 from workbench.models import build_backbone
 from workbench.models.lora import add_lora, load_lora, save_lora
+
+sys.path.insert(0, str(Path(__file__).parent))   # tests/tiny_wan.py
 
 
 ADAM = ["train.lr=1e-3", "train.warmup_steps=0", "train.schedule=constant", "train.grad_clip=0",
@@ -229,6 +234,31 @@ def test_da_first_frame_term_is_x0_hats_error_on_the_given_frame(dino, monkeypat
     off = run(0.0, 6)[2][-1]["loss_first"]
     on = run(1e4, 6)[2][-1]["loss_first"]                               # same batches, times and noise
     assert on < 0.5 * off                                                # the term pulls frame 0 to the given frame
+
+
+def test_da_frame_subset_reads_a_prefix_of_fake_and_real_clips(dino):
+    """adversarial.latent_frames: D reads the first n latent frames decoded, against as many real frames; a causal
+    VAE's decode of a latent prefix is exactly the full decode's first frames (tiny Wan VAE: tests/tiny_wan.py)."""
+    import tiny_wan
+    from diffusers import AutoencoderKLWan
+    from workbench.models.codec import WanVAECodec
+    cfg = load_config("experiments/micro/da.yaml", [f"adversarial.feature_net={dino}", "adversarial.warmup=0",
+                                                        "adversarial.layers=[1,2]", "adversarial.latent_frames=2", *ADAM])
+    torch.manual_seed(0)
+    net, cond = build_backbone(cfg.model)
+    method = build_method(cfg, net, cond)
+    seen = []
+    real_tokens = method.adversarial.tokens
+    method.adversarial.tokens = lambda video: seen.append(video.shape) or real_tokens(video)
+    batch = collate([build_dataset(cfg.data, "train")[i] for i in range(2)])
+    _steps(method, batch, 1)
+    assert batch["video"].shape[2] > 2 and seen and all(shape[2] == 2 for shape in seen)   # fake and real: 2 frames
+    with tempfile.TemporaryDirectory() as d:
+        codec = WanVAECodec(AutoencoderKLWan.from_pretrained(tiny_wan.save_vae(Path(d) / "vae")))
+        z = torch.randn(1, tiny_wan.Z_DIM, 3, 4, 4)
+        with torch.no_grad():
+            full, prefix = codec.decode(z), codec.decode(z[:, :, :2])
+    assert prefix.shape[2] == 5 and torch.equal(full[:, :, :5], prefix)
 
 
 def test_lora_round_trips_exactly_in_diffusers_format(tmp_path):

@@ -1,6 +1,8 @@
 """bench/gpu.py --tiny runs every measurement of the GPU check on the CPU at the tiny-wan size: its JSON has every
-section, size and method, and every measurement is a real one (seconds and memory, no error, no out of memory).
-Wall-clock values are not compared with anything (design.md: tests never assert on time)."""
+section and step (flow matching, CCD, DA, TA under the memory plan), and every measurement is a real one (seconds
+and memory, no error); with a simulated out-of-memory above the small size, each step and the sampling record the
+large size as skipped with its reason and give figures at the small one. Wall-clock values are not compared with
+anything (design.md: tests never assert on time)."""
 import json
 import math
 import subprocess
@@ -9,29 +11,41 @@ import sys
 import pytest
 import torch
 
-STEP_OPS = {"flow_matching", "ccd_whole_math", "ccd_whole_chunked", "ccd_blockwise_math", "ccd_blockwise_chunked",
-            "dmd2"}
+STEPS = {"flow_matching", "ccd", "da", "ta"}
 
 
 def measured(m: dict) -> bool:
-    return set(m) == {"seconds", "peak_mib"} and m["seconds"] > 0 and math.isfinite(m["seconds"]) \
-        and m["peak_mib"] >= 0
+    return {"seconds", "peak_mib", "peak_total_mib"} <= set(m) and m["seconds"] > 0 \
+        and math.isfinite(m["seconds"]) and 0 <= m["peak_mib"] <= m["peak_total_mib"]
 
 
-def test_tiny_run_measures_every_part(root, tmp_path):
+def run_tiny(root, tmp_path, *extra):
     out = tmp_path / "gpu.json"
-    r = subprocess.run([sys.executable, "bench/gpu.py", "--tiny", "--out", str(out)], cwd=root, capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run([sys.executable, "bench/gpu.py", "--tiny", "--out", str(out), *extra], cwd=root,
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(r.stdout)
     assert res == json.loads(out.read_text())
-    assert res["tiny"] is True and res["device"] == "cpu" and res["preset"] == "tiny-wan"
-    assert {"sampling", "attention_jvp", "steps", "total_seconds", "architecture", "torch"} <= set(res)
+    return res
 
-    s = res["sampling"]
-    assert measured(s["teacher_25_steps_guidance_5"]) and measured(s["student_4_steps"])
-    assert s["speedup"] == pytest.approx(s["teacher_25_steps_guidance_5"]["seconds"] / s["student_4_steps"]["seconds"],
-                                         rel=0.01)
+
+def check_sampling(s: dict, label: str):
+    row = s[label]
+    assert measured(row["teacher_50_steps_guidance_5"]) and measured(row["student_4_steps"])
+    assert row["speedup"] == pytest.approx(row["teacher_50_steps_guidance_5"]["seconds"]
+                                           / row["student_4_steps"]["seconds"], rel=0.01)
+
+
+def test_tiny_run_measures_every_part(root, tmp_path):
+    res = run_tiny(root, tmp_path)
+    assert res["tiny"] is True and res["device"] == "cpu" and res["preset"] == "tiny-wan"
+    assert {"sampling", "attention_jvp", "steps", "fsdp", "sizes", "total_seconds", "architecture", "torch"} <= set(res)
+    assert list(res["sizes"]) == ["large", "small"]
+    assert res["sizes"]["large"]["tokens"] > res["sizes"]["small"]["tokens"]
+    assert "accelerate launch" in res["fsdp"]["command"] and res["fsdp"]["run"] is False
+
+    assert res["sampling"]["fits"] == "large" and "small" not in res["sampling"]      # the largest that fits only
+    check_sampling(res["sampling"], "large")
 
     att = res["attention_jvp"]
     assert att["16k"]["tokens"] < att["32k"]["tokens"]
@@ -39,12 +53,24 @@ def test_tiny_run_measures_every_part(root, tmp_path):
         assert all(measured(att[label][op]) for op in ("forward", "math", "chunked"))
 
     steps = res["steps"]
-    assert set(steps) == {"8k", "32k"} and steps["8k"]["tokens"] < steps["32k"]["tokens"]
-    for label, row in steps.items():
-        T, H, W = row["latent_THW"]
-        assert row["tokens"] == T * (H // 2) * (W // 2)
-        assert set(row) - {"tokens", "latent_THW"} == STEP_OPS
-        assert all(measured(row[op]) for op in STEP_OPS), row
+    assert set(steps) == STEPS
+    for name, row in steps.items():
+        assert row["fits"] == "large" and "small" not in row, (name, row)
+        T, H, W = row["large"]["latent_THW"]
+        assert row["large"]["tokens"] == T * (H // 2) * (W // 2)
+        assert measured(row["large"]), (name, row)
+        assert row["activation_checkpointing"] is True                                 # the memory plan
+    assert steps["da"]["roles"] == ["disc", "model"]                                   # both roles update
+    assert steps["ta"]["trained_params"]["model"] < steps["ccd"]["trained_params"]["model"]   # the LoRA alone
+
+
+def test_an_out_of_memory_skips_to_the_next_size(root, tmp_path):
+    res = run_tiny(root, tmp_path, "--simulate-oom-above", "100", "--sizes", "large", "small")
+    for row in [res["sampling"], *res["steps"].values()]:
+        assert row["fits"] == "small"
+        assert row["large"]["skipped"] == "out of memory" and "simulated" in row["large"]["reason"]
+    check_sampling(res["sampling"], "small")
+    assert all(measured(row["small"]) for row in res["steps"].values())
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")

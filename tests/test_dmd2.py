@@ -193,3 +193,19 @@ def test_a_method_trains_again_after_steps_on_batch():
     steps_on_batch(method, cfg.train, _batch(cfg), 1)                    # step 0: the student is not due
     assert all(p.requires_grad for p in net.parameters())
     assert len(steps_on_batch(method, cfg.train, _batch(cfg), 5)) == 5
+
+
+def test_bench_memory_flash_rows_keep_no_attention_matrix():
+    """bench/memory.py's activation rows: the flash path saves no s x s (or s x text) matrix, the math path does,
+    and a flash block still saves at least q, k, v and the output of its self-attention."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_memory", "bench/memory.py")
+    memory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(memory)
+    flash, math = (memory.activations("tiny-wan", 3, 16, 16, a) for a in ("flash", "math"))
+    s, width = 3 * 8 * 8, 2 * 8                                   # tokens, heads x head_dim of tiny-wan
+    assert flash["tokens"] == math["tokens"] == s
+    assert flash["attention_matrices_per_block"] == 0 < math["attention_matrices_per_block"]
+    assert 4 * s * width * 2 <= flash["block"] < math["block"]
+    no_ckpt, ckpt = memory.totals(flash)
+    assert ckpt < no_ckpt == flash["outside"] + flash["layers"] * flash["block"]

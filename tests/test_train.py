@@ -72,3 +72,19 @@ def test_fp16_scales_each_role_s_loss_and_checkpoints_the_scale(tmp_path):
     assert state["roles"]["model"]["scaler"]["scale"] > 0
     rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 2 and all(r["loss"] == r["loss"] for r in rows)
+
+
+def test_a_run_records_its_launch_and_logs_to_tensorboard_when_asked(tmp_path):
+    """launch.json (processes, global batch, precision, device) beside config.yaml; train.log_with=tensorboard
+    writes each metrics row as TensorBoard scalars through accelerate's tracker."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from workbench.folders import RunFolder
+    cfg = load_config(MICRO, ["train.steps=4", "train.log_every=2", "train.log_with=tensorboard", "train.sample_num=1"])
+    run = RunFolder(train(cfg, tmp_path / "run", progress=False))
+    launch = json.loads(run.launch.read_text())
+    assert launch["processes"] == 1 and launch["global_batch"] == cfg.train.batch_size
+    assert launch["mixed_precision"] == "no" and launch["device"] == "cpu"
+    events = EventAccumulator(str(next(run.tensorboard.rglob("events.out.tfevents.*")).parent)).Reload()
+    loss = [(e.step, e.value) for e in events.Scalars("loss")]
+    rows = [json.loads(r) for r in run.metrics.read_text().splitlines()]
+    assert loss == [(r["step"], pytest.approx(r["loss"])) for r in rows] and [s for s, _ in loss] == [2, 4]

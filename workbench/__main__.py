@@ -37,6 +37,7 @@ def int_list(words: str, lowest: int | None = None):
     return parse
 
 
+DEVICE = "auto (the GPU where one is present, else the CPU), cpu, cuda, cuda:N or mps"
 counts = int_list("comma-separated list of whole numbers >= 1", lowest=1)
 seeds = int_list("comma-separated list of integer seeds")
 
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--force", action="store_true", help="replace an earlier sample output in --out (files you added "
                                                         "there are kept)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--device", default="auto", help=DEVICE)
 
     v = sub.add_parser("eval", help="sample the test split at several step counts and seeds; write a metrics table")
     v.add_argument("models", nargs="+", metavar="MODEL", help="run folders, checkpoint folders or shipped model folders")
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--vbench", default="auto", choices=["auto", "builtin"], help="auto: the vbench package if installed")
     v.add_argument("--cache", default="runs/eval-cache", help="cache folder for reference features and samples ('' = off)")
     v.add_argument("--batch-size", type=count, default=32)
-    v.add_argument("--device", default="cpu", help="device of the evaluation networks")
+    v.add_argument("--device", default="auto", help=DEVICE + " (the models and the evaluation networks)")
 
     f = sub.add_parser("features", help="the toy FVD networks and the toy DINOv2 feature net")
     fsub = f.add_subparsers(dest="features_cmd", required=True)
@@ -98,11 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--winners", default="sampled", choices=["sampled", "real"], help="real: real clips win (Fig. 6)")
     q.add_argument("--seed", type=int, default=0, help="noise seed")
     q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    q.add_argument("--device", default="auto", help=DEVICE)
+    q.add_argument("--batch-size", type=count, default=32, help="pairs sampled at once (a process's share: batches)")
 
     pl = sub.add_parser("pipeline", help="teacher -> CCD -> CCD+DA -> TA rounds -> evaluation, skipping finished stages")
     pl.add_argument("config", help="a pipeline YAML, e.g. experiments/toy/swiftvideo.yaml")
     pl.add_argument("--out", help="pipeline folder (default: the config's `out`)")
+    pl.add_argument("--check", action="store_true", help="check every stage's config and the files and folders it "
+                    "names, then stop (exit 2 naming what is missing); trains nothing")
     pl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. eval.num=16")
+    pl.add_argument("--device", default="auto", help=DEVICE + " (preference pairs, evaluation, sheets)")
 
     x = sub.add_parser("export", help="write a run's EMA weights as a shippable model folder, or (--diffusers) as a "
                                       "stock diffusers WanImageToVideoPipeline folder")
@@ -116,7 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     x.add_argument("--force", action="store_true", help="replace the folder if it is an earlier export (holds "
                                                         "export.json)")
 
-    d = sub.add_parser("data", help="toy data tools")
+    tw = sub.add_parser("tiny-wan", help="tiny random Wan-scale model folders (transformer, VAE, UMT5, CLIP, DINOv2) "
+                        "and toy mp4 clips at their size: experiments/tiny-wan's inputs")
+    tw.add_argument("--out", default="models/tiny-wan", help="a new or empty folder")
+    tw.add_argument("--clips", type=count, default=48, help="toy clips written as mp4 + CSV under <out>/clips")
+    tw.add_argument("--force", action="store_true", help="replace an earlier tiny-wan output in --out")
+
+    d = sub.add_parser("data", help="data tools: export toy clips; cache the frozen encoders' outputs")
     dsub = d.add_subparsers(dest="data_cmd", required=True)
     e = dsub.add_parser("export", help="export toy clips as mp4 files + an OpenVid-1M style CSV")
     e.add_argument("--out", required=True, help="a new or empty folder")
@@ -124,6 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--num", type=count, default=64)
     e.add_argument("--seed", type=int, default=0, help="first clip seed")
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. data.toy.size=32")
+    c = dsub.add_parser("cache", help="encode a config's clips once (VAE latents, text and CLIP image tokens); "
+                                      "data.cache=DIR trains from them")
+    c.add_argument("config", help="YAML config (its data and model sections choose the clips and encoders)")
+    c.add_argument("--out", required=True, help="a new or empty folder")
+    c.add_argument("--force", action="store_true", help="replace an earlier cache in --out")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. data.train_size=512")
+    c.add_argument("--device", default="auto", help=DEVICE + " (the encoders)")
 
     r = sub.add_parser("results", help="render experiments/toy/RESULTS.md: its template's tables from the shipped CSVs")
     r.add_argument("--template", default="experiments/toy/RESULTS.template.md")
@@ -139,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     sb.add_argument("--seed", type=int, default=0, help="noise seed")
     sb.add_argument("--attention-checks", type=float, default=0.1, help="extra share of attention-check items")
     sb.add_argument("--out", required=True, help="study folder (must not exist)")
+    sb.add_argument("--device", default="auto", help=DEVICE)
+    sb.add_argument("--batch-size", type=count, default=16, help="clips sampled at once (a process's share: batches)")
     se = stsub.add_parser("export", help="write every vote of a votes database as CSV")
     se.add_argument("db", help="votes database (or a folder holding votes.sqlite)")
     se.add_argument("--out", required=True, help="CSV file (must not exist)")
@@ -168,8 +190,8 @@ def _run(args) -> int:
         from workbench.generate import write_samples
         from workbench.runs import load_model
         check_output_folder(args.out, "sample", args.force)  # before the model loads
-        files = write_samples(load_model(args.checkpoint, args.set), args.out, args.steps, args.num, args.seed,
-                              force=args.force)
+        model = load_model(args.checkpoint, args.set, device=args.device)
+        files = write_samples(model, args.out, args.steps, args.num, args.seed, force=args.force)
         print(f"wrote {len(files)} clips and contact_sheet.png to {args.out}")
     elif args.cmd == "eval":
         from workbench.eval.report import EvalSpec, evaluate
@@ -195,11 +217,19 @@ def _run(args) -> int:
     elif args.cmd == "preferences":
         from workbench.preferences import build_preferences
         out = build_preferences(args.model, args.out, args.num, args.win_steps, args.lose_steps, args.winners,
-                                args.seed, overrides=args.set)
+                                args.seed, batch_size=args.batch_size, overrides=args.set, device=args.device)
         print(f"preference pairs: {out}")
     elif args.cmd == "pipeline":
-        from workbench.pipeline import load_pipeline, run_pipeline
-        out = run_pipeline(load_pipeline(args.config, args.set), args.out)
+        from workbench.pipeline import load_pipeline, missing_inputs, run_pipeline
+        cfg = load_pipeline(args.config, args.set)
+        if args.check:
+            missing = missing_inputs(cfg)
+            for path, where in missing.items():
+                print(f"missing: {path} ({'; '.join(where)})", file=sys.stderr)
+            print(f"{args.config}: {len(cfg.stages)} stages, every config checked; "
+                  + (f"{len(missing)} inputs missing" if missing else "every input present"))
+            return 2 if missing else 0
+        out = run_pipeline(cfg, args.out, device=args.device)
         print(f"pipeline folder: {out}")
     elif args.cmd == "export" and args.diffusers:
         from workbench.export_diffusers import export_diffusers
@@ -208,6 +238,24 @@ def _run(args) -> int:
     elif args.cmd == "export":
         from workbench.export import export_model
         print(f"model folder: {export_model(args.run, args.out, args.dtype, force=args.force)}")
+    elif args.cmd == "data" and args.data_cmd == "cache":
+        from workbench.data.cache import COMMAND, write_cache
+        from workbench.files import check_output_folder
+        from workbench.models import build_backbone
+        cfg = load_config(args.config, args.set)
+        check_output_folder(args.out, COMMAND, args.force)   # before the encoders load
+        out = write_cache(cfg, build_backbone(cfg.model)[1], args.out, force=args.force, device=args.device)
+        print(f"cache folder: {out} (train from it with --set data.cache={out})")
+    elif args.cmd == "tiny-wan":
+        from workbench.config import ToySpec
+        from workbench.data.export import export_toy
+        from workbench.files import output_folder
+        from workbench.models import tiny_wan
+        with output_folder(args.out, "tiny-wan", args.force) as tmp:
+            tiny_wan.save_tiny_wan(tmp)
+            tiny_wan.save_dino(tmp / "dinov2")
+            export_toy(tmp / "clips", args.clips, spec=ToySpec(size=tiny_wan.CLIP_SIZE, frames=tiny_wan.CLIP_FRAMES))
+        print(f"tiny Wan-scale folders and {args.clips} clips: {args.out}")
     elif args.cmd == "data" and args.data_cmd == "export":
         from workbench.data.export import export_toy
         cfg = load_config(None, args.set)
@@ -223,7 +271,8 @@ def _run(args) -> int:
     elif args.cmd == "study":
         from workbench import study
         if args.study_cmd == "build":
-            out = study.build_study(args.models, args.items, args.seed, args.out, args.attention_checks)
+            out = study.build_study(args.models, args.items, args.seed, args.out, args.attention_checks,
+                                    batch_size=args.batch_size, device=args.device)
             print(f"study folder: {out}")
         else:
             print(f"wrote {study.export_votes(args.db, args.out, force=args.force)}")

@@ -41,9 +41,11 @@ TOY_PRESETS = ("toy", "toy-no-positions", "tiny-wan")
 
 class Loaded:
     """Configs and models read from disk, each once per version of its file (keyed by path and mtime), the least
-    recently used dropped beyond `configs` and `models`. Owned by its caller: the app keeps one for its lifetime."""
+    recently used dropped beyond `configs` and `models`. Owned by its caller: the app keeps one for its lifetime.
+    Models sample on `device` (workbench.devices.resolve_device; "auto": the GPU where one is present)."""
 
-    def __init__(self, configs: int = 64, models: int = 16):
+    def __init__(self, configs: int = 64, models: int = 16, device: str = "auto"):
+        self.device = device
         self._config = lru_cache(maxsize=configs)(_read_config)    # per instance: nothing is kept module-wide
         self._model = lru_cache(maxsize=models)(_read_model)
 
@@ -54,15 +56,15 @@ class Loaded:
 
     def model(self, folder: str | Path) -> Model:
         """load_model of the folder, once per weights version."""
-        return self._model(str(folder), ModelFolder(folder).weights.stat().st_mtime_ns)
+        return self._model(str(folder), ModelFolder(folder).weights.stat().st_mtime_ns, self.device)
 
 
 def _read_config(path: str, mtime_ns: int):
     return load_config(path)
 
 
-def _read_model(folder: str, mtime_ns: int) -> Model:
-    return load_model(folder)
+def _read_model(folder: str, mtime_ns: int, device: str) -> Model:
+    return load_model(folder, device=device)
 
 
 def on_demand(folder: Path, loaded: Loaded | None = None) -> bool:

@@ -66,6 +66,7 @@ class DataConfig:
     toy: ToySpec = field(default_factory=ToySpec)
     videos: VideoFolderSpec = field(default_factory=VideoFolderSpec)
     preferences: str = ""          # TA: train on this preference-pair folder (data/preferences.py); test split unchanged
+    cache: str = ""                # folder of `python -m workbench data cache`: train on cached encoder outputs ("" = off)
     train_size: int = 1_000_000    # clips in the train split (toy: distinct seeds)
     test_size: int = 256           # clips in the test split
     RANGES = {"train_size": (1, None), "test_size": (1, None)}
@@ -153,6 +154,8 @@ class TrainConfig:
     fsdp: bool = False             # several processes: FSDP2 full shard of each trained role and its EMA per Wan
                                    # block + root (train/fsdp.py); frozen networks stay whole; one process: no-op
     activation_checkpointing: bool = False  # trained transformers recompute each block in backward (DDP or FSDP)
+    log_with: Literal["none", "tensorboard"] = "none"  # also log each metrics row to TensorBoard (accelerate's tracker,
+                                   # in <run>/tensorboard/: `tensorboard --logdir <run>/tensorboard`)
     RANGES = {"steps": (1, None), "batch_size": (1, None), "lr": (0, None), "weight_decay": (0, None),
               "warmup_steps": (0, None), "min_lr_ratio": (0, 1), "grad_clip": (0, None), "ema_decay": (0, 1),
               "log_every": (1, None), "ckpt_every": (1, None), "keep_ckpts": (1, None), "sample_every": (0, None),
@@ -384,7 +387,8 @@ def to_dict(cfg) -> dict:
 # Keys that decide what is logged, kept or drawn, not what is trained: a resumed or reused run may differ in them.
 UNTRAINED_KEYS = {"out", "train.log_every", "train.ckpt_every", "train.keep_ckpts", "train.sample_every",
                   "train.sample_num", "train.sample_steps", "train.num_workers",
-                  "train.fsdp", "train.activation_checkpointing"}  # how the work is spread: equal up to rounding
+                  "train.fsdp", "train.activation_checkpointing", "train.log_with",  # how the work is spread: equal up to rounding
+                  "data.cache"}                   # the encoders' outputs read back: bitwise the live ones on CPU
 
 
 def flat(d: dict, prefix: str = "") -> dict:

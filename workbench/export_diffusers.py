@@ -4,7 +4,10 @@
           scheduler/  export.json  (lora/pytorch_lora_weights.safetensors for a LoRA run such as TA)
 
 `diffusers.WanImageToVideoPipeline.from_pretrained(DIR)` loads it without the workbench; call it with export.json's
-`call` (num_inference_steps, guidance_scale). The pipeline builds the same Fun-InP input as `FlowNet.wan_inputs`
+`call` (num_inference_steps, guidance_scale) and the first frame as an RGB image of the clip's height x width (the
+pipeline gives CLIP the image as passed). image_processor/ is the CLIP processor the workbench itself runs
+(`models.text.clip_processor`: the CLIP folder's own, else Wan's stretch to the CLIP square), so the image tokens, and
+with them the samples, agree at every frame size. The pipeline builds the same Fun-InP input as `FlowNet.wan_inputs`
 (cat[x_t, 4 mask channels with frame 0 = 1, first-frame latents]), feeds timestep = 1000 t and steps with the
 scheduler, which must walk the workbench's grid `sampling.schedule(N, shift)` = shift(linspace(1, 0, N + 1)):
   euler                                  FlowMapEulerDiscreteScheduler(shift): that grid at any N, x + (t' - t) F.
@@ -68,25 +71,24 @@ def _cast(transformer, dtype: torch.dtype):
 
 
 def _pipeline_classes():
-    """diffusers' WanImageToVideoPipeline and the image processor it names, imported without transformers' warning
-    that CLIPImageProcessor falls back to its PIL version without torchvision (the one this project uses)."""
+    """diffusers' WanImageToVideoPipeline, imported without transformers' warning that CLIPImageProcessor (which the
+    pipeline module names) falls back to its PIL version without torchvision (the PIL one is what this project uses)."""
     import logging
     quiet = logging.getLogger("transformers.utils.import_utils")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
         from diffusers import WanImageToVideoPipeline
-        from transformers import CLIPImageProcessor
     finally:
         quiet.setLevel(level)
-    return WanImageToVideoPipeline, CLIPImageProcessor
+    return WanImageToVideoPipeline
 
 
 def export_diffusers(path: str | Path, out: str | Path, dtype: str = "float16", steps: int = 4,
                      force: bool = False) -> Path:
     """Write `out` as a WanImageToVideoPipeline folder for the model of a run, checkpoint or model folder `path`,
     with its scheduler set for the config's sampler and shift at `steps` steps; the transformer cast to `dtype`."""
-    WanImageToVideoPipeline, CLIPImageProcessor = _pipeline_classes()
+    WanImageToVideoPipeline = _pipeline_classes()
     out = Path(out)
     if dtype not in DTYPES:
         raise ValueError(f"--dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -106,10 +108,8 @@ def export_diffusers(path: str | Path, out: str | Path, dtype: str = "float16", 
             save_lora(net.transformer, tmp / "lora")
             merge_lora(net.transformer)
         clip = enc.image_encoder
-        # Wan (and the workbench's CLIPImageEncoder) stretch the first frame to the CLIP square, no centre crop
-        processor = None if clip is None else CLIPImageProcessor(
-            size={"height": clip.size, "width": clip.size}, do_center_crop=False, resample=3,  # PIL bicubic
-            image_mean=clip.mean.flatten().tolist(), image_std=clip.std.flatten().tolist())
+        # the very processor the workbench's CLIPImageEncoder runs (models.text.clip_processor): same tokens at any size
+        processor = None if clip is None else clip.processor
         pipe = WanImageToVideoPipeline(
             tokenizer=enc.text_encoder.tokenizer, text_encoder=enc.text_encoder.model, vae=enc.codec.vae,
             scheduler=scheduler, image_processor=processor, image_encoder=None if clip is None else clip.model,

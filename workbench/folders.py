@@ -1,6 +1,7 @@
 """The one module that knows where things are in the folders the workbench writes and reads.
 
-    run folder       config.yaml  metrics.jsonl  checkpoints/step-NNNNNN/  samples/step-NNNNNN.png
+    run folder       config.yaml  launch.json  metrics.jsonl  checkpoints/step-NNNNNN/  samples/step-NNNNNN.png
+                     (tensorboard/)
     checkpoint       <role>.safetensors  <role>-ema.safetensors  optim-<role>.safetensors  state-<name>.safetensors
                      rng.safetensors  state.json (step, roles, which role is exported)
     model folder     model.safetensors  config.yaml  metrics.jsonl  export.json  (lora/)
@@ -88,6 +89,15 @@ class RunFolder:
         return self.path / METRICS
 
     @property
+    def launch(self) -> Path:
+        """launch.json: how the run was launched (processes, global batch, mixed precision, devices, versions)."""
+        return self.path / "launch.json"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
     def checkpoint_root(self) -> Path:
         return self.path / "checkpoints"
 
@@ -140,6 +150,10 @@ class RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         with writing(self.config):
             self.config.write_text(text)
+
+    def write_launch(self, launch: dict) -> None:
+        with staged_file(self.launch, kind="launch") as tmp:
+            tmp.write_text(json.dumps(launch, indent=1) + "\n")
 
     def append_metrics(self, row: dict) -> None:
         """One metrics.jsonl row; the file is opened per row, so a write that failed is not retried at close."""

@@ -17,6 +17,7 @@ from workbench.config import Config
 from workbench.data import build_dataset, collate
 from workbench.data.io import contact_sheet, view_scale, write_mp4
 from workbench.data.synthetic import to_uint8
+from workbench.devices import processes
 from workbench.files import check_output_folder, output_folder
 from workbench.sampling import get_sampler, schedule
 
@@ -121,16 +122,22 @@ def _write_sheet(videos: dict[str, torch.Tensor], path: Path) -> Path:
 
 def write_samples(model: Model, out: str | Path, steps: int, num: int, seed: int, force: bool = False) -> list[Path]:
     """`python -m workbench sample`: mp4 per clip (tiny clips enlarged), a contact sheet, and captions.yaml, in a
-    new folder, or (force) in place of an earlier sample output, keeping files a user added there."""
+    new folder, or (force) in place of an earlier sample output, keeping files a user added there. One batch: under
+    several processes the main one samples and writes it, the others wait until it is there."""
     check_output_folder(out, "sample", force)
+    procs = processes()
+    names = [f"clip-{i:04d}.mp4" for i in range(num)]
+    if not procs.main:
+        procs.barrier()
+        return [Path(out) / n for n in names]
     batch = test_batch(model.config, num)
     video = generate(model, batch, steps, seed)
     scale = view_scale(*video.shape[-2:])  # tiny clips enlarged for viewing
-    names = [f"clip-{i:04d}.mp4" for i in range(num)]
     with output_folder(out, "sample", force) as tmp:
         for name, v in zip(names, video):
             write_mp4(tmp / name, to_uint8(v), fps=8, scale=scale)
         contact_sheet([to_uint8(v) for v in video], [f"{i}" for i in range(num)]).save(tmp / "contact_sheet.png")
         (tmp / "captions.yaml").write_text(yaml.safe_dump(
             {n: {"caption": c, "seed": s} for n, c, s in zip(names, batch["caption"], batch["seed"])}))
+    procs.barrier()
     return [Path(out) / n for n in names]

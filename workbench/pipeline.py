@@ -86,8 +86,10 @@ def load_pipeline(path: str | Path, overrides: list[str] = ()) -> PipelineConfig
     return cfg
 
 
-def run_stage(stage: Stage, run: str | Path, init: Path | None, teacher: Path | None = None, log=print) -> Path:
-    """Train one stage (or reuse/skip it); returns its model folder."""
+def run_stage(stage: Stage, run: str | Path, init: Path | None, teacher: Path | None = None, log=print,
+              device: str = "auto") -> Path:
+    """Train one stage (or reuse/skip it); returns its model folder. Its preference pairs are sampled on `device`
+    (training places itself: train/loop.py)."""
     from workbench.preferences import cached_preferences
     from workbench.train import train
     from workbench.export import export_model
@@ -113,7 +115,7 @@ def run_stage(stage: Stage, run: str | Path, init: Path | None, teacher: Path | 
         return model.path
     if stage.preferences:
         p = stage.preferences
-        cached_preferences(init, prefs, p.num, p.win_steps, p.lose_steps, p.winners, p.seed, log=log)
+        cached_preferences(init, prefs, p.num, p.win_steps, p.lose_steps, p.winners, p.seed, log=log, device=device)
     resume = bool(run.checkpoints())
     log(f"training {cfg.train.method} for {cfg.train.steps} steps" + (" (resuming)" if resume else ""))
     train(cfg, run.path, resume=resume)
@@ -121,8 +123,11 @@ def run_stage(stage: Stage, run: str | Path, init: Path | None, teacher: Path | 
     return model.path
 
 
-def run_pipeline(cfg: PipelineConfig, out: str | Path | None = None) -> Path:
-    """Every stage in order, then <out>/eval: table.md, results.csv, plots and contact sheets."""
+def run_pipeline(cfg: PipelineConfig, out: str | Path | None = None, device: str = "auto") -> Path:
+    """Every stage in order, then <out>/eval: table.md, results.csv, plots and contact sheets; preference pairs,
+    evaluation and sheets on `device` (workbench.devices.resolve_device), split across processes when launched."""
+    from workbench.devices import resolve_device
+    resolve_device(device)                                 # refused now, not after the stages have trained
     folder = PipelineFolder(out or cfg.out)
     check_output_folder(folder.eval, "eval", force=True)  # refused now, not after the stages have trained
     folder.path.mkdir(parents=True, exist_ok=True)
@@ -137,8 +142,8 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path | None = None) -> Path:
             continue
         init = models.get(stage.init) or (Path(stage.init) if stage.init else None)
         teacher = models.get(stage.teacher) or (Path(stage.teacher) if stage.teacher else None)
-        models[stage.name] = run_stage(stage, folder.run(stage.name).path, init, teacher, log)
-    evaluate_stages(cfg, folder, models)
+        models[stage.name] = run_stage(stage, folder.run(stage.name).path, init, teacher, log, device)
+    evaluate_stages(cfg, folder, models, device)
     print(f"[eval | {(time.time() - t0) / 60:.1f} min] wrote {folder.eval / 'table.md'}", flush=True)
     return folder.path
 
@@ -157,19 +162,23 @@ def needed_stages(cfg: PipelineConfig) -> set[str]:
     return needed
 
 
-def evaluate_stages(cfg: PipelineConfig, folder: PipelineFolder, models: dict[str, Path]) -> None:
-    from workbench.eval.report import evaluate
+def evaluate_stages(cfg: PipelineConfig, folder: PipelineFolder, models: dict[str, Path], device: str = "auto"
+                    ) -> None:
+    from workbench.devices import processes
+    from workbench.eval.report import EvalSpec, evaluate
     from workbench.generate import comparison_sheet
     from workbench.plots import evaluation_figures
     from workbench.runs import load_model
     e = cfg.eval
     names = e.models or list(models)
     evaluate([str(models[n]) for n in names], list(e.steps), e.num, list(e.seeds), folder.eval, names=names,
-             sheet_num=0, force=True, draw=evaluation_figures)  # the pipeline's own eval folder, replaced every run
-    if e.sheet_num:
-        sheet = {n: (load_model(models[n]), [e.sheet_steps]) for n in names}
+             sheet_num=0, force=True, draw=evaluation_figures,  # the pipeline's own eval folder, replaced every run
+             spec=EvalSpec(device=device))
+    if e.sheet_num and processes().main:                # a few clips: the main process draws the sheet
+        sheet = {n: (load_model(models[n], device=device), [e.sheet_steps]) for n in names}
         comparison_sheet(sheet, folder.eval / f"stages_{e.sheet_steps}steps.png", e.sheet_num)
-    write_curves(cfg, folder, models)
+    if processes().main:
+        write_curves(cfg, folder, models)
 
 
 def write_curves(cfg: PipelineConfig, folder: PipelineFolder, models: dict[str, Path]) -> None:
@@ -191,3 +200,31 @@ def write_curves(cfg: PipelineConfig, folder: PipelineFolder, models: dict[str, 
         if having:
             training_curves(having, keys, log_y=False).write_html(folder.eval / f"{figure}.html",
                                                                   include_plotlyjs="cdn")
+
+
+# The settings that name a file or folder a researcher supplies ("" and "toy": nothing to supply).
+INPUT_KEYS = ("model.transformer_path", "model.vae_path", "model.text_encoder_path", "model.image_encoder_path",
+              "model.weights", "distill.teacher", "data.videos.csv", "data.videos.root", "data.preferences",
+              "adversarial.feature_net", "data.cache")
+
+
+def missing_inputs(cfg: PipelineConfig) -> dict[str, list[str]]:
+    """What `--check` reports: each file or folder a stage's config names that is not there, with the 'stage: key'
+    settings naming it. Keys an earlier stage provides (model.weights from `init`, distill.teacher from `teacher`,
+    TA's pairs) are the pipeline's to make, not the researcher's; a reused stage's model folder must be there."""
+    from workbench.config import flat, to_dict
+    missing: dict[str, list[str]] = {}
+    for s in cfg.stages:
+        if s.reuse and not shipped(s):
+            missing.setdefault(str(ModelFolder(s.reuse).weights), []).append(f"{s.name}: reuse")
+        if not s.config or shipped(s):
+            continue
+        made = {"model.weights"} if s.init else set()
+        made |= {"distill.teacher"} if s.teacher else set()
+        made |= {"data.preferences"} if s.preferences else set()
+        settings = flat(to_dict(load_config(s.config, s.set)))
+        for key in INPUT_KEYS:
+            path = settings.get(key, "")
+            if key not in made and path not in ("", "toy") and not Path(path).exists():
+                missing.setdefault(path, []).append(f"{s.name}: {key}")
+    return missing

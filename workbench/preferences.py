@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench.data import build_dataset, collate
+from workbench.devices import Processes, processes
 from workbench.files import staged_folder
 from workbench.generate import generate_latents
 from workbench.models.weights import write_weights
@@ -52,8 +53,11 @@ def cached_preferences(model, out: str | Path, num_pairs: int, win_steps: int = 
 
 def build_preferences(model: str | Path, out: str | Path, num_pairs: int, win_steps: int = 8, lose_steps: int = 4,
                       winners: str = "sampled", seed: int = 0, batch_size: int = 32, shard_size: int = 256,
-                      overrides=(), progress: bool = True) -> Path:
-    """Sample `num_pairs` preference pairs from the model at `model` (run, checkpoint or model folder)."""
+                      overrides=(), progress: bool = True, device: str = "auto") -> Path:
+    """Sample `num_pairs` preference pairs from the model at `model` (run, checkpoint or model folder) on `device`.
+
+    Under several processes (`accelerate launch`) batch j of pairs is sampled by process j % world; the main
+    process gathers them and writes the same folder one process writes; every process returns once it is there."""
     if winners not in ("sampled", "real"):
         raise ValueError(f"winners: expected 'sampled' or 'real', got {winners!r}")
     out = Path(out)
@@ -61,19 +65,45 @@ def build_preferences(model: str | Path, out: str | Path, num_pairs: int, win_st
         raise FileExistsError(f"{out}: already holds a preference dataset")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"--out {out}: exists and is not an empty folder; choose a new one")
-    m = load_model(model, overrides)
+    m = load_model(model, overrides, device=device)
     cfg = m.config
     source = build_dataset(dataclasses.replace(cfg.data, preferences=""), "train")  # the clips, not earlier pairs
     if num_pairs > len(source):
         raise ValueError(f"num_pairs={num_pairs} exceeds the {len(source)} train clips")
-    with staged_folder(out, "preferences") as tmp:  # a killed build is never read; only our own folder is removed
-        _write_pairs(m, source, tmp, num_pairs, win_steps, lose_steps, winners, seed, batch_size, shard_size,
-                     progress, made_by(model, num_pairs, win_steps, lose_steps, winners, seed, overrides))
+    meta = made_by(model, num_pairs, win_steps, lose_steps, winners, seed, overrides)
+    procs = processes()
+    batches = _sample_pairs(m, source, num_pairs, win_steps, lose_steps, winners, seed, batch_size, progress, procs)
+    if procs.main:
+        with staged_folder(out, "preferences") as tmp:  # a killed build is never read; only our own folder is removed
+            _write_pairs(batches, tmp, shard_size, {**meta, "frames": int(source[0]["video"].shape[1])})
+    procs.barrier()                                      # the others return once the folder is published
     return out
 
 
-def _write_pairs(m, source, tmp: Path, num_pairs: int, win_steps: int, lose_steps: int, winners: str, seed: int,
-                 batch_size: int, shard_size: int, progress: bool, meta: dict) -> None:
+def _sample_pairs(m, source, num_pairs: int, win_steps: int, lose_steps: int, winners: str, seed: int,
+                  batch_size: int, progress: bool, procs: Processes) -> list[dict]:
+    """Every batch of pairs {winner, loser, first, caption, clip} in order; this process samples its share."""
+    starts = range(0, num_pairs, batch_size)
+    sample = lambda b, steps: generate_latents(m, b, steps, seed).cpu()  # noqa: E731
+    done = {}
+    for j in tqdm(procs.mine(len(starts)), desc="preference pairs", disable=not progress or not procs.main):
+        idx = list(range(starts[j], min(starts[j] + batch_size, num_pairs)))
+        batch = collate([source[i] for i in idx])
+        batch["seed"] = idx                                               # the noise of pair i: (seed, i)
+        loser = sample(batch, lose_steps)
+        with torch.no_grad():
+            winner = (m.encoders.encode_video(batch["video"].to(_device(m))).cpu() if winners == "real"
+                      else sample(batch, win_steps))
+        done[j] = {"winner": winner.float(), "loser": loser.float(), "first": batch["video"][:, :, 0].float(),
+                   "caption": list(batch["caption"]), "clip": idx}
+    return procs.gather(done, len(starts))
+
+
+def _device(m) -> torch.device:
+    return next(m.net.parameters()).device
+
+
+def _write_pairs(batches: list[dict], tmp: Path, shard_size: int, meta: dict) -> None:
     items, shard, n_shards = [], {"winner": [], "loser": [], "first": []}, 0
 
     def flush():
@@ -84,19 +114,12 @@ def _write_pairs(m, source, tmp: Path, num_pairs: int, win_steps: int, lose_step
             n_shards += 1
             shard = {"winner": [], "loser": [], "first": []}
 
-    sample = lambda b, steps: generate_latents(m, b, steps, seed).cpu()  # noqa: E731
-    for start in tqdm(range(0, num_pairs, batch_size), desc="preference pairs", disable=not progress):
-        idx = list(range(start, min(start + batch_size, num_pairs)))
-        batch = collate([source[i] for i in idx])
-        batch["seed"] = idx                                               # the noise of pair i: (seed, i)
-        loser = sample(batch, lose_steps)
-        with torch.no_grad():
-            winner = m.encoders.encode_video(batch["video"]).cpu() if winners == "real" else sample(batch, win_steps)
-        for k, v in (("winner", winner), ("loser", loser), ("first", batch["video"][:, :, 0])):
-            shard[k].append(v.float())
-        items += [{"caption": c, "clip": i, "shard": n_shards} for c, i in zip(batch["caption"], idx)]
+    for b in batches:
+        for k in shard:
+            shard[k].append(b[k])
+        items += [{"caption": c, "clip": i, "shard": n_shards} for c, i in zip(b["caption"], b["clip"])]
         if sum(len(w) for w in shard["winner"]) >= shard_size:
             flush()
     flush()
-    meta = {**meta, "frames": int(source[0]["video"].shape[1]), "shards": n_shards}
+    meta = {**meta, "shards": n_shards}
     (tmp / "pairs.json").write_text(json.dumps({"meta": meta, "items": items}, indent=0))

@@ -9,11 +9,14 @@ from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from workbench.config import Config
+from workbench.devices import resolve_device
 from workbench.folders import RunFolder, find_eval_tables, find_models, find_runs, find_tables, resolve_weights
 from workbench.generate import Model
 from workbench.methods import load_config
+from workbench.methods.base import TEACHER_DTYPES, cast_frozen
 from workbench.models import build_backbone
 from workbench.models.lora import merge_lora
 
@@ -21,15 +24,24 @@ __all__ = ["Model", "Run", "find_eval_tables", "find_models", "find_runs", "find
            "resolve_weights", "without_lora"]
 
 
-def load_model(path: str | Path, overrides: list[str] = (), merge_lora_weights: bool = True) -> Model:
-    """The exported network of a run, checkpoint or model folder, ready to sample (a LoRA merged unless asked)."""
+def load_model(path: str | Path, overrides: list[str] = (), merge_lora_weights: bool = True,
+               device: str | torch.device = "cpu", dtype: str | None = None) -> Model:
+    """The exported network of a run, checkpoint or model folder, ready to sample (a LoRA merged unless asked), with
+    its encoders on `device` (workbench.devices.resolve_device: "auto", "cpu", "cuda:1", ...; the commands pass
+    their --device, default "auto"). `dtype` "bfloat16" casts the frozen network as the teacher is cast
+    (methods.base.cast_frozen: diffusers' fp32 modules kept); None keeps the weights' float32."""
+    device = resolve_device(device)                    # refused before anything loads
+    if dtype is not None and dtype not in TEACHER_DTYPES:
+        raise ValueError(f"dtype: {dtype!r}; expected one of {', '.join(TEACHER_DTYPES)}")
     weights, cfg_path = resolve_weights(path)
     cfg = load_config(cfg_path, [f"model.weights={weights}", *overrides])
     net, encoders = build_backbone(cfg.model)
     if cfg.model.lora.rank and merge_lora_weights:
         merge_lora(net.transformer)
         cfg = without_lora(cfg)
-    return Model(net.eval().requires_grad_(False), encoders, cfg, weights)
+    if dtype is not None:
+        cast_frozen(net, TEACHER_DTYPES[dtype])
+    return Model(net.eval().requires_grad_(False).to(device), encoders.to(device), cfg, weights)
 
 
 def without_lora(cfg: Config) -> Config:
@@ -87,5 +99,5 @@ class Run:
         """results.csv of every evaluation under the run folder, by its folder relative to the run."""
         return {str(f.parent.relative_to(self.path)): pd.read_csv(f) for f in sorted(self.path.rglob("results.csv"))}
 
-    def load_model(self, overrides: list[str] = ()) -> Model:
-        return load_model(self.path, overrides)
+    def load_model(self, overrides: list[str] = (), device: str = "cpu", dtype: str | None = None) -> Model:
+        return load_model(self.path, overrides, device=device, dtype=dtype)

@@ -10,6 +10,9 @@ def build_dataset(data_cfg, split: str) -> torch.utils.data.Dataset:
     if split == "train" and data_cfg.preferences:
         from workbench.data.preferences import PreferenceDataset
         return PreferenceDataset(data_cfg.preferences)
+    if split == "train" and data_cfg.cache:  # the clips' pixels read back from the cache (data/cache.py)
+        from workbench.data.cache import CachedDataset
+        return CachedDataset(data_cfg)
     n = data_cfg.train_size if split == "train" else data_cfg.test_size
     if data_cfg.kind == "toy":
         return ToyVideoDataset(split, n, data_cfg.toy)

@@ -6,6 +6,9 @@ backgrounds, with its own variant), the VBench-I2V dimensions and groups, PSNR/S
 the toy oracle metrics and seconds per clip. `summarise` gives mean and spread over seeds; `to_markdown` lays it out
 like the paper's Table 1.
 Reference features and (small) sample sets are cached, keyed by everything they depend on.
+The models and the evaluation networks run on `EvalSpec.device` ("auto": the GPU where one is present). Under
+several processes (`accelerate launch`) batch j of the test clips is sampled and scored by process j % world; the
+main process gathers the batches and writes the same tables (sec_per_clip aside: a timing) one process writes.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from tqdm.auto import tqdm
 from workbench.config import to_dict
 from workbench.data.io import write_mp4
 from workbench.data.synthetic import to_tensor, to_uint8
+from workbench.devices import Processes, processes, resolve_device
 from workbench.eval.feature_nets import Dinov2FrameFeatures, ToyFrameFeatures
 from workbench.eval.fidelity import psnr, ssim
 from workbench.eval.fvd import ToyAEExtractor, ToyFVDExtractor, fvd, load_extractor
@@ -46,7 +50,7 @@ class EvalSpec:
     vbench: str = "auto"            # "auto": the vbench package where it and its weights are installed; "builtin"
     cache: str = "runs/eval-cache"  # reference features and sample sets ("" = off)
     max_cached_mb: int = 256        # sample sets larger than this are not cached
-    device: str = "cpu"
+    device: str = "auto"            # the models' and the evaluation networks' (workbench.devices.resolve_device)
 
 
 def _key(obj) -> str:
@@ -66,17 +70,18 @@ class Scorer:
 
     def __init__(self, spec: EvalSpec):
         self.spec = spec
-        self.extractor = load_extractor(spec.fvd_extractor, spec.device)
+        self.device = device = str(resolve_device(spec.device))
+        self.extractor = load_extractor(spec.fvd_extractor, device)
         # FVD columns -> extractor: the toy FVD net hardly sees backgrounds, so beside it the autoencoder's FVD
         self.extractors = {"fvd": self.extractor}
         if spec.fvd_extractor == "toy":
-            self.extractors["fvd_ae"] = ToyAEExtractor(device=spec.device)
+            self.extractors["fvd_ae"] = ToyAEExtractor(device=device)
         if spec.frame_features == "toy":
-            toy = self.extractor if isinstance(self.extractor, ToyFVDExtractor) else ToyFVDExtractor(device=spec.device)
+            toy = self.extractor if isinstance(self.extractor, ToyFVDExtractor) else ToyFVDExtractor(device=device)
             self.nets = VBenchNets(ToyFrameFeatures(toy.net, "subject", toy.weight_hash),
                                    ToyFrameFeatures(toy.net, "background", toy.weight_hash))
         else:
-            dino = Dinov2FrameFeatures(spec.frame_features, spec.device)
+            dino = Dinov2FrameFeatures(spec.frame_features, device)
             self.nets = VBenchNets(dino, dino)
         self.use_vbench = spec.vbench == "auto" and vbench_available()
         self.variant = {"vbench": "vbench package" if self.use_vbench else "built-in",
@@ -138,7 +143,8 @@ def _metrics_code() -> str:
     return _key([Path(m.__file__).read_text() for m in (fidelity, oracle, vbench)])
 
 
-def _reference(scorer: Scorer, cache: Cache, cfg, batches: list[dict], num: int) -> tuple[dict, dict]:
+def _reference(scorer: Scorer, cache: Cache, cfg, batches: list[dict], num: int, procs: Processes
+               ) -> tuple[dict, dict]:
     """FVD features (per FVD column) of the real test clips and their own metrics (the ceiling), cached by
     extractors + data + num + the metrics' code."""
     key = _key({"extractors": {col: ext.describe() for col, ext in scorer.extractors.items()},
@@ -146,51 +152,61 @@ def _reference(scorer: Scorer, cache: Cache, cfg, batches: list[dict], num: int)
     hit = cache.load("reference", key)
     if hit is not None:
         return {col: hit[f"features_{col}"] for col in scorer.extractors}, json.loads(str(hit["row"]))
-    chunks = [scorer.clips(np.stack([to_uint8(v) for v in b["video"]]), b) for b in batches]
+    done = {j: scorer.clips(np.stack([to_uint8(v) for v in batches[j]["video"]]), batches[j])
+            for j in procs.mine(len(batches))}
+    chunks = procs.gather(done, len(batches))
     feats, row = _features(scorer, chunks), _mean(chunks)
-    cache.save("reference", key, row=np.array(json.dumps(row)), **{f"features_{col}": f for col, f in feats.items()})
+    if procs.main:
+        cache.save("reference", key, row=np.array(json.dumps(row)),
+                   **{f"features_{col}": f for col, f in feats.items()})
+    procs.barrier()                                      # every process sees the cache the main one wrote
     return feats, row
 
 
-def _samples(model, batches, steps, seed, cache: Cache, key: str, max_mb: int):
-    """Yield uint8 sample batches (from the cache or the sampler); the last item is seconds per clip."""
+def _sample_set(scorer: Scorer, model, batches: list[dict], steps: int, seed: int, cache: Cache, key: str,
+                max_mb: int, procs: Processes, bar) -> tuple[list[np.ndarray], list[dict], float]:
+    """(uint8 clips per batch, their per-clip metrics per batch, seconds per clip) of one sample set (model x
+    steps x seed), from the cache or the sampler; this process samples and scores its share of the batches."""
     hit = cache.load("samples", key)
+    cached = None
     if hit is not None:
-        i = 0
-        for b in batches:
-            n = len(b["caption"])
-            yield hit["clips"][i:i + n]
-            i += n
-        yield float(hit["sec_per_clip"])
-        return
-    kept, secs = [], 0.0
-    for b in batches:
-        t0 = time.perf_counter()
-        fake = generate(model, b, steps, seed)
-        secs += time.perf_counter() - t0
-        clips = np.stack([to_uint8(v) for v in fake])
-        kept.append(clips)
-        yield clips
-    clips = np.concatenate(kept)
-    per_clip = secs / len(clips)
-    if clips.nbytes <= max_mb * 2 ** 20:
-        cache.save("samples", key, clips=clips, sec_per_clip=np.array(per_clip))
-    yield per_clip
-
-
-def _score(scorer: Scorer, samples, batches: list[dict], ref_feats: dict, device: str, bar) -> dict:
-    """Metrics of one sample set (model x steps x seed), scored batch by batch as `samples` yields them."""
-    chunks, mp4 = [], Path(tempfile.mkdtemp(prefix="vbench-")) if scorer.use_vbench else None
-    for b, clips in zip(batches, samples):
-        chunks.append(scorer.clips(clips, b))
-        for i, c in enumerate(clips if mp4 else []):
-            write_mp4(mp4 / f"{b['seed'][i]}.mp4", c, fps=8)
+        bounds = np.cumsum([0] + [len(b["caption"]) for b in batches])
+        cached = [hit["clips"][lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+    done = {}
+    for j in procs.mine(len(batches)):
+        t0, secs = time.perf_counter(), 0.0
+        if cached is None:
+            fake = generate(model, batches[j], steps, seed)
+            secs = time.perf_counter() - t0
+            clips = np.stack([to_uint8(v) for v in fake])
+        else:
+            clips = cached[j]
+        done[j] = (clips, scorer.clips(clips, batches[j]), secs)
         bar.update(1)
-    row = {"sec_per_clip": next(samples)}
+    made = procs.gather(done, len(batches))
+    clips, chunks = [m[0] for m in made], [m[1] for m in made]
+    if cached is not None:
+        return clips, chunks, float(hit["sec_per_clip"])
+    every = np.concatenate(clips)
+    per_clip = sum(m[2] for m in made) / len(every)
+    if procs.main and every.nbytes <= max_mb * 2 ** 20:
+        cache.save("samples", key, clips=every, sec_per_clip=np.array(per_clip))
+    procs.barrier()                                      # every process sees the cache the main one wrote
+    return clips, chunks, per_clip
+
+
+def _score(scorer: Scorer, clips: list[np.ndarray], chunks: list[dict], sec_per_clip: float, batches: list[dict],
+           ref_feats: dict, main: bool = True) -> dict:
+    """Metrics of one sample set from its per-batch clips and per-clip metrics (the vbench package: main only)."""
+    row = {"sec_per_clip": sec_per_clip}
     row.update({col: fvd(f, ref_feats[col]) for col, f in _features(scorer, chunks).items()})
     row.update(_mean(chunks))
-    if mp4:
-        row.update(run_vbench(mp4, mp4 / "results", device))
+    if scorer.use_vbench and main:
+        mp4 = Path(tempfile.mkdtemp(prefix="vbench-"))
+        for b, batch_clips in zip(batches, clips):
+            for i, c in enumerate(batch_clips):
+                write_mp4(mp4 / f"{b['seed'][i]}.mp4", c, fps=8)
+        row.update(run_vbench(mp4, mp4 / "results", scorer.device))
         shutil.rmtree(mp4)
     return {**row, **quality_groups(row)}
 
@@ -208,7 +224,7 @@ def evaluate(checkpoints: list[str], steps_list: list[int], num: int, seeds: lis
     check_output_folder(out, "eval", force)
     if names and len(names) != len(checkpoints):
         raise ValueError(f"--names: {len(names)} names for {len(checkpoints)} checkpoints")
-    scorer, cache = Scorer(spec), Cache(spec.cache)
+    scorer, cache, procs = Scorer(spec), Cache(spec.cache), processes()
     for ckpt in checkpoints:  # every model readable, and its test split large enough, before any work
         weights, config = resolve_weights(ckpt)
         tensor_names(weights)
@@ -216,14 +232,15 @@ def evaluate(checkpoints: list[str], steps_list: list[int], num: int, seeds: lis
         if num > test_size:
             raise ValueError(f"--num {num}: more test clips than {ckpt}'s test split holds (data.test_size "
                              f"{test_size}; --set data.test_size=N to change it)")
-    with output_folder(out, "eval", force) as tmp:  # written as it goes, published when complete
-        rows, refs = [], {}
+    # written as it goes, published when complete; the other processes' outputs are the main one's
+    with output_folder(out, "eval", force) if procs.main else tempfile.TemporaryDirectory() as tmp:
+        tmp, rows, refs = Path(tmp), [], {}
         for k, ckpt in enumerate(checkpoints):
-            model = load_model(ckpt, overrides)
+            model = load_model(ckpt, overrides, device=scorer.device)
             cfg = model.config
             name = names[k] if names else cfg.name
             batches = [test_batch(cfg, min(batch_size, num - s), s) for s in range(0, num, batch_size)]
-            ref_feats, ref_row = _reference(scorer, cache, cfg, batches, num)
+            ref_feats, ref_row = _reference(scorer, cache, cfg, batches, num, procs)
             split = test_split_key(cfg.data)[:8]
             refs.setdefault(split, {"num": num, **ref_row})                   # one row per distinct test split
             weights = Path(resolve_weights(ckpt)[0]).resolve()
@@ -231,25 +248,28 @@ def evaluate(checkpoints: list[str], steps_list: list[int], num: int, seeds: lis
             variant = {f"{col}_variant": f"{ext.describe()} | {reference}" for col, ext in scorer.extractors.items()}
             variant.update(scorer.variant)
             nfe_per_step = 1 if cfg.sample.guidance == 1.0 else 2
-            bar = tqdm(total=len(steps_list) * len(seeds) * len(batches), desc=f"eval {name}")
+            bar = tqdm(total=len(steps_list) * len(seeds) * len(procs.mine(len(batches))), desc=f"eval {name}",
+                       disable=not procs.main)
             for steps in steps_list:
                 for seed in seeds:
                     bar.set_postfix(steps=steps, seed=seed)
                     key = _key({"weights": [str(weights), weights.stat().st_size, weights.stat().st_mtime_ns],
                                 "steps": steps, "seed": seed, "num": num, "data": to_dict(cfg.data),
                                 "sample": to_dict(cfg.sample)})
-                    samples = _samples(model, batches, steps, seed, cache, key, spec.max_cached_mb)
+                    made = _sample_set(scorer, model, batches, steps, seed, cache, key, spec.max_cached_mb, procs, bar)
                     rows.append({"method": name, "steps": steps, "nfe": steps * nfe_per_step, "seed": seed, "num": num,
-                                 **_score(scorer, samples, batches, ref_feats, spec.device, bar), **variant})
+                                 **_score(scorer, *made, batches, ref_feats, procs.main), **variant})
             bar.close()
-            if sheet_num:
+            if sheet_num and procs.main:
                 sample_sheet(model, tmp / f"contact_sheet_{name}.png", steps_list, min(sheet_num, num))
         df = pd.DataFrame(rows)
         label = lambda k: "real test clips" if len(refs) == 1 else f"real test clips (data spec {k})"  # noqa: E731
         reference = pd.DataFrame([{"method": label(k), **r, **quality_groups(r)} for k, r in refs.items()])
-        df.to_csv(tmp / "results.csv", index=False)
-        reference.to_csv(tmp / "reference.csv", index=False)
-        (tmp / "table.md").write_text(report_markdown(df, reference))
-        if draw is not None:
-            draw(df, tmp)
+        if procs.main:
+            df.to_csv(tmp / "results.csv", index=False)
+            reference.to_csv(tmp / "reference.csv", index=False)
+            (tmp / "table.md").write_text(report_markdown(df, reference))
+            if draw is not None:
+                draw(df, tmp)
+    procs.barrier()                                      # the others return once the output is published
     return df

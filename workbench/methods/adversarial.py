@@ -9,7 +9,8 @@ starts to update. `adversarial.distill` names the registered method whose `disti
 With `adversarial.t_min` > 0 the discriminator reads x0_hat made at its own t ~ U[t_min, 1] (one more student
 forward): the distillation's logit-normal times are mostly small, where x0_hat is close to x0 and the toy's
 frozen features hardly tell it from a real clip (bench/da_heads.py), while one-step averaging shows at large t.
-`adversarial.lambda_first` (not in the paper) adds lambda_first ||x0_hat[:, :, 0] - z_image||^2 on that x0_hat:
+`adversarial.latent_frames` lets D read a prefix of the clip (the decode with gradients of 81 frames at 480p is
+DA's largest cost). `adversarial.lambda_first` (not in the paper) adds lambda_first ||x0_hat[:, :, 0] - z_image||^2 on that x0_hat:
 the given frame is known, and the GAN's push reaches frame 0 through the shared weights.
 """
 from __future__ import annotations
@@ -64,9 +65,12 @@ class Adversarial(Distillation):
             F = step.nets["model"](x_t, t, cond)
         x0_hat = denoise(x_t, F, t)                                       # B, C, T, H, W latents
         first = cond.first_frame_error(x0_hat).mean()
+        if a.latent_frames:                                               # DA's frame subset (480p memory)
+            x0_hat = x0_hat[:, :, :a.latent_frames]
         fake = self.encoders.decode(x0_hat)                               # x0_hat in pixels, B,3,T,H,W
+        real = batch["video"][:, :, :fake.shape[2]]                       # as many real frames
         adv_g, fake_tokens = self.adversarial.generator_loss(step.nets["disc"], fake)
-        loss_d, d_logs = self.adversarial.discriminator_loss(step.nets["disc"], batch["video"], fake_tokens)
+        loss_d, d_logs = self.adversarial.discriminator_loss(step.nets["disc"], real, fake_tokens)
         logs.update({"loss_adv_g": adv_g.item(), "loss_d": loss_d.item(), "loss_first": first.item(), **d_logs})
         model_loss = distill_loss + a.lambda_adv * adv_g + a.lambda_first * first
         return LossOut({"model": model_loss, "disc": loss_d}, logs)

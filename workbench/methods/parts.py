@@ -131,8 +131,11 @@ class AdversarialSettings:
     t_min: float = 0.0               # 0: D reads x0_hat at the distillation's t; > 0: at its own t ~ U[t_min, 1]
     lambda_first: float = 0.0        # weight of ||x0_hat's frame 0 - the given frame's latent||^2 at D's x0_hat
                                      # (not in the paper; 0 = off)
+    latent_frames: int = 0           # D reads the first n latent frames of x0_hat, decoded, against as many real
+                                     # frames (0 = all). Wan's VAE is causal in time: their decode is exactly the
+                                     # full decode's first 1 + 4 (n - 1) frames, at a fraction of its memory (480p)
     RANGES = {"lambda_adv": (0, None), "warmup": (0, None), "head_width": (1, None), "lr": (0, None),
-              "t_min": (0, 1), "lambda_first": (0, None)}
+              "t_min": (0, 1), "lambda_first": (0, None), "latent_frames": (0, None)}
 
 
 class Discriminator(nn.Module):

@@ -59,14 +59,22 @@ class Encoders:
         return x0, cond
 
 
-def build_backbone(cfg: ModelConfig) -> tuple[FlowNet, Encoders]:
+def build_backbone(cfg: ModelConfig, cache: str = "") -> tuple[FlowNet, Encoders]:
+    """The network and its frozen encoders; with `cache` (data.cache) encoders that read that folder instead of
+    running the VAE encoder, UMT5 and CLIP (models/cached.py), which are then never built."""
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]  # a choice the loader checked
     with_lora = bool(cfg.weights) and any("lora_" in k for k in tensor_names(cfg.weights, "model.weights"))
     net = build_flownet(cfg.preset, cfg.transformer_path, "" if with_lora else cfg.weights, cfg.prediction)
-    codec = WanVAECodec.from_folder(cfg.vae_path, dtype) if cfg.vae_path else PixelCodec()
-    text_dim = net.transformer.config.text_dim
-    text = UMT5TextEncoder(cfg.text_encoder_path, dtype) if cfg.text_encoder_path else ToyTextEncoder(dim=text_dim)
-    image = CLIPImageEncoder(cfg.image_encoder_path, dtype) if cfg.image_encoder_path else None
+    if cache:
+        from workbench.models.cached import cached_encoders
+        encoders, text, image = cached_encoders(cfg, cache)
+        codec = encoders.codec
+    else:
+        codec = WanVAECodec.from_folder(cfg.vae_path, dtype) if cfg.vae_path else PixelCodec()
+        text_dim = net.transformer.config.text_dim
+        text = UMT5TextEncoder(cfg.text_encoder_path, dtype) if cfg.text_encoder_path else ToyTextEncoder(dim=text_dim)
+        image = CLIPImageEncoder(cfg.image_encoder_path, dtype) if cfg.image_encoder_path else None
+        encoders = Encoders(codec, text, image)
     _check_parts_fit(cfg, net, codec, text, image)
     check_prediction_fits(cfg.weights, cfg.prediction)
     if with_lora and not cfg.lora.rank:
@@ -76,7 +84,7 @@ def build_backbone(cfg: ModelConfig) -> tuple[FlowNet, Encoders]:
         add_lora(net.transformer, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets)
     if with_lora:      # a checkpoint of a LoRA run holds base + adapter
         load_weights(net.transformer, cfg.weights, "model.weights")
-    return net, Encoders(codec, text, image)
+    return net, encoders
 
 
 def check_prediction_fits(weights: str, prediction: str, key: str = "model.weights") -> None:

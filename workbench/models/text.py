@@ -64,8 +64,29 @@ class UMT5TextEncoder:
         return hidden * mask[..., None]  # zero beyond each caption, as WanPipeline does
 
 
+CLIP_PROCESSOR_FILE = "preprocessor_config.json"
+
+
+def clip_processor(path: str, size: int):
+    """The `CLIPImageProcessor` (PIL backend) of the CLIP folder `path`: its own preprocessor_config.json, else that
+    of the sibling image_processor/ where `path` is a diffusers pipeline's image_encoder/, else Wan's own
+    preprocessing (the frame stretched to size x size, bicubic, no crop; CLIP mean and std)."""
+    # the PIL backend, not torchvision's (which CLIPImageProcessor means where torchvision is installed): the export
+    # ships this class by name, so workbench and pipeline resize alike wherever they run
+    from transformers import CLIPImageProcessorPil
+    folder = Path(path)
+    for where in (folder, folder.parent / "image_processor" if folder.name == "image_encoder" else None):
+        if where is not None and (where / CLIP_PROCESSOR_FILE).is_file():
+            return CLIPImageProcessorPil.from_pretrained(where, local_files_only=True)
+    return CLIPImageProcessorPil(size={"height": size, "width": size}, do_center_crop=False, resample=3)
+
+
 class CLIPImageEncoder:
-    """First frame -> CLIP vision penultimate hidden states (B, 257, 1280 for ViT-H/14)."""
+    """First frame -> CLIP vision penultimate hidden states (B, 257, 1280 for ViT-H/14).
+
+    The frame goes through `processor` (see `clip_processor`) as the 8-bit RGB image a `WanImageToVideoPipeline` user
+    passes, so the exported pipeline, which runs the same processor, gets the same tokens at every frame size.
+    """
 
     def __init__(self, path: str, dtype=torch.float32):
         from transformers import CLIPVisionModel
@@ -73,12 +94,20 @@ class CLIPImageEncoder:
         self.model = CLIPVisionModel.from_pretrained(path, dtype=dtype, local_files_only=True).eval()
         cfg = self.model.config
         self.size, self.dim = cfg.image_size, cfg.hidden_size
-        self.mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
-        self.std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+        self.processor = clip_processor(path, self.size)
+        got = tuple(self._pixels(torch.zeros(1, 3, self.size + 3, 2 * self.size)).shape[-2:])
+        if got != (self.size, self.size):
+            raise ValueError(f"model.image_encoder_path: the image processor of {path} makes {got[0]}x{got[1]} "
+                             f"images, but its CLIP takes {self.size}x{self.size}")
+
+    def _pixels(self, first_B3HW: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] frames -> 0..255 RGB images (exact for frames decoded from video files) -> processed pixel_values."""
+        import PIL.Image
+        rgb = ((first_B3HW.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        images = [PIL.Image.fromarray(x.permute(1, 2, 0).numpy()) for x in rgb]
+        return self.processor(images=images, return_tensors="pt").pixel_values
 
     @torch.no_grad()
     def __call__(self, first_B3HW: torch.Tensor) -> torch.Tensor:
-        x = torch.nn.functional.interpolate((first_B3HW.float() + 1) / 2, size=(self.size, self.size),
-                                            mode="bicubic", align_corners=False)
-        x = ((x - self.mean.to(x.device)) / self.std.to(x.device)).to(self.model.device, self.model.dtype)
+        x = self._pixels(first_B3HW).to(self.model.device, self.model.dtype)
         return self.model(pixel_values=x, output_hidden_states=True).hidden_states[-2].float()

@@ -182,12 +182,14 @@ def corrupt(video_THWC: np.ndarray, rng: np.random.Generator, noise: float = 90.
 
 
 def build_study(models: list[str], items: int, seed: int, out: str | Path, attention_checks: float = 0.1,
-                fps: int = 8, batch_size: int = 16) -> Path:
+                fps: int = 8, batch_size: int = 16, device: str = "auto") -> Path:
     """Build a blind study set in `out` (which must not exist); returns `out`.
 
     `models`: `FOLDER@STEPS` specs (`teacher@8` for a shipped toy model); every model samples test clips
     0..items-1 with its own sampler on the same first frames and noise (`seed`). ceil(items * attention_checks)
-    attention items (test clips items, items+1, ...) are mixed in at random places.
+    attention items (test clips items, items+1, ...) are mixed in at random places. The models run on `device`;
+    under several processes (`accelerate launch`) batch j of a model's clips is sampled by process j % world and
+    the main process writes the study (every process returns once it is published).
     """
     out = Path(out)
     if out.exists() or out.is_symlink():
@@ -205,15 +207,23 @@ def build_study(models: list[str], items: int, seed: int, out: str | Path, atten
 
     from workbench.data.io import view_scale
     from workbench.data.synthetic import to_uint8
-    from workbench.generate import generate, test_batch
+    from workbench.devices import processes
+    from workbench.generate import test_batch
     from workbench.runs import load_model
 
+    procs = processes()
+    first = load_model(specs[0].folder, device=device)   # a bad device is refused before any folder is made
+    clips = test_batch(first.config, items + checks)     # the first model's config chooses the clips
+    if not procs.main:                                   # samples its share of every model's batches, writes nothing
+        for k, spec in enumerate(specs):
+            model = first if k == 0 else load_model(spec.folder, device=device)
+            _sampled(model, clips, spec.steps, items, seed, batch_size, procs)
+        procs.barrier()
+        return out
     # staged: a failure removes the half-built folder, and a killed build's folder goes at the next build
     with staged_folder(out, kind="study") as tmp:
         (tmp / VIDEOS).mkdir()
         (tmp / FRAMES).mkdir()
-        first = load_model(specs[0].folder)
-        clips = test_batch(first.config, items + checks)
         real_BCTHW = clips["video"]
         _, _, T, H, W = real_BCTHW.shape
         scale = view_scale(H, W)
@@ -221,16 +231,13 @@ def build_study(models: list[str], items: int, seed: int, out: str | Path, atten
                     "first_frame": _frame(tmp / FRAMES, to_uint8(real_BCTHW[i, :, :1])[0], scale), "videos": []}
                    for i in range(items)]
         for k, spec in enumerate(specs):
-            model = first if k == 0 else load_model(spec.folder)
-            for lo in range(0, items, batch_size):
-                sub = {key: v[lo:min(lo + batch_size, items)] for key, v in clips.items()}
-                video = generate(model, sub, spec.steps, seed)
-                if tuple(video.shape[2:]) != (T, H, W):
-                    raise ValueError(f"model {spec.folder}: makes clips of {tuple(video.shape[2:])} (T, H, W); "
+            model = first if k == 0 else load_model(spec.folder, device=device)
+            for j, v in enumerate(_sampled(model, clips, spec.steps, items, seed, batch_size, procs)):
+                if tuple(v.shape[1:]) != (T, H, W):
+                    raise ValueError(f"model {spec.folder}: makes clips of {tuple(v.shape[1:])} (T, H, W); "
                                      f"the study's first model makes {(T, H, W)}")
-                for j, v in enumerate(video):
-                    regular[lo + j]["videos"].append({"video": _video(tmp / VIDEOS, to_uint8(v), fps, scale),
-                                                      "method": spec.name, "steps": spec.steps})
+                regular[j]["videos"].append({"video": _video(tmp / VIDEOS, to_uint8(v), fps, scale),
+                                             "method": spec.name, "steps": spec.steps})
             del model  # one network in memory at a time (Wan scale)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -262,4 +269,17 @@ def build_study(models: list[str], items: int, seed: int, out: str | Path, atten
             "items": listed,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    procs.barrier()
     return out
+
+
+def _sampled(model, clips: dict, steps: int, items: int, seed: int, batch_size: int, procs) -> list:
+    """`model`'s videos (3,T,H,W pixels on the CPU) of the first `items` clips of the test batch `clips` at `steps`,
+    in order, on every process; this process samples batch j of them where j % world is its rank."""
+    from workbench.generate import generate
+    starts = range(0, items, batch_size)
+    done = {}
+    for j in procs.mine(len(starts)):
+        sub = {key: v[starts[j]:min(starts[j] + batch_size, items)] for key, v in clips.items()}
+        done[j] = list(generate(model, sub, steps, seed))
+    return [v for part in procs.gather(done, len(starts)) for v in part]

@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import accelerate
 import numpy as np
 import torch
 import yaml
@@ -24,7 +25,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 
-from workbench.config import Config, ConfigError, to_dict, trained_changes
+from workbench.config import Config, ConfigError, flat, to_dict, trained_changes
 from workbench.data import build_dataset, collate
 from workbench.files import writing
 from workbench.folders import Checkpoint, RunFolder
@@ -83,12 +84,13 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False, 
     """
     tc, run = cfg.train, RunFolder(out_dir or cfg.out)
     ckpts = _check_run_folder(run, cfg, resume)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")  # autocast: train/roles.py
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no",  # autocast: train/roles.py
+                              log_with=None if tc.log_with == "none" else tc.log_with, project_dir=run.tensorboard)
     if accelerator.distributed_type == DistributedType.FSDP:
         raise ConfigError("accelerate config: distributed_type FSDP: the loop shards the trained roles itself; "
                           "set train.fsdp=true and launch with experiments/wan/accelerate_fsdp.yaml (MULTI_GPU)")
     torch.manual_seed(tc.seed)
-    net, encoders = build_backbone(cfg.model)
+    net, encoders = build_backbone(cfg.model, cache=cfg.data.cache)
     method = build_method(cfg, net, encoders)
     roles = method.roles()
     exported = _exported(roles, tc.method)
@@ -123,6 +125,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False, 
                                f"with the same command and --resume --out {run.path}") from None
     finally:
         bar.close()
+        outputs.end()
     accelerator.wait_for_everyone()
     return run.path
 
@@ -138,10 +141,20 @@ class StepOutputs:
         self.fsdp = self.tc.fsdp and accelerator.num_processes > 1   # then every process gathers what it writes
         world = accelerator.num_processes
         self.launch = {"processes": world, "global_batch": self.tc.batch_size * world}  # recorded in each checkpoint
+        self.tracking = self.tc.log_with != "none"
 
     def begin(self) -> None:
+        """The config and launch.json (how it was launched: processes, global batch, precision, devices, versions);
+        a resumed run checks the launch against its checkpoint's first (check_processes)."""
         if self.main:
             self.run.write_config(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
+            self.run.write_launch(launch_record(self.tc, self.accelerator))
+        if self.tracking:                               # accelerate's trackers: TensorBoard under <run>/tensorboard
+            self.accelerator.init_trackers(self.cfg.name, config=_hparams(self.cfg))
+
+    def end(self) -> None:
+        if self.tracking:
+            self.accelerator.end_training()
 
     def ready(self, exported: Trained, encoders) -> None:
         """The steps begin: the clock of metrics' elapsed_s starts; the sample sheets show the exported role's EMA
@@ -157,9 +170,12 @@ class StepOutputs:
         if done % tc.log_every == 0 or done == tc.steps:
             logs = _mean_over_processes(result.logs, self.accelerator)
             lrs = {f"lr/{n}": t.scheduler.get_last_lr()[0] for n, t in trained.items()}
+            row = {"step": done, **logs, "lr": next(iter(lrs.values())), **(lrs if len(lrs) > 1 else {}),
+                   "elapsed_s": round(time.time() - self.t0, 3)}
             if self.main:
-                self.run.append_metrics({"step": done, **logs, "lr": next(iter(lrs.values())),
-                                         **(lrs if len(lrs) > 1 else {}), "elapsed_s": round(time.time() - self.t0, 3)})
+                self.run.append_metrics(row)
+            if self.tracking:
+                self.accelerator.log({k: v for k, v in row.items() if k != "step"}, step=done)
             bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if not k.startswith("grad_norm")})
         if self.sheet_due(done):
             self.sheets(done, result)
@@ -177,6 +193,21 @@ class StepOutputs:
         if self.main and result.images:                  # e.g. DMD2's student / real / fake x0
             with writing(sheet := self.run.sample_sheet(done, "estimates")):
                 estimates_sheet(result.images, self.sampled.encoders, sheet, self.tc.sample_num)
+
+
+def launch_record(tc, accelerator) -> dict:
+    """launch.json: what a reader of the run needs to compare it with another (the trained settings: config.yaml)."""
+    return {"processes": accelerator.num_processes, "global_batch": tc.batch_size * accelerator.num_processes,
+            "batch_per_process": tc.batch_size, "mixed_precision": tc.mixed_precision,
+            "distributed": accelerator.distributed_type.value, "fsdp": tc.fsdp and accelerator.num_processes > 1,
+            "activation_checkpointing": tc.activation_checkpointing, "device": accelerator.device.type,
+            "device_name": torch.cuda.get_device_name() if accelerator.device.type == "cuda" else "cpu",
+            "torch": torch.__version__, "accelerate": accelerate.__version__}
+
+
+def _hparams(cfg: Config) -> dict:
+    """The config flattened to TensorBoard's hyperparameter types (numbers, strings, booleans)."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat(to_dict(cfg)).items()}
 
 
 def _exported(roles: dict[str, Role], method: str) -> str:
