@@ -12,7 +12,7 @@ MICRO = "experiments/micro/teacher.yaml"
 def method_and_two_first_frames(sets: list[str], wan: bool, tmp_path):
     """(method, student net, x_t, t, cond_a, cond_b): cond_b's first frame is cond_a's negated."""
     if wan:
-        from tests.tiny_wan import save_tiny_wan
+        from workbench.models.tiny_wan import save_tiny_wan
         cfg = load_config(None, [f"model.{k}={v}" for k, v in save_tiny_wan(tmp_path).items()] + sets)
         shape = (1, 3, 5, 32, 32)
     else:

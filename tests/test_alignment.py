@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 import tempfile
 from pathlib import Path
 
@@ -18,8 +17,6 @@ from workbench.methods.dpo import FlowDPO, dpo_loss
 from workbench.methods.parts import hinge_discriminator, hinge_generator
 from workbench.models import build_backbone
 from workbench.models.lora import add_lora, load_lora, save_lora
-
-sys.path.insert(0, str(Path(__file__).parent))   # tests/tiny_wan.py
 
 
 ADAM = ["train.lr=1e-3", "train.warmup_steps=0", "train.schedule=constant", "train.grad_clip=0",
@@ -238,9 +235,9 @@ def test_da_first_frame_term_is_x0_hats_error_on_the_given_frame(dino, monkeypat
 
 def test_da_frame_subset_reads_a_prefix_of_fake_and_real_clips(dino):
     """adversarial.latent_frames: D reads the first n latent frames decoded, against as many real frames; a causal
-    VAE's decode of a latent prefix is exactly the full decode's first frames (tiny Wan VAE: tests/tiny_wan.py)."""
-    import tiny_wan
+    VAE's decode of a latent prefix is exactly the full decode's first frames (tiny Wan VAE: workbench/models/tiny_wan.py)."""
     from diffusers import AutoencoderKLWan
+    from workbench.models import tiny_wan
     from workbench.models.codec import WanVAECodec
     cfg = load_config("experiments/micro/da.yaml", [f"adversarial.feature_net={dino}", "adversarial.warmup=0",
                                                         "adversarial.layers=[1,2]", "adversarial.latent_frames=2", *ADAM])
@@ -283,7 +280,7 @@ def test_lora_round_trips_exactly_in_diffusers_format(tmp_path):
 
 def test_wan_scale_da_and_ta_steps(tmp_path, dino):
     """The 1.3B code path at tiny size: VAE-decoded x0_hat through DINOv2 heads; DPO with LoRA on Wan."""
-    from tests.tiny_wan import save_tiny_wan
+    from workbench.models.tiny_wan import save_tiny_wan
     model = [f"model.{k}={v}" for k, v in save_tiny_wan(tmp_path).items()]
     clip = torch.rand(2, 3, 5, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     captions = ["a red ball moving left", "a blue cat"]

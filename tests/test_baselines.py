@@ -51,7 +51,7 @@ def test_lcm_trains_on_the_loop_and_samples_with_the_consistency_sampler(tmp_pat
 
 
 def test_lcm_one_step_at_wan_scale(tmp_path):
-    from tests.tiny_wan import save_tiny_wan
+    from workbench.models.tiny_wan import save_tiny_wan
     model = [f"model.{k}={v}" for k, v in save_tiny_wan(tmp_path).items()]
     cfg = load_config(None, [*model, "train.method=lcm", "distill.guidance=2.0", "lcm.grid=10"])
     net, encoders = build_backbone(cfg.model)
@@ -238,7 +238,7 @@ def test_osv_trains_the_gan_alone_then_adds_consistency(dino):
                                                   ("pcm-adversarial", "bfloat16")])
 def test_osv_and_adversarial_pcm_one_step_at_wan_scale(method, teacher_dtype, tmp_path, dino):
     """bf16: the discriminator reads the bf16 teacher's block features (in the student's dtype) with a shift."""
-    from tests.tiny_wan import save_tiny_wan
+    from workbench.models.tiny_wan import save_tiny_wan
     model = [f"model.{k}={v}" for k, v in save_tiny_wan(tmp_path).items()]
     extra = (["train.method=osv", "osv.stage1_steps=0", f"adversarial.feature_net={dino}", "adversarial.layers=[1,2]",
               "lcm.grid=10"] if method == "osv" else ["train.method=pcm", "pcm.adversarial=true", "pcm.grid=8"])

@@ -168,7 +168,7 @@ def test_the_first_frame_reaches_every_network(wan, tmp_path):
 
 @pytest.mark.parametrize("teacher_dtype", ["float32", "bfloat16"])
 def test_cdm_one_step_at_wan_scale(teacher_dtype, tmp_path):
-    from tests.tiny_wan import save_tiny_wan
+    from workbench.models.tiny_wan import save_tiny_wan
     model = [f"model.{k}={v}" for k, v in save_tiny_wan(tmp_path).items()]
     cfg = load_config(None, [*model, "train.method=cdm", "cdm.update_ratio=1", "cdm.max_steps=3",
                              f"distill.teacher_dtype={teacher_dtype}"])

@@ -22,7 +22,7 @@ WAN = ["data.toy.size=32", "data.toy.frames=5", "data.test_size=2"]  # the clips
 
 @pytest.fixture(scope="module")
 def wan_model(tmp_path_factory):
-    from tests.tiny_wan import save_tiny_wan
+    from workbench.models.tiny_wan import save_tiny_wan
     return [f"model.{k}={v}" for k, v in save_tiny_wan(tmp_path_factory.mktemp("tiny-wan")).items()]
 
 

@@ -140,7 +140,7 @@ def test_placement_catches_an_input_elsewhere():
 def tiny_wan_model(tmp_path_factory):
     """A model folder of the tiny Wan (VAE, UMT5, CLIP from local folders) at init weights."""
     from safetensors.torch import save_file
-    from tests.tiny_wan import save_tiny_wan
+    from workbench.models.tiny_wan import save_tiny_wan
     from workbench.config import to_dict
     from workbench.methods import load_config
     from workbench.models import build_backbone

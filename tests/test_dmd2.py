@@ -115,7 +115,7 @@ def test_the_first_frame_reaches_teacher_fake_score_its_classifier_and_student(w
 def test_dmd2_one_step_at_wan_scale(rank, teacher_dtype, tmp_path):
     """Full or LoRA fake score, fp32 or bf16 teacher: finite losses; a bf16 teacher (the real score outside every
     role) keeps diffusers' fp32 modules, the trained networks stay fp32, and a LoRA fake score's base stays fp32."""
-    from tests.tiny_wan import save_tiny_wan
+    from workbench.models.tiny_wan import save_tiny_wan
     cfg = load_config(None, [f"model.{k}={v}" for k, v in save_tiny_wan(tmp_path).items()] + SETS +
                       ["distill.guidance=2.0", "dmd2.student_every=1", f"dmd2.fake_lora_rank={rank}",
                        f"distill.teacher_dtype={teacher_dtype}"])
@@ -132,7 +132,7 @@ def test_dmd2_one_step_at_wan_scale(rank, teacher_dtype, tmp_path):
 
 
 def test_bad_dmd2_and_teacher_dtype_values_are_refused(tmp_path):
-    from tests.tiny_wan import save_tiny_wan
+    from workbench.models.tiny_wan import save_tiny_wan
     model = [f"model.{k}={v}" for k, v in save_tiny_wan(tmp_path).items()]
     net, encoders = build_backbone(load_config(None, model).model)
     for key, message in (("dmd2.gan_block=7", "dmd2.gan_block"), ("distill.teacher_dtype=float16",
@@ -164,7 +164,7 @@ def test_bench_memory_counts_the_parts_the_methods_build(tmp_path):
     """bench/memory.py's arithmetic (meta-device counts) against DMD2 built at the tiny-wan size."""
     import importlib.util
 
-    from tests.tiny_wan import save_tiny_wan
+    from workbench.models.tiny_wan import save_tiny_wan
     spec = importlib.util.spec_from_file_location("bench_memory", "bench/memory.py")
     memory = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(memory)

@@ -14,7 +14,7 @@ import yaml
 from diffusers import WanImageToVideoPipeline
 from safetensors.torch import save_file
 
-from tests.tiny_wan import save_tiny_wan
+from workbench.models.tiny_wan import save_tiny_wan
 from workbench.__main__ import main
 from workbench.config import to_dict
 from workbench.methods import load_config
@@ -136,7 +136,7 @@ def test_clip_processor_comes_from_the_clip_folder(tmp_path, layout):
     else Wan's stretch to the CLIP square; the encoder's tokens are its CLIP on that processor's pixels."""
     from transformers import CLIPImageProcessorPil
 
-    from tests.tiny_wan import save_image_encoder
+    from workbench.models.tiny_wan import save_image_encoder
     from workbench.models.text import CLIPImageEncoder
     folder = save_image_encoder(tmp_path / "image_encoder", processor=layout == "own")
     if layout == "pipeline":
@@ -158,7 +158,7 @@ def test_clip_processor_comes_from_the_clip_folder(tmp_path, layout):
 def test_clip_processor_must_make_the_clip_size(tmp_path):
     from transformers import CLIPImageProcessorPil
 
-    from tests.tiny_wan import save_image_encoder
+    from workbench.models.tiny_wan import save_image_encoder
     from workbench.models.text import CLIPImageEncoder
     folder = save_image_encoder(tmp_path / "clip", processor=False)
     CLIPImageProcessorPil(size={"shortest_edge": 40}, crop_size={"height": 40, "width": 40}).save_pretrained(folder)

@@ -94,7 +94,7 @@ def interrupted(run: Path, to: Path, last: int) -> Path:
 
 @pytest.fixture(scope="module")
 def wan_model(tmp_path_factory):
-    from tests.tiny_wan import save_tiny_wan
+    from workbench.models.tiny_wan import save_tiny_wan
     return [f"model.{k}={v}" for k, v in save_tiny_wan(tmp_path_factory.mktemp("tiny-wan")).items()]
 
 

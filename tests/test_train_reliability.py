@@ -116,11 +116,12 @@ def full_disk(small_disk):
     return disk
 
 
-PAGE = 4096  # tmpfs counts whole pages: config.yaml (2.6 kB) and the metrics rows each take one
+PAGE = 4096  # tmpfs counts whole pages: config.yaml (2.6 kB), launch.json and the metrics rows each take one
 # (bytes free, settings, the file that does not fit): a micro checkpoint is 29 MB, a sample sheet 25 kB
 FULL = [(0, [], "config.yaml"),
-        (PAGE, [], "metrics.jsonl"),
-        (2 * PAGE, ["train.sample_every=2"], "samples/step-000002.png"),
+        (PAGE, [], "launch.json"),
+        (2 * PAGE, [], "metrics.jsonl"),
+        (3 * PAGE, ["train.sample_every=2"], "samples/step-000002.png"),
         (40 << 20, ["train.sample_every=0"], "checkpoints/.tmp-step-000008/model-ema.safetensors")]
 
 

@@ -1,6 +1,6 @@
 """The Wan-scale path end to end with the real classes at tiny size: VAE, UMT5, CLIP, transformer.
 
-Folders are written by `tests/tiny_wan.py` with `save_pretrained` and read back by `build_backbone`
+Folders are written by `workbench/models/tiny_wan.py` with `save_pretrained` and read back by `build_backbone`
 exactly as real local checkpoints would be; nothing is downloaded.
 """
 import copy
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.tiny_wan import LATENTS_MEAN, LATENTS_STD, save_tiny_wan
+from workbench.models.tiny_wan import LATENTS_MEAN, LATENTS_STD, save_tiny_wan
 from workbench.config import ModelConfig
 from workbench.models import PRESETS, build_backbone
 from workbench.models.text import WAN_TEXT_LEN

@@ -23,14 +23,30 @@ from workbench.files import staged_file, writing
 CONFIG, METRICS, WEIGHTS, MARKER, STATE = "config.yaml", "metrics.jsonl", "model.safetensors", "export.json", "state.json"
 
 
-class Checkpoint:
-    """One checkpoint folder, <run>/checkpoints/step-NNNNNN/: complete when its state.json is there."""
+class Folder:
+    """A folder of one of the kinds below, at `path`."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
     def __repr__(self) -> str:
-        return f"Checkpoint({str(self.path)!r})"
+        return f"{type(self).__name__}({str(self.path)!r})"
+
+
+class Saved(Folder):
+    """A folder that keeps a run's config and metrics: a run folder, or a model folder exported from one."""
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS
+
+
+class Checkpoint(Folder):
+    """One checkpoint folder, <run>/checkpoints/step-NNNNNN/: complete when its state.json is there."""
 
     @property
     def state_file(self) -> Path:
@@ -71,22 +87,8 @@ class Checkpoint:
         return ema if ema.is_file() else self.file(role)
 
 
-class RunFolder:
+class RunFolder(Saved):
     """A training run's folder. The loop writes it through these methods; readers find its files here."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-
-    def __repr__(self) -> str:
-        return f"RunFolder({str(self.path)!r})"
-
-    @property
-    def config(self) -> Path:
-        return self.path / CONFIG
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / METRICS
 
     @property
     def launch(self) -> Path:
@@ -181,26 +183,12 @@ def _row_step(row: str) -> float:
         return math.inf
 
 
-class ModelFolder:
+class ModelFolder(Saved):
     """A shippable model folder, as `export` writes it (the shipped toy models are ones)."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-
-    def __repr__(self) -> str:
-        return f"ModelFolder({str(self.path)!r})"
 
     @property
     def weights(self) -> Path:
         return self.path / WEIGHTS
-
-    @property
-    def config(self) -> Path:
-        return self.path / CONFIG
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / METRICS
 
     @property
     def marker(self) -> Path:
@@ -216,11 +204,8 @@ class ModelFolder:
         return self.weights.is_file()
 
 
-class PipelineFolder:
+class PipelineFolder(Folder):
     """A pipeline's folder: a run folder per trained stage, its export and TA's pairs beside it, and the eval."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
 
     RESERVED = ("eval",)                                   # a stage may not be named after a folder of the pipeline's
 
