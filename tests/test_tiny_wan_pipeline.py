@@ -1,9 +1,13 @@
 """experiments/tiny-wan: experiments/wan's pipeline at tiny size, end to end from its one setup command, on real
 diffusers/transformers classes with random weights: the tiny folders and clips -> the encoders' outputs cached ->
 CCD -> CCD + DA -> TA pairs -> TA (two rounds) -> the evaluation -> a study set -> a stock diffusers export that
-loads with no custom code."""
+loads with no custom code; on one process and on two."""
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -53,3 +57,25 @@ def test_a_study_set_and_a_stock_diffusers_export_follow(tiny_wan_run, monkeypat
     meta = json.loads((tiny_wan_run / "runs/diffusers/export.json").read_text())
     pipe = WanImageToVideoPipeline.from_pretrained(tiny_wan_run / "runs/diffusers", **meta["load"])
     assert type(pipe).__name__ == "WanImageToVideoPipeline" and not meta["load"].get("trust_remote_code")
+
+
+def test_the_same_pipeline_on_two_processes(tiny_wan_run):
+    """`accelerate launch` of two CPU processes (gloo): every stage trains sharded (train.fsdp), the pairs and the
+    evaluation are split across the processes, and the main process alone writes (exports, tables, sheets)."""
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    free = port.getsockname()[1]
+    port.close()
+    r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                        str(ROOT / "experiments/wan/accelerate_fsdp.yaml"), "--num_processes", "2",
+                        "--main_process_port", str(free), "-m", "workbench", "pipeline",
+                        "experiments/tiny-wan/swiftvideo.yaml", "--out", "runs/two"],
+                       cwd=tiny_wan_run, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tiny_wan_run / "runs/two"
+    for stage in ("ccd", "ccd_da", "ta1", "ta2"):
+        launch = json.loads((run / stage / "launch.json").read_text())
+        assert (launch["processes"], launch["fsdp"], launch["global_batch"]) == (2, True, 4)
+    one, two = (pd.read_csv(tiny_wan_run / p / "eval/results.csv") for p in ("runs/tiny-wan-swiftvideo", "runs/two"))
+    assert list(two[["method", "steps"]].itertuples(index=False)) == list(one[["method", "steps"]].itertuples(index=False))

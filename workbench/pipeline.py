@@ -90,9 +90,10 @@ def run_stage(stage: Stage, run: str | Path, init: Path | None, teacher: Path | 
               device: str = "auto") -> Path:
     """Train one stage (or reuse/skip it); returns its model folder. Its preference pairs are sampled on `device`
     (training places itself: train/loop.py)."""
+    from workbench.devices import processes
+    from workbench.export import export_model
     from workbench.preferences import cached_preferences
     from workbench.train import train
-    from workbench.export import export_model
     if shipped(stage):
         log(f"reused {stage.reuse}")
         return Path(stage.reuse)
@@ -119,7 +120,10 @@ def run_stage(stage: Stage, run: str | Path, init: Path | None, teacher: Path | 
     resume = bool(run.checkpoints())
     log(f"training {cfg.train.method} for {cfg.train.steps} steps" + (" (resuming)" if resume else ""))
     train(cfg, run.path, resume=resume)
-    export_model(run.path, model.path, dtype="float32")
+    launch = processes()
+    if launch.main:                                      # under accelerate launch the main process exports ...
+        export_model(run.path, model.path, dtype="float32")
+    launch.barrier()                                     # ... and the others start the next stage from it
     return model.path
 
 
