@@ -13,7 +13,7 @@ from pathlib import Path
 
 from typing import Literal
 
-from workbench.config import ConfigError, load_dataclass, trained_changes
+from workbench.config import ConfigError, flat, load_dataclass, to_dict, trained_changes
 from workbench.files import check_output_folder
 from workbench.folders import ModelFolder, PipelineFolder, RunFolder
 from workbench.methods import load_config
@@ -216,7 +216,6 @@ def missing_inputs(cfg: PipelineConfig) -> dict[str, list[str]]:
     """What `--check` reports: each file or folder a stage's config names that is not there, with the 'stage: key'
     settings naming it. Keys an earlier stage provides (model.weights from `init`, distill.teacher from `teacher`,
     TA's pairs) are the pipeline's to make, not the researcher's; a reused stage's model folder must be there."""
-    from workbench.config import flat, to_dict
     missing: dict[str, list[str]] = {}
     for s in cfg.stages:
         if s.reuse and not shipped(s):

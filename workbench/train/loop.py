@@ -139,8 +139,8 @@ class StepOutputs:
         self.run, self.cfg, self.tc, self.accelerator = run, cfg, cfg.train, accelerator
         self.main = accelerator.is_main_process                      # the only process that writes
         self.fsdp = self.tc.fsdp and accelerator.num_processes > 1   # then every process gathers what it writes
-        world = accelerator.num_processes
-        self.launch = {"processes": world, "global_batch": self.tc.batch_size * world}  # recorded in each checkpoint
+        self.record = launch_record(self.tc, accelerator)            # launch.json
+        self.launch = {k: self.record[k] for k in ("processes", "global_batch")}  # also in each checkpoint
         self.tracking = self.tc.log_with != "none"
 
     def begin(self) -> None:
@@ -148,7 +148,7 @@ class StepOutputs:
         a resumed run checks the launch against its checkpoint's first (check_processes)."""
         if self.main:
             self.run.write_config(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
-            self.run.write_launch(launch_record(self.tc, self.accelerator))
+            self.run.write_launch(self.record)
         if self.tracking:                               # accelerate's trackers: TensorBoard under <run>/tensorboard
             self.accelerator.init_trackers(self.cfg.name, config=_hparams(self.cfg))
 
