@@ -10,7 +10,7 @@ from workbench import models
 from workbench.__main__ import main
 from workbench.config import ConfigError
 from workbench.data import build_dataset
-from workbench.data.cache import INDEX, write_cache
+from workbench.data.cache import INDEX, CacheIndex, digest, write_cache
 from workbench.methods import load_config
 from workbench.models import build_backbone
 from workbench.train import train
@@ -94,12 +94,36 @@ def test_ta_trains_from_the_cache_bitwise(tmp_path):
     assert_trains_as_live("experiments/micro/dpo.yaml", [*SMALL, f"data.preferences={pairs}"], tmp_path)
 
 
-def test_an_openvid_csv_trains_from_the_cache_bitwise(tmp_path):
+@pytest.mark.parametrize("config, pixels", [(MICRO, "float32"), ("experiments/micro/da.yaml", "uint8")])
+def test_an_openvid_csv_trains_from_the_cache_bitwise(config, pixels, tmp_path):
+    """mp4 frames at their own size (24 px) are on the 1/127.5 grid: a uint8 cache serves DA's real clips exactly."""
     from workbench.data.export import export_toy
     csv = export_toy(tmp_path / "clips", num=5, seed=10)
-    assert_trains_as_live(MICRO, [*SMALL, "data.kind=videos", f"data.videos.csv={csv}", "data.videos.frames=4",
-                                  "data.videos.height=16", "data.videos.width=16", "data.test_size=1",
-                                  "train.batch_size=2", "train.sample_num=1"], tmp_path)
+    assert_trains_as_live(config, [*SMALL, "data.kind=videos", f"data.videos.csv={csv}", "data.videos.frames=4",
+                                   "data.videos.height=24", "data.videos.width=24", "data.test_size=1",
+                                   "train.batch_size=2", "train.sample_num=1", f"data.cache_pixels={pixels}"],
+                          tmp_path)
+
+
+def test_a_uint8_cache_is_a_quarter_and_serves_the_live_encodings(tmp_path):
+    """Toy pixels are off the grid: rounded by at most half a step, while x0 and the conditioning stay the live
+    encoder's (found by the rounded clip's digest), and DA trains from it."""
+    sizes = {}
+    for pixels in ("float32", "uint8"):
+        cfg = load_config("experiments/micro/da.yaml", [*SMALL, f"data.cache_pixels={pixels}"])
+        out = make_cache(cfg, tmp_path / pixels)
+        with safe_open(str(out / "train-00000.safetensors"), "pt") as f:
+            sizes[pixels] = f.get_slice("video").get_shape(), f.get_slice("video").get_dtype()
+    assert sizes == {"float32": ([10, 3, 4, 16, 16], "F32"), "uint8": ([10, 3, 4, 16, 16], "U8")}
+    live, cached = build_dataset(cfg.data, "train"), build_dataset(load_config(
+        "experiments/micro/da.yaml", [*SMALL, "data.cache_pixels=uint8", f"data.cache={out}"]).data, "train")
+    assert (cached[2]["video"] - live[2]["video"]).abs().max() <= 0.5 / 127.5 + 1e-6
+    rows, _ = CacheIndex(out, cfg.model).rows([digest(cached[2]["video"])])
+    x0_live, _ = build_backbone(cfg.model)[1].prepare(live[2]["video"][None], [live[2]["caption"]])
+    assert rows["x0"].equal(x0_live)
+    run = train(load_config("experiments/micro/da.yaml", [*SMALL, "data.cache_pixels=uint8", f"data.cache={out}"]),
+                tmp_path / "run", progress=False)
+    assert (run / "checkpoints").is_dir()
 
 
 def test_the_cache_builds_no_text_image_or_vae_encoder(wan_model, tmp_path, monkeypatch):
@@ -114,7 +138,8 @@ def test_the_cache_builds_no_text_image_or_vae_encoder(wan_model, tmp_path, monk
 
 
 @pytest.mark.parametrize("key, value", [("data.toy.frames", 5), ("data.train_size", 12), ("model.dtype", "bfloat16"),
-                                        ("model.preset", "toy-no-positions")])
+                                        ("model.preset", "toy-no-positions"),
+                                        ("data.cache_pixels", "uint8")])
 def test_a_cache_made_with_other_settings_is_refused_naming_the_key(key, value, tmp_path):
     cfg = load_config(MICRO, SMALL)
     cache = make_cache(cfg, tmp_path / "cache")

@@ -60,7 +60,7 @@ def test_exported_ta_model_equals_its_checkpoint_with_lora(pipeline_run):
 
 def test_preference_pairs_are_the_models_own_samples(pipeline_run, tmp_path, monkeypatch):
     model = pipeline_run / "ccd_da" / "model"
-    out = build_preferences(model, tmp_path / "prefs", 5, 2, 1, batch_size=2, shard_size=2, progress=False)
+    out = build_preferences(model, tmp_path / "prefs", 5, 2, 1, batch_size=2, progress=False)
     ds = PreferenceDataset(out)
     assert len(ds) == 5 and ds.meta["shards"] == 3
     m = load_model(model)

@@ -67,6 +67,8 @@ class DataConfig:
     videos: VideoFolderSpec = field(default_factory=VideoFolderSpec)
     preferences: str = ""          # TA: train on this preference-pair folder (data/preferences.py); test split unchanged
     cache: str = ""                # folder of `python -m workbench data cache`: train on cached encoder outputs ("" = off)
+    cache_pixels: Literal["float32", "uint8"] = "float32"  # the cache's train pixels (DA's real clips): float32 = bitwise
+                                   # the live clips; uint8 = a quarter of the disk, pixels rounded to the 1/127.5 grid
     train_size: int = 1_000_000    # clips in the train split (toy: distinct seeds)
     test_size: int = 256           # clips in the test split
     RANGES = {"train_size": (1, None), "test_size": (1, None)}

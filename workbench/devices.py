@@ -85,6 +85,15 @@ class Processes:
             done = {k: v for share in shares for k, v in share.items()}
         return [done[j] for j in range(n)]
 
+    def broadcast(self, value):
+        """The main process's `value`, on every process (a picklable object, e.g. a staged folder's path)."""
+        if self.world > 1:
+            import torch.distributed as dist
+            box = [value]
+            dist.broadcast_object_list(box, src=0)
+            return box[0]
+        return value
+
     def barrier(self) -> None:
         """Wait for every process (a no-op alone): e.g. until the main process has published an output."""
         if self.world > 1:

@@ -3,7 +3,7 @@
 For each train clip (its caption and first frame) and a noise seed, the aligned model samples the same
 noise with `win_steps` (winner) and `lose_steps` (loser) steps ("Trajectory Alignment": 8 vs 4 in round 1,
 4 vs 2 in round 2). Ablation (Figure 6, blue line): `winners="real"` takes the real clip instead.
-Stored as latents (what DPO trains on) in safetensors shards plus pairs.json, written to a temporary
+Stored as latents (what DPO trains on) in safetensors shards, one per batch, plus pairs.json, written to a temporary
 folder and renamed when complete, so a killed build is never read (data/preferences.py reads it).
 
     folder/  pairs.json  pairs-00000.safetensors (winner B,C,T,H,W; loser; first B,3,H,W) ...
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -52,12 +53,14 @@ def cached_preferences(model, out: str | Path, num_pairs: int, win_steps: int = 
 
 
 def build_preferences(model: str | Path, out: str | Path, num_pairs: int, win_steps: int = 8, lose_steps: int = 4,
-                      winners: str = "sampled", seed: int = 0, batch_size: int = 32, shard_size: int = 256,
-                      overrides=(), progress: bool = True, device: str = "auto") -> Path:
+                      winners: str = "sampled", seed: int = 0, batch_size: int = 32, overrides=(),
+                      progress: bool = True, device: str = "auto") -> Path:
     """Sample `num_pairs` preference pairs from the model at `model` (run, checkpoint or model folder) on `device`.
 
-    Under several processes (`accelerate launch`) batch j of pairs is sampled by process j % world; the main
-    process gathers them and writes the same folder one process writes; every process returns once it is there."""
+    Batch j of pairs is shard `pairs-j`, written as soon as it is sampled (memory holds one batch, not the set);
+    under several processes (`accelerate launch`) by process j % world, into the one staged folder the main
+    process made; the main process then writes pairs.json and publishes the folder, and every process returns
+    once it is there: the same folder one process writes."""
     if winners not in ("sampled", "real"):
         raise ValueError(f"winners: expected 'sampled' or 'real', got {winners!r}")
     out = Path(out)
@@ -66,24 +69,35 @@ def build_preferences(model: str | Path, out: str | Path, num_pairs: int, win_st
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"--out {out}: exists and is not an empty folder; choose a new one")
     m = load_model(model, overrides, device=device)
-    cfg = m.config
-    source = build_dataset(dataclasses.replace(cfg.data, preferences=""), "train")  # the clips, not earlier pairs
+    source = build_dataset(dataclasses.replace(m.config.data, preferences=""), "train")  # the clips, not earlier pairs
     if num_pairs > len(source):
         raise ValueError(f"num_pairs={num_pairs} exceeds the {len(source)} train clips")
-    meta = made_by(model, num_pairs, win_steps, lose_steps, winners, seed, overrides)
+    meta = {**made_by(model, num_pairs, win_steps, lose_steps, winners, seed, overrides),
+            "frames": int(source[0]["video"].shape[1])}
     procs = processes()
-    batches = _sample_pairs(m, source, num_pairs, win_steps, lose_steps, winners, seed, batch_size, progress, procs)
-    if procs.main:
-        with staged_folder(out, "preferences") as tmp:  # a killed build is never read; only our own folder is removed
-            _write_pairs(batches, tmp, shard_size, {**meta, "frames": int(source[0]["video"].shape[1])})
+    with staged_folder(out, "preferences") if procs.main else nullcontext() as tmp:  # a killed build is never read
+        tmp = Path(procs.broadcast(str(tmp)))
+        done = _sample_pairs(m, source, num_pairs, win_steps, lose_steps, winners, seed, batch_size, progress,
+                             procs, tmp)
+        shards = len(batch_starts(num_pairs, batch_size))
+        items = [it for batch in procs.gather(done, shards) for it in batch]     # every shard is written by now
+        if procs.main:
+            meta["shards"] = shards
+            (tmp / "pairs.json").write_text(json.dumps({"meta": meta, "items": items}, indent=0))
     procs.barrier()                                      # the others return once the folder is published
     return out
 
 
+def batch_starts(num_pairs: int, batch_size: int) -> range:
+    """The first pair of each batch (shard)."""
+    return range(0, num_pairs, batch_size)
+
+
 def _sample_pairs(m, source, num_pairs: int, win_steps: int, lose_steps: int, winners: str, seed: int,
-                  batch_size: int, progress: bool, procs: Processes) -> list[dict]:
-    """Every batch of pairs {winner, loser, first, caption, clip} in order; this process samples its share."""
-    starts = range(0, num_pairs, batch_size)
+                  batch_size: int, progress: bool, procs: Processes, tmp: Path) -> dict[int, list[dict]]:
+    """This process's share of the batches, each written to shard pairs-j (winner, loser B,C,T,H,W; first B,3,H,W);
+    {j: the batch's items {caption, clip, shard}}."""
+    starts = batch_starts(num_pairs, batch_size)
     sample = lambda b, steps: generate_latents(m, b, steps, seed).cpu()  # noqa: E731
     done = {}
     for j in tqdm(procs.mine(len(starts)), desc="preference pairs", disable=not progress or not procs.main):
@@ -94,32 +108,11 @@ def _sample_pairs(m, source, num_pairs: int, win_steps: int, lose_steps: int, wi
         with torch.no_grad():
             winner = (m.encoders.encode_video(batch["video"].to(_device(m))).cpu() if winners == "real"
                       else sample(batch, win_steps))
-        done[j] = {"winner": winner.float(), "loser": loser.float(), "first": batch["video"][:, :, 0].float(),
-                   "caption": list(batch["caption"]), "clip": idx}
-    return procs.gather(done, len(starts))
+        write_weights({"winner": winner.float().contiguous(), "loser": loser.float().contiguous(),
+                       "first": batch["video"][:, :, 0].float().contiguous()}, tmp / f"pairs-{j:05d}.safetensors")
+        done[j] = [{"caption": c, "clip": i, "shard": j} for c, i in zip(batch["caption"], idx)]
+    return done
 
 
 def _device(m) -> torch.device:
     return next(m.net.parameters()).device
-
-
-def _write_pairs(batches: list[dict], tmp: Path, shard_size: int, meta: dict) -> None:
-    items, shard, n_shards = [], {"winner": [], "loser": [], "first": []}, 0
-
-    def flush():
-        nonlocal shard, n_shards
-        if shard["winner"]:
-            write_weights({k: torch.cat(v).contiguous() for k, v in shard.items()},
-                          tmp / f"pairs-{n_shards:05d}.safetensors")
-            n_shards += 1
-            shard = {"winner": [], "loser": [], "first": []}
-
-    for b in batches:
-        for k in shard:
-            shard[k].append(b[k])
-        items += [{"caption": c, "clip": i, "shard": n_shards} for c, i in zip(b["caption"], b["clip"])]
-        if sum(len(w) for w in shard["winner"]) >= shard_size:
-            flush()
-    flush()
-    meta = {**meta, "shards": n_shards}
-    (tmp / "pairs.json").write_text(json.dumps({"meta": meta, "items": items}, indent=0))

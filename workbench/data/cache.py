@@ -5,16 +5,18 @@ Layout (one folder, written under a temporary name and renamed when complete):
 
     DIR/cache.json                the settings it was made with (encoders, clips), its splits, per clip caption/seed
     DIR/null.safetensors          text (1, L, D): the empty caption's tokens (classifier-free guidance)
-    DIR/train-00000.safetensors   per clip: video (3,T,H,W pixels, as the dataset yields them), x0 (C,T',H',W'),
+    DIR/train-00000.safetensors   per clip: video (3,T,H,W pixels in data.cache_pixels), x0 (C,T',H',W'),
                                   first, mask, text, image (when the model takes image tokens), digest, first_digest
     DIR/test-00000.safetensors    the same without video (sample sheets read the test clips from their source)
 
 Exactly what `Encoders.prepare(video, captions)` returns is stored (x0 latents and the `Conditioning`'s tensors),
-so a cached batch is bitwise the live one on CPU. A clip is found by the digest of its pixels (sha256 of the float32
-bytes), a TA pair's first frame by the digest of that frame: `models.cached.CachedEncoders` keeps the `prepare`
-interface, and the methods, the loop and the sample sheets read the cache without knowing it. The train split's
-pixels are stored because DA's and OSV's discriminators read the real clips (at 480p x 81 frames that is ~390 MB a
-clip in float32: the cost of bitwise equality).
+so a cached batch is bitwise the live one on CPU. A clip is found by the digest of its pixels as the cache yields
+them (sha256 of the float32 bytes), a TA pair's first frame by the digest of that frame: `models.cached.CachedEncoders`
+keeps the `prepare` interface, and the methods, the loop and the sample sheets read the cache without knowing it.
+The train split's pixels are stored because DA's and OSV's discriminators read the real clips: in float32
+(`data.cache_pixels: float32`, the default) training is bitwise training without the cache, at ~390 MB a clip at
+480p x 61 frames; in uint8 (`uint8`, what experiments/wan uses) a quarter of that, ~73 MB, the discriminator's real
+pixels rounded to the 1/127.5 grid an mp4 decodes to (x0 and the conditioning are still the live ones, bitwise).
 
 A cache made with other settings than the config's (the encoders' folders, dtype, the clips) is refused, naming
 the first key that differs.
@@ -37,7 +39,7 @@ from workbench.devices import resolve_device
 from workbench.files import check_output_folder, output_folder, writing
 
 INDEX = "cache.json"
-VERSION = 1
+VERSION = 2                     # 2: data.cache_pixels
 COMMAND = "data-cache"
 MODEL_KEYS = ("preset", "transformer_path", "vae_path", "text_encoder_path", "image_encoder_path", "dtype")
 FIELDS = ("x0", "first", "mask", "text", "image")    # what Encoders.prepare returns: x0 and the Conditioning
@@ -52,7 +54,7 @@ def data_settings(data_cfg) -> dict:
     """The settings that decide the clips of both splits."""
     source = {"toy": data_cfg.toy, "videos": data_cfg.videos}[data_cfg.kind]
     out = {"data.kind": data_cfg.kind, **flat(to_dict(source), f"data.{data_cfg.kind}."),
-           "data.test_size": data_cfg.test_size}
+           "data.test_size": data_cfg.test_size, "data.cache_pixels": data_cfg.cache_pixels}
     if data_cfg.kind == "toy":  # the toy train split holds train_size seeds; a CSV's split is its rows
         out["data.train_size"] = data_cfg.train_size
     return out
@@ -61,6 +63,17 @@ def data_settings(data_cfg) -> dict:
 def digest(x: torch.Tensor) -> bytes:
     """sha256 of a clip's (3,T,H,W) or a first frame's (3,H,W) float32 bytes: how the cache finds it."""
     return hashlib.sha256(x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).digest()
+
+
+def to_pixels(stored: torch.Tensor) -> torch.Tensor:
+    """The train pixels as the cache yields them: float32 as stored, uint8 back to [-1, 1] (data/videos.py's map)."""
+    return stored.float().div(127.5).sub(1.0) if stored.dtype == torch.uint8 else stored
+
+
+def _stored_pixels(video: torch.Tensor, kind: str) -> torch.Tensor:
+    """A clip's (3,T,H,W) [-1, 1] pixels as the cache stores them (data.cache_pixels)."""
+    video = video.detach().cpu()
+    return video if kind == "float32" else video.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
 
 
 def read_index(folder: str | Path) -> dict:
@@ -109,7 +122,7 @@ def write_cache(cfg, encoders, out: str | Path, force: bool = False, shard_size:
         for split in ("train", "test"):
             dataset = build_dataset(source, split)
             splits[split], shapes = _write_split(tmp, split, dataset, encoders, shard_size, batch_size, collate,
-                                                 progress, device)
+                                                 progress, device, cfg.data.cache_pixels)
         with writing(tmp / "null.safetensors"):
             save_file({"text": encoders.null_text(1).float().cpu().contiguous()}, str(tmp / "null.safetensors"))
         settings = {**model_settings(cfg.model), **data_settings(cfg.data)}
@@ -119,7 +132,7 @@ def write_cache(cfg, encoders, out: str | Path, force: bool = False, shard_size:
 
 
 def _write_split(tmp: Path, split: str, dataset, encoders, shard_size: int, batch_size: int, collate,
-                 progress: bool, device) -> tuple[dict, dict]:
+                 progress: bool, device, pixels: str) -> tuple[dict, dict]:
     items, rows, shards, shapes = [], [], 0, {}
 
     def flush():
@@ -141,10 +154,12 @@ def _write_split(tmp: Path, split: str, dataset, encoders, shard_size: int, batc
         shapes = {k: None if v is None else list(v.shape[1:]) for k, v in parts.items()}
         for b in range(video.shape[0]):
             row = {k: v[b].detach().cpu() for k, v in parts.items() if v is not None}
-            row["digest"] = torch.frombuffer(bytearray(digest(video[b])), dtype=torch.uint8)
-            row["first_digest"] = torch.frombuffer(bytearray(digest(video[b, :, 0])), dtype=torch.uint8)
+            yielded = video[b]                   # found by the pixels the cache yields: the train split's stored ones
             if split == "train":
-                row["video"] = video[b].cpu()
+                row["video"] = _stored_pixels(video[b], pixels)
+                yielded = to_pixels(row["video"])
+            row["digest"] = torch.frombuffer(bytearray(digest(yielded)), dtype=torch.uint8)
+            row["first_digest"] = torch.frombuffer(bytearray(digest(yielded[:, 0])), dtype=torch.uint8)
             rows.append(row)
             items.append({k: v[b] for k, v in batch.items()})
             if len(rows) == shard_size:
@@ -195,7 +210,7 @@ class CachedDataset(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict:
-        return {"video": self.shards.get("train", i, "video"), **self.items[i]}
+        return {"video": to_pixels(self.shards.get("train", i, "video")), **self.items[i]}
 
 
 class CacheIndex:
