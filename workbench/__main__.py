@@ -129,6 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     tw.add_argument("--clips", type=count, default=48, help="toy clips written as mp4 + CSV under <out>/clips")
     tw.add_argument("--force", action="store_true", help="replace an earlier tiny-wan output in --out")
 
+    wc = sub.add_parser("wan-convert", help="a Wan2.1 transformer in the original layout -> a diffusers folder "
+                                            "(experiments/wan's model.transformer_path)")
+    wc.add_argument("checkpoint", help="the original-layout .safetensors (e.g. Wan2.1-Fun-1.3B-InP's "
+                                       "diffusion_pytorch_model.safetensors)")
+    wc.add_argument("--out", required=True, help="a new or empty folder")
+    wc.add_argument("--preset", default="wan2.1-fun-1.3b-inp", help="the architecture (workbench.models.wan.PRESETS)")
+    wc.add_argument("--force", action="store_true", help="replace an earlier wan-convert output in --out")
+
     d = sub.add_parser("data", help="data tools: export toy clips; cache the frozen encoders' outputs")
     dsub = d.add_subparsers(dest="data_cmd", required=True)
     e = dsub.add_parser("export", help="export toy clips as mp4 files + an OpenVid-1M style CSV")
@@ -246,6 +254,9 @@ def _run(args) -> int:
         check_output_folder(args.out, COMMAND, args.force)   # before the encoders load
         out = write_cache(cfg, build_backbone(cfg.model)[1], args.out, force=args.force, device=args.device)
         print(f"cache folder: {out} (train from it with --set data.cache={out})")
+    elif args.cmd == "wan-convert":
+        from workbench.models.convert import convert_wan_transformer
+        print(f"diffusers transformer folder: {convert_wan_transformer(args.checkpoint, args.out, args.preset, args.force)}")
     elif args.cmd == "tiny-wan":
         from workbench.config import ToySpec
         from workbench.data.export import export_toy

@@ -6,6 +6,7 @@ so every caller samples a model the way its method needs. Every clip's noise com
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from workbench.config import Config
 from workbench.data import build_dataset, collate
 from workbench.data.io import contact_sheet, view_scale, write_mp4
 from workbench.data.synthetic import to_uint8
-from workbench.devices import processes
+from workbench.devices import Processes, processes
 from workbench.files import check_output_folder, output_folder
 from workbench.sampling import get_sampler, schedule
 
@@ -79,27 +80,44 @@ def test_batch(cfg: Config, num: int, start: int = 0) -> dict:
     return collate(items)
 
 
-def sample_sheet(model: Model, path: Path, steps_list=None, num: int | None = None, seed: int = 0) -> Path:
+def sample_sheet(model: Model, path: Path, steps_list=None, num: int | None = None, seed: int = 0,
+                 procs: Processes = Processes()) -> Path:
     """PNG: for each test clip, the real clip then one row per step count."""
     cfg = model.config
-    return comparison_sheet({"": (model, steps_list or cfg.train.sample_steps)}, path, num or cfg.train.sample_num, seed)
+    return comparison_sheet({"": (model, steps_list or cfg.train.sample_steps)}, path, num or cfg.train.sample_num, seed,
+                            procs)
 
 
-def comparison_sheet(models: dict[str, tuple[Model, list[int]]], path: Path, num: int, seed: int = 0) -> Path:
+def comparison_sheet(models: dict[str, tuple[Model | Callable[[], Model], list[int]]], path: Path, num: int,
+                     seed: int = 0, procs: Processes = Processes()) -> Path:
     """PNG comparing models on the same test clips and noise.
 
-    `models`: {label: (model, steps_list)}; per clip, the real clip, then a row per (model, steps). The first
-    model's config chooses the test clips.
+    `models`: {label: (model or a function that loads it, steps_list)}; per clip, the real clip, then a row per
+    (model, steps). The first model's config chooses the test clips. Under several processes every one calls this:
+    row j is sampled by process j % world (a loader runs only where its rows are), the main one writes the PNG.
     """
-    batch = test_batch(next(iter(models.values()))[0].config, num)
+    rows = [(label, model, s) for label, (model, steps_list) in models.items() for s in steps_list]
+    loaded: dict[str, Model] = {}
+
+    def model_of(j: int) -> Model:                     # a loader runs once, on the process that needs it
+        label, model, _ = rows[j]
+        if label not in loaded:
+            loaded[label] = model if isinstance(model, Model) else model()
+        return loaded[label]
+
+    batch = procs.broadcast(test_batch(model_of(0).config, num) if procs.main else None)  # the first model's clips
     outs = {}
-    for label, (model, steps_list) in models.items():
+    for j in procs.mine(len(rows)):
+        model = model_of(j)
         was_training = model.net.training
         model.net.eval()
-        for s in steps_list:
-            outs[f"{label} {s} step{'s' * (s != 1)}".strip()] = generate(model, batch, s, seed)
+        outs[j] = np.stack([to_uint8(v) for v in generate(model, batch, rows[j][2], seed)])  # gathered as uint8
         model.net.train(was_training)
-    return _write_sheet({"real": batch["video"], **outs}, path)
+    videos = procs.gather(outs, len(rows))
+    if procs.main:
+        _write_sheet({"real": batch["video"], **{f"{label} {s} step{'s' * (s != 1)}".strip(): v
+                                                 for (label, _, s), v in zip(rows, videos)}}, path)
+    return path
 
 
 def estimates_sheet(latents: dict[str, torch.Tensor], encoders, path: Path, num: int) -> Path:
@@ -108,12 +126,12 @@ def estimates_sheet(latents: dict[str, torch.Tensor], encoders, path: Path, num:
         return _write_sheet({name: encoders.decode(x[:num].detach()).cpu() for name, x in latents.items()}, path)
 
 
-def _write_sheet(videos: dict[str, torch.Tensor], path: Path) -> Path:
-    """Per clip i, a row per named video batch (B,3,T,H,W in [-1, 1]) with its label."""
+def _write_sheet(videos: dict[str, torch.Tensor | np.ndarray], path: Path) -> Path:
+    """Per clip i, a row per named video batch (B,3,T,H,W in [-1, 1], or uint8 B,T,H,W,3) with its label."""
     rows, labels = [], []
-    for i in range(next(iter(videos.values())).shape[0]):
+    for i in range(len(next(iter(videos.values())))):
         for name, video in videos.items():
-            rows.append(to_uint8(video[i]))
+            rows.append(video[i] if isinstance(video, np.ndarray) else to_uint8(video[i]))
             labels.append(name)
     path.parent.mkdir(parents=True, exist_ok=True)
     contact_sheet(rows, labels).save(path)

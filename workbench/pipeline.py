@@ -178,9 +178,9 @@ def evaluate_stages(cfg: PipelineConfig, folder: PipelineFolder, models: dict[st
     evaluate([str(models[n]) for n in names], list(e.steps), e.num, list(e.seeds), folder.eval, names=names,
              sheet_num=0, force=True, draw=evaluation_figures,  # the pipeline's own eval folder, replaced every run
              spec=EvalSpec(device=device))
-    if e.sheet_num and processes().main:                # a few clips: the main process draws the sheet
-        sheet = {n: (load_model(models[n], device=device), [e.sheet_steps]) for n in names}
-        comparison_sheet(sheet, folder.eval / f"stages_{e.sheet_steps}steps.png", e.sheet_num)
+    if e.sheet_num:                                     # a row per stage, split across processes
+        sheet = {n: (lambda n=n: load_model(models[n], device=device), [e.sheet_steps]) for n in names}
+        comparison_sheet(sheet, folder.eval / f"stages_{e.sheet_steps}steps.png", e.sheet_num, procs=processes())
     if processes().main:
         write_curves(cfg, folder, models)
 

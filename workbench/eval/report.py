@@ -260,8 +260,8 @@ def evaluate(checkpoints: list[str], steps_list: list[int], num: int, seeds: lis
                     rows.append({"method": name, "steps": steps, "nfe": steps * nfe_per_step, "seed": seed, "num": num,
                                  **_score(scorer, *made, batches, ref_feats, procs.main), **variant})
             bar.close()
-            if sheet_num and procs.main:
-                sample_sheet(model, tmp / f"contact_sheet_{name}.png", steps_list, min(sheet_num, num))
+            if sheet_num:                            # a row per step count, split across processes
+                sample_sheet(model, tmp / f"contact_sheet_{name}.png", steps_list, min(sheet_num, num), procs=procs)
         df = pd.DataFrame(rows)
         label = lambda k: "real test clips" if len(refs) == 1 else f"real test clips (data spec {k})"  # noqa: E731
         reference = pd.DataFrame([{"method": label(k), **r, **quality_groups(r)} for k, r in refs.items()])
