@@ -7,7 +7,7 @@ import workbench
 
 # Bottom to top. A module may import its own layer and the ones below.
 LAYERS = [
-    ["workbench", "workbench.config", "workbench.flow", "workbench.files", "workbench.folders",  # folders: the layout
+    ["workbench", "workbench.config", "workbench.flow", "workbench.vp", "workbench.files", "workbench.folders",  # folders: the layout
      "workbench.cli",                                 # cli: one-line errors, for the CLI and the app
      "workbench.devices"],                            # devices: the device rule and the share of each process
     ["workbench.models", "workbench.data"],
