@@ -29,7 +29,7 @@ class ExactVP(torch.nn.Module):
         var = alpha ** 2 * S0 ** 2 + sigma ** 2
         x0 = MU + alpha * S0 ** 2 / var * (x - alpha * MU)
         eps = sigma / var * (x - alpha * MU)
-        return {"epsilon": eps, "v_prediction": alpha * eps - sigma * x0, "sample": x0}[self.kind]
+        return {"epsilon": eps, "v": alpha * eps - sigma * x0, "x0": x0}[self.kind]
 
 
 def exact_flow_velocity(x_t, t):
@@ -85,5 +85,62 @@ def test_a_scheduler_config_gives_its_schedule():
               "prediction_type": "v_prediction"}
     torch.testing.assert_close(VPSchedule.from_scheduler_config(config).alphas_cumprod,
                                DDPMScheduler.from_config(config).alphas_cumprod)
-    with pytest.raises(ValueError, match="prediction_type 'flow'"):
+    with pytest.raises(ValueError, match="VP prediction 'flow'"):
         BridgedVP(torch.nn.Identity(), schedule(), "flow")
+
+
+# -- the backbone: model.vp_schedule makes a FlowNet a bridged diffusion network ------------------------------------
+
+def scheduler_file(tmp_path, prediction="epsilon"):
+    import json
+    config = {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_schedule": "scaled_linear",
+              "beta_start": 0.00085, "beta_end": 0.012, "prediction_type": prediction}
+    (tmp_path / "scheduler_config.json").write_text(json.dumps(config))
+    return tmp_path
+
+
+@pytest.mark.parametrize("kind", PREDICTIONS)
+def test_a_vp_flownet_is_its_transformer_bridged(kind, tmp_path):
+    from workbench.methods import load_config
+    from workbench.models import build_backbone
+    from workbench.vp import flow_velocity, vp_input
+    cfg = load_config("experiments/micro/teacher.yaml", [f"model.vp_schedule={scheduler_file(tmp_path)}",
+                                                          f"model.prediction={kind}"])
+    net, encoders = build_backbone(cfg.model)
+    from workbench.generate import test_batch
+    x0, cond = encoders.prepare(test_batch(cfg, 2)["video"], ["a", "b"])
+    lo, hi = net.vp.t_range
+    t = torch.tensor([0.3, 0.8])
+    x_t = torch.randn_like(x0)
+    with torch.no_grad():
+        inp, text, image = net.wan_inputs(vp_input(x_t, t), cond)
+        raw = net.transformer(inp, net.vp.timestep(t), text, return_dict=False)[0]
+        torch.testing.assert_close(net(x_t, t, cond), flow_velocity(raw, vp_input(x_t, t), t, kind))
+        v_end = net(x_t, torch.tensor([1.0, hi]), cond)          # beyond the schedule: asked at its last timestep
+        assert torch.isfinite(v_end).all()
+        torch.testing.assert_close(net.wan_timestep(torch.tensor([1.0])), net.wan_timestep(torch.tensor([hi])))
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["model.prediction=epsilon"], "epsilon is a VP prediction: set model.vp_schedule"),
+    (["model.vp_schedule=x.json", "model.prediction=velocity"], "a VP network .* predicts epsilon, v or x0, not velocity")])
+def test_a_prediction_that_does_not_fit_the_path_is_refused_at_load(overrides, match):
+    from workbench.config import ConfigError
+    from workbench.methods import load_config
+    with pytest.raises(ConfigError, match=f"model.prediction: {match}"):
+        load_config("experiments/micro/teacher.yaml", overrides)
+
+
+def test_weights_of_a_flow_network_are_refused_for_a_vp_one(tmp_path):
+    from workbench.methods import load_config
+    from workbench.models import build_backbone
+    from workbench.train import train
+    run = train(load_config("experiments/micro/teacher.yaml", ["data.train_size=4", "train.steps=1",
+                                                               "train.ckpt_every=1", "train.sample_num=1"]),
+                tmp_path / "flow", progress=False)
+    weights = next((run / "checkpoints").glob("step-*")) / "model.safetensors"
+    cfg = load_config("experiments/micro/teacher.yaml", [f"model.vp_schedule={scheduler_file(tmp_path)}",
+                                                          "model.prediction=x0", f"model.weights={weights}"])
+    with pytest.raises(ValueError, match="trained with model.prediction=x0 on a flow path .* but this config "
+                                         "has model.prediction=x0 on a VP path"):
+        build_backbone(cfg.model)

@@ -92,8 +92,20 @@ class ModelConfig:
     text_encoder_path: str = ""    # local folder of UMT5EncoderModel + tokenizer ("" = toy text encoder)
     image_encoder_path: str = ""   # local folder of CLIPVisionModel + processor ("" = no image tokens)
     dtype: Literal["float32", "bfloat16"] = "float32"  # weights dtype of frozen parts: float32 or bfloat16
-    prediction: Literal["velocity", "x0"] = "velocity"  # what the transformer outputs: "velocity" (Eq. 2) or "x0" (F = (x_t - x0) / t)
+    prediction: Literal["velocity", "x0", "epsilon", "v"] = "velocity"  # what the transformer outputs: on the flow path
+                                   # "velocity" (Eq. 2) or "x0" (F = (x_t - x0) / t); on a VP path (vp_schedule)
+                                   # "epsilon", "v" or "x0", bridged to the velocity by workbench/vp.py
+    vp_schedule: str = ""          # a diffusion (VP) network: its diffusers scheduler_config.json (the betas);
+                                   # "" = a flow network
     lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def problems(self) -> dict[str, str]:
+        if self.vp_schedule and self.prediction == "velocity":
+            return {"prediction": "a VP network (model.vp_schedule set) predicts epsilon, v or x0, not velocity"}
+        if not self.vp_schedule and self.prediction in ("epsilon", "v"):
+            return {"prediction": f"{self.prediction} is a VP prediction: set model.vp_schedule (a diffusers "
+                                  f"scheduler_config.json)"}
+        return {}
 
 
 @dataclass

@@ -29,7 +29,8 @@ import torch
 
 from workbench.flow import expand_t
 
-PREDICTIONS = ("epsilon", "v_prediction", "sample")   # diffusers' prediction_type names: eps, v, x0
+PREDICTIONS = ("epsilon", "v", "x0")                  # what a VP network predicts (model.prediction)
+FROM_DIFFUSERS = {"epsilon": "epsilon", "v_prediction": "v", "sample": "x0"}   # a scheduler's prediction_type
 
 
 def log_snr_of_flow_time(t_B: torch.Tensor) -> torch.Tensor:
@@ -93,12 +94,12 @@ def flow_velocity(prediction: torch.Tensor, x_vp: torch.Tensor, t_B: torch.Tenso
     alpha, sigma = vp_coefficients(t_B, x_vp)
     if kind == "epsilon":
         eps, x0 = prediction, (x_vp - sigma * prediction) / alpha
-    elif kind == "v_prediction":
+    elif kind == "v":
         eps, x0 = sigma * x_vp + alpha * prediction, alpha * x_vp - sigma * prediction
-    elif kind == "sample":
+    elif kind == "x0":
         eps, x0 = (x_vp - alpha * prediction) / sigma, prediction
     else:
-        raise ValueError(f"prediction_type {kind!r}: expected one of {', '.join(PREDICTIONS)}")
+        raise ValueError(f"VP prediction {kind!r}: expected one of {', '.join(PREDICTIONS)}")
     return eps - x0
 
 
@@ -113,7 +114,7 @@ class BridgedVP(torch.nn.Module):
     def __init__(self, vp_net: torch.nn.Module, schedule: VPSchedule, prediction: str):
         super().__init__()
         if prediction not in PREDICTIONS:
-            raise ValueError(f"prediction_type {prediction!r}: expected one of {', '.join(PREDICTIONS)}")
+            raise ValueError(f"VP prediction {prediction!r}: expected one of {', '.join(PREDICTIONS)}")
         self.vp_net, self.schedule, self.prediction = vp_net, schedule, prediction
 
     def forward(self, x_t: torch.Tensor, t_B: torch.Tensor, cond=None, **kw) -> torch.Tensor:

@@ -169,7 +169,8 @@ class Distillation(Method):
         self.teacher = frozen_copy(net)
         if cfg.distill.teacher:                           # e.g. DA after CCD: the student is the CCD model
             load_weights(self.teacher.transformer, cfg.distill.teacher, "distill.teacher")
-            check_prediction_fits(cfg.distill.teacher, cfg.model.prediction, "distill.teacher")
+            check_prediction_fits(cfg.distill.teacher, cfg.model.prediction, "distill.teacher",
+                                  vp=bool(cfg.model.vp_schedule))
         if self.teacher_is_frozen():
             cast_frozen(self.teacher, dtype)
         self.target = frozen_copy(net) if self.uses_target else None

@@ -64,7 +64,8 @@ def build_backbone(cfg: ModelConfig, cache: str = "") -> tuple[FlowNet, Encoders
     running the VAE encoder, UMT5 and CLIP (models/cached.py), which are then never built."""
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]  # a choice the loader checked
     with_lora = bool(cfg.weights) and any("lora_" in k for k in tensor_names(cfg.weights, "model.weights"))
-    net = build_flownet(cfg.preset, cfg.transformer_path, "" if with_lora else cfg.weights, cfg.prediction)
+    net = build_flownet(cfg.preset, cfg.transformer_path, "" if with_lora else cfg.weights, cfg.prediction,
+                        cfg.vp_schedule)
     if cache:
         from workbench.models.cached import cached_encoders
         encoders, text, image = cached_encoders(cfg, cache)
@@ -76,7 +77,7 @@ def build_backbone(cfg: ModelConfig, cache: str = "") -> tuple[FlowNet, Encoders
         image = CLIPImageEncoder(cfg.image_encoder_path, dtype) if cfg.image_encoder_path else None
         encoders = Encoders(codec, text, image)
     _check_parts_fit(cfg, net, codec, text, image)
-    check_prediction_fits(cfg.weights, cfg.prediction)
+    check_prediction_fits(cfg.weights, cfg.prediction, vp=bool(cfg.vp_schedule))
     if with_lora and not cfg.lora.rank:
         raise ValueError(f"model.weights: {cfg.weights} holds a LoRA adapter; set model.lora.rank (and alpha, targets) "
                          f"as its run did")
@@ -87,15 +88,17 @@ def build_backbone(cfg: ModelConfig, cache: str = "") -> tuple[FlowNet, Encoders
     return net, encoders
 
 
-def check_prediction_fits(weights: str, prediction: str, key: str = "model.weights") -> None:
-    """Weights trained to predict x0 read as a velocity (or the reverse) sample noise: refuse, naming both."""
+def check_prediction_fits(weights: str, prediction: str, key: str = "model.weights", vp: bool = False) -> None:
+    """Weights trained to predict x0 read as a velocity, or a diffusion (VP) network read as a flow one (or the
+    reverse), sample noise: refuse, naming both."""
     saved = saved_config(Path(weights).parent) if weights else None
     if saved is None:
         return
-    trained = load_section(saved, "model", ModelConfig).prediction  # saved before the key existed: the default
-    if trained != prediction:
-        raise ValueError(f"{key}: {weights} was trained with model.prediction={trained} ({saved}), "
-                         f"but this config has model.prediction={prediction}")
+    trained = load_section(saved, "model", ModelConfig)  # saved before the keys existed: the defaults
+    if (trained.prediction, bool(trained.vp_schedule)) != (prediction, vp):
+        path = lambda p, v: f"model.prediction={p} on a {'VP' if v else 'flow'} path"  # noqa: E731
+        raise ValueError(f"{key}: {weights} was trained with {path(trained.prediction, trained.vp_schedule)} "
+                         f"({saved}), but this config has {path(prediction, vp)}")
 
 
 def _check_parts_fit(cfg: ModelConfig, net: FlowNet, codec, text, image) -> None:

@@ -9,6 +9,7 @@ image (`image_context_length = len - 512`), so `FlowNet.wan_inputs` zero-pads sh
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from diffusers import WanTransformer3DModel
 from workbench.flow import velocity_from_x0
 from workbench.models.text import WAN_TEXT_LEN
 from workbench.models.weights import load_weights
+from workbench.vp import VPSchedule, flow_velocity, vp_input
 
 # 24x24x8 toy clips in pixel space: (2,4,4) patches -> 4 x 6 x 6 = 144 tokens, 1.8 M params.
 _TOY = dict(patch_size=(2, 4, 4), num_attention_heads=4, attention_head_dim=32, out_channels=3, text_dim=32,
@@ -90,16 +92,30 @@ def build_transformer(preset: str, transformer_path: str = "", weights: str = ""
     return model
 
 
-PREDICTIONS = ("velocity", "x0")
+PREDICTIONS = ("velocity", "x0", "epsilon", "v")   # config.ModelConfig.prediction
 
 
-def build_flownet(preset: str, transformer_path: str = "", weights: str = "", prediction: str = "velocity"
-                  ) -> "FlowNet":
-    """`build_transformer` wrapped as a velocity field, with the preset's input channels."""
+def build_flownet(preset: str, transformer_path: str = "", weights: str = "", prediction: str = "velocity",
+                  vp_schedule: str = "") -> "FlowNet":
+    """`build_transformer` wrapped as a velocity field, with the preset's input channels; with `vp_schedule` (a
+    diffusers scheduler_config.json, or the folder holding it) a diffusion network seen through workbench/vp.py."""
     if prediction not in PREDICTIONS:
         raise ValueError(f"model.prediction: expected one of {PREDICTIONS}, got {prediction!r}")
     return FlowNet(build_transformer(preset, transformer_path, weights),
-                   positions=not transformer_path and preset in POSITION_PRESETS, prediction=prediction)
+                   positions=not transformer_path and preset in POSITION_PRESETS, prediction=prediction,
+                   vp=read_vp_schedule(vp_schedule) if vp_schedule else None)
+
+
+def read_vp_schedule(path: str) -> VPSchedule:
+    """model.vp_schedule: a scheduler_config.json (or its folder) -> its VPSchedule."""
+    file = Path(path) / "scheduler_config.json" if Path(path).is_dir() else Path(path)
+    try:
+        return VPSchedule.from_scheduler_config(json.loads(file.read_text()))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"model.vp_schedule: {file} not found (expected a diffusers scheduler_config.json)"
+                                ) from None
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"model.vp_schedule: {file}: {e}") from None
 
 
 def position_ramps(x_BCTHW: torch.Tensor) -> torch.Tensor:
@@ -110,18 +126,34 @@ def position_ramps(x_BCTHW: torch.Tensor) -> torch.Tensor:
 
 
 class FlowNet(torch.nn.Module):
-    """Velocity field v(x_t, t, cond) on B,C,T,H,W latents; Wan sees timestep = 1000 t (float)."""
+    """Velocity field v(x_t, t, cond) on B,C,T,H,W latents. A flow network sees x_t and timestep = 1000 t (float);
+    a diffusion network (`vp`) sees x_vp = (alpha + sigma) x_t and its VP timestep s, and its epsilon, v or x0
+    becomes the velocity (workbench/vp.py). Beyond the ends of its schedule (t above ~0.94 for SD-style betas,
+    which never reach pure noise, and t near 0) it is asked, and its prediction read, at the schedule's end
+    timestep, x_vp still from the true t: as DDPM samplers start from pure noise at their last timestep."""
 
-    def __init__(self, transformer: WanTransformer3DModel, positions: bool = False, prediction: str = "velocity"):
+    def __init__(self, transformer: WanTransformer3DModel, positions: bool = False, prediction: str = "velocity",
+                 vp: VPSchedule | None = None):
         super().__init__()
         self.transformer = transformer
         self.positions = positions  # append position_ramps to the inputs (POSITION_PRESETS)
         self.position_channels = POSITION_CHANNELS if positions else 0
-        self.prediction = prediction  # what the transformer outputs: "velocity" or "x0" (PREDICTIONS)
+        self.prediction = prediction  # what the transformer outputs (PREDICTIONS)
+        self.vp = vp
 
     def wan_timestep(self, t_B: torch.Tensor) -> torch.Tensor:
-        """Wan's timestep: 1000 t as a float tensor (so a tangent on t flows through the time embedding)."""
-        return (1000.0 * t_B).to(self.transformer.patch_embedding.weight.dtype)
+        """The transformer's timestep as a float tensor (so a tangent on t flows through the time embedding): 1000 t,
+        or the VP timestep at t."""
+        s = self.vp.timestep(self.vp_time(t_B)) if self.vp is not None else 1000.0 * t_B
+        return s.to(self.transformer.patch_embedding.weight.dtype)
+
+    def vp_time(self, t_B: torch.Tensor) -> torch.Tensor:
+        """t within the VP schedule's range (the class docstring)."""
+        return t_B.clamp(*self.vp.t_range)
+
+    def net_input(self, x_t_BCTHW: torch.Tensor, t_B: torch.Tensor) -> torch.Tensor:
+        """What the transformer denoises: x_t, or x_vp on a VP path."""
+        return vp_input(x_t_BCTHW, t_B) if self.vp is not None else x_t_BCTHW
 
     def wan_inputs(self, x_t_BCTHW: torch.Tensor, cond: Conditioning):
         """(cat([x_t, mask, first(, positions)]) on channels, text tokens, image tokens or None) in the weights' dtype."""
@@ -139,12 +171,15 @@ class FlowNet(torch.nn.Module):
         return inp.to(dtype), text.to(dtype), image
 
     def velocity(self, out_BCTHW: torch.Tensor, x_t_BCTHW: torch.Tensor, t_B: torch.Tensor) -> torch.Tensor:
-        """The transformer's output as the velocity F: as is, or from its x0 estimate (flow.velocity_from_x0)."""
+        """The transformer's output as the velocity F: as is, from its x0 estimate (flow.velocity_from_x0), or
+        bridged from a VP prediction (vp.flow_velocity)."""
         out = out_BCTHW.to(x_t_BCTHW.dtype)
+        if self.vp is not None:
+            return flow_velocity(out, vp_input(x_t_BCTHW, t_B), self.vp_time(t_B), self.prediction)
         return velocity_from_x0(x_t_BCTHW, out, t_B) if self.prediction == "x0" else out
 
     def forward(self, x_t_BCTHW: torch.Tensor, t_B: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        inp, text, image = self.wan_inputs(x_t_BCTHW, cond)
+        inp, text, image = self.wan_inputs(self.net_input(x_t_BCTHW, t_B), cond)
         out = self.transformer(inp, self.wan_timestep(t_B), text, encoder_hidden_states_image=image, return_dict=False)[0]
         return self.velocity(out, x_t_BCTHW, t_B)
 
