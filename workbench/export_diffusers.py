@@ -101,6 +101,9 @@ def export_diffusers(path: str | Path, out: str | Path, dtype: str = "float16", 
     if not (mc.vae_path and mc.text_encoder_path) or net.positions:
         raise ValueError(f"--diffusers: {path} is a toy model (model.preset={mc.preset}, no model.vae_path or "
                          f"model.text_encoder_path); only Wan-scale models export to a diffusers pipeline")
+    if mc.vp_schedule:   # the stock pipeline's schedulers step other coordinates than the workbench's flow Euler
+        raise ValueError(f"--diffusers: {path} is a diffusion (VP) network (model.vp_schedule); only flow networks "
+                         f"export to a diffusers pipeline so far: distil it into a flow student")
     scheduler, stock = diffusers_scheduler(sc.sampler, sc.shift, steps, mc.prediction)
     out.parent.mkdir(parents=True, exist_ok=True)
     with staged(out) as tmp:
