@@ -13,14 +13,15 @@ import pytest
 
 from tests.test_bad_inputs import cli, one_line_error, snapshot
 from tests.test_results_doc import results_csv
-from workbench.study.votes import EXPORT_HEADER, VoteStore, export_votes, read_votes
+from workbench.study import export_votes, open_store, read_votes
+from workbench.study.votes import EXPORT_HEADER
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def votes_db(path: Path, n: int) -> Path:
     """A votes database holding `n` best-of-4 votes of one annotator (rows written directly: export reads them)."""
-    store = VoteStore(path)
+    store = open_store(path)
     store.add_annotator("alice", "pw")
     rows = []
     for i in range(n):
@@ -94,7 +95,7 @@ def test_a_file_that_is_no_database_is_refused_as_the_votes_database_and_left_as
     notes = tmp_path / "notes.txt"
     notes.write_text("not a database, and mine\n" * 100)
     with pytest.raises(ValueError, match="notes.txt: cannot open it as a votes database"):
-        VoteStore(notes)
+        open_store(notes)
     assert notes.read_text() == "not a database, and mine\n" * 100 and sorted(tmp_path.iterdir()) == [notes]
 
 

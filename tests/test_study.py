@@ -1,13 +1,8 @@
-"""The user study backend: known-answer tests of the rankings, the votes database's promises (hashed passwords,
-one row per judgement, nothing stored from a malformed vote, an item never served twice), and study building
-(content-hash names, equal size and length, a manifest, all or nothing)."""
+"""The user study backend: known-answer tests of the rankings, and study building (content-hash names, equal size
+and length, a manifest, all or nothing). The votes database's promises: tests/test_votes.py."""
 import hashlib
-import json
-import sqlite3
 import subprocess
 import sys
-import threading
-from pathlib import Path
 
 import av
 import numpy as np
@@ -16,10 +11,9 @@ import pytest
 
 from workbench.data.io import read_frames
 from workbench.study import build as study_build
-from workbench.study.build import CRITERIA, CORRUPTED, REAL, Study, build_study, load_study
+from workbench.study.build import CORRUPTED, REAL, build_study, load_study
 from workbench.study.ranking import (agreement, attention_flags, best_share, bootstrap_bt, bradley_terry,
                                      pairwise_outcomes, study_results, win_matrix)
-from workbench.study.votes import VoteStore, export_votes, read_users
 
 TRUE = {"teacher@8": 0.9, "swiftvideo@4": 0.5, "da@4": -0.3, "ccd@4": -1.1}  # Bradley-Terry log-odds, mean 0
 
@@ -145,194 +139,6 @@ def test_agreement_is_one_when_annotators_agree_and_lower_when_they_do_not():
     assert split.loc[0, "fleiss_kappa"] < same.loc[0, "fleiss_kappa"]
 
 
-# the votes database
-def fake_study(tmp_path: Path, items: int = 4, n: int = 3, attention: int = 1) -> Study:
-    """A manifest without videos: enough for the database, which never opens a video."""
-    listed = []
-    for i in range(items + attention):
-        if i < items:
-            videos = [{"video": f"{i}-{m}.mp4", "method": m, "steps": 4} for m in ["ccd", "da", "swiftvideo"][:n]]
-            att = None
-        else:
-            videos = [{"video": f"{i}-real.mp4", "method": REAL, "steps": 0}] + [
-                {"video": f"{i}-bad{k}.mp4", "method": CORRUPTED, "steps": 0} for k in range(n - 1)]
-            att = {"answer": f"{i}-real.mp4"}
-        listed.append({"id": f"{i:03d}", "clip": i, "caption": f"clip {i}", "first_frame": f"{i}.png",
-                       "videos": videos, "attention": att})
-    return Study(tmp_path, {"format": 1, "study": "study-test", "criteria": list(CRITERIA), "items": listed})
-
-
-@pytest.fixture
-def store(tmp_path):
-    users = tmp_path / "users.txt"
-    users.write_text("# study owner's file\nalice:correct horse battery\n\nbob:hunter2:with:colons\n")
-    s = VoteStore(tmp_path / "votes.sqlite")
-    assert s.add_annotators(users) == ["alice", "bob"]
-    return s
-
-
-def rows(store: VoteStore) -> int:
-    with sqlite3.connect(store.path) as db:
-        return db.execute("SELECT COUNT(*) FROM votes").fetchone()[0]
-
-
-def test_passwords_are_stored_hashed(store):
-    assert store.check_login("alice", "correct horse battery")
-    assert store.check_login("bob", "hunter2:with:colons")
-    assert not store.check_login("alice", "wrong") and not store.check_login("mallory", "correct horse battery")
-    raw = b"".join(Path(f).read_bytes() for f in store.path.parent.glob("votes.sqlite*"))
-    assert b"correct horse" not in raw and b"hunter2" not in raw
-    with sqlite3.connect(store.path) as db:
-        (salt_a, hash_a), (salt_b, _) = db.execute("SELECT salt, hash FROM annotators ORDER BY username")
-    assert len(hash_a) == 32 and salt_a != salt_b
-    store.add_annotator("alice", "new password")  # the owner changes a password: the old one stops working
-    assert store.check_login("alice", "new password") and not store.check_login("alice", "correct horse battery")
-
-
-def test_a_users_file_with_a_bad_line_is_refused(tmp_path):
-    f = tmp_path / "users.txt"
-    f.write_text("alice:pw\nbob\n")
-    with pytest.raises(ValueError, match=r"users.txt:2"):
-        read_users(f)
-    f.write_text("alice:pw\nalice:other\n")
-    with pytest.raises(ValueError, match="twice"):
-        read_users(f)
-    with pytest.raises(FileNotFoundError, match="nope"):
-        read_users(tmp_path / "nope")
-
-
-@pytest.mark.parametrize("mode", ["best_of_n", "pairwise"])
-def test_an_item_is_never_served_twice_and_a_reload_shows_the_same_order(store, tmp_path, mode):
-    study = fake_study(tmp_path)
-    seen = []
-    while (shown := store.next_item(study, "alice", mode)) is not None:
-        assert shown.left == len(study.items) - len(seen)
-        assert store.next_item(study, "alice", mode) == shown  # a reload: same item, same order
-        assert len(shown.videos) == (3 if mode == "best_of_n" else 2)
-        for k, criterion in enumerate(CRITERIA):
-            assert store.vote(study, "alice", shown.item, criterion, mode, 0 if mode == "best_of_n" else "A",
-                              videos=shown.videos)
-            if k == 0:  # half-voted: still the current item, the voted criterion done
-                again = store.next_item(study, "alice", mode)
-                assert again.item == shown.item and again.criteria == CRITERIA[1:]
-        seen.append(shown.item)
-    assert sorted(seen) == sorted(study.items) and store.items_left(study, "alice", mode) == 0
-    # another annotator meets the items in another order, each with its own slot order
-    bob = [store.next_item(study, "bob", mode)]
-    assert bob[0] is not None and store.items_left(study, "bob", mode) == len(study.items)
-
-
-def test_slot_orders_differ_between_annotators_and_pairwise_attention_shows_the_real_clip(store, tmp_path):
-    study = fake_study(tmp_path, items=30, n=3, attention=1)
-    orders = {who: [tuple(v["video"] for v in VoteStore.slot_order(study, who, i, "best_of_n")) for i in study.items]
-              for who in ["alice", "bob"]}
-    assert orders["alice"] != orders["bob"]
-    assert VoteStore.item_order(study, "alice") != VoteStore.item_order(study, "bob")
-    for who in ["alice", "bob", "carol"]:
-        pair = [v["video"] for v in VoteStore.slot_order(study, who, "030", "pairwise")]
-        assert "30-real.mp4" in pair and len(set(pair)) == 2
-
-
-def test_a_replayed_vote_stores_one_row(store, tmp_path):
-    study = fake_study(tmp_path)
-    shown = store.next_item(study, "alice")
-    assert store.vote(study, "alice", shown.item, "frame_quality", "best_of_n", 1, videos=shown.videos)
-    assert not store.vote(study, "alice", shown.item, "frame_quality", "best_of_n", 1, videos=shown.videos)
-    assert not store.vote(study, "alice", shown.item, "frame_quality", "best_of_n", 2)  # the first vote stands
-    votes = store.votes()
-    assert len(votes) == 1 and votes.loc[0, "choice"] == "1" and rows(store) == 1
-    assert [s["video"] for s in votes.loc[0, "shown"]] == list(shown.videos)
-    assert {"method", "steps", "video"} == set(votes.loc[0, "shown"][0])
-
-
-def test_concurrent_replays_store_one_row(store, tmp_path):
-    study = fake_study(tmp_path)
-    shown = store.next_item(study, "alice")
-    results = []
-
-    def cast():
-        results.append(store.vote(study, "alice", shown.item, "image_alignment", "best_of_n", 0))
-
-    threads = [threading.Thread(target=cast) for _ in range(8)]
-    [t.start() for t in threads]
-    [t.join() for t in threads]
-    assert sorted(results) == [False] * 7 + [True] and rows(store) == 1
-
-
-def test_invalid_votes_store_nothing(store, tmp_path):
-    study = fake_study(tmp_path)
-    shown = store.next_item(study, "alice")
-    other = next(i for i in study.items if i != shown.item)
-    bad = [
-        dict(item="999"),                                                 # unknown item
-        dict(criterion="sharpness"),                                      # unknown criterion
-        dict(mode="trio"),                                                # unknown mode
-        dict(videos=("elsewhere.mp4",) + shown.videos[1:]),               # a video not shown to alice
-        dict(videos=tuple(reversed(shown.videos))),                       # not in the order shown
-        dict(choice="elsewhere.mp4"),
-        dict(choice=3),                                                   # no such slot
-        dict(choice=True),
-        dict(mode="pairwise"),                                            # never served in that mode
-        dict(item=other),                                                 # never served to alice
-        dict(annotator="mallory"),                                        # unknown annotator
-    ]
-    for change in bad:
-        args = dict(study=study, annotator="alice", item=shown.item, criterion="frame_quality", mode="best_of_n",
-                    choice=0, videos=shown.videos) | change
-        with pytest.raises(ValueError):
-            store.vote(**args)
-    assert rows(store) == 0
-    store.next_item(study, "alice", "pairwise")
-    with pytest.raises(ValueError, match="pairwise choice"):
-        store.vote(study, "alice", shown.item, "frame_quality", "pairwise", 0)
-    assert rows(store) == 0
-    # a best-of-N choice may name the video instead of the slot
-    assert store.vote(study, "alice", shown.item, "frame_quality", "best_of_n", shown.videos[2])
-    assert store.votes().loc[0, "choice"] == "2"
-
-
-def test_votes_export_to_csv_with_the_chosen_method(store, tmp_path):
-    study = fake_study(tmp_path)
-    shown = store.next_item(study, "alice")
-    store.vote(study, "alice", shown.item, "frame_quality", "best_of_n", 1, app_version="0.1.0")
-    pshown = store.next_item(study, "bob", "pairwise")
-    store.vote(study, "bob", pshown.item, "temporal_consistency", "pairwise", "B")
-    store.vote(study, "bob", pshown.item, "frame_quality", "pairwise", "tie")
-    out = export_votes(store.path, tmp_path / "out" / "votes.csv")
-    df = pd.read_csv(out)
-    assert len(df) == 3 and {"study", "annotator", "item", "criterion", "mode", "shown", "choice", "shown_at",
-                             "voted_at", "app_version", "chosen_method", "chosen_steps"} <= set(df.columns)
-    first = df.iloc[0]
-    assert first["chosen_method"] == json.loads(first["shown"])[1]["method"] and first["app_version"] == "0.1.0"
-    assert pd.isna(df.iloc[2]["chosen_method"])  # a tie chooses nothing
-    r = subprocess.run([sys.executable, "-m", "workbench", "study", "export", str(tmp_path), "--out",
-                        str(tmp_path / "cli.csv")], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    assert (tmp_path / "cli.csv").read_text() == out.read_text()
-    r = subprocess.run([sys.executable, "-m", "workbench", "study", "export", str(tmp_path / "none.sqlite"), "--out",
-                        str(tmp_path / "x.csv")], capture_output=True, text=True)
-    assert r.returncode == 2 and "none.sqlite" in r.stderr and r.stderr.strip().count("\n") == 0
-    assert not (tmp_path / "none.sqlite").exists()
-
-
-def test_study_results_from_a_votes_database(store, tmp_path):
-    study = fake_study(tmp_path, items=4, n=3, attention=1)
-    for who in ["alice", "bob"]:
-        while (shown := store.next_item(study, who)) is not None:
-            methods = {v["video"]: v["method"] for v in study.items[shown.item]["videos"]}
-            best = next(k for k, v in enumerate(shown.videos) if methods[v] in ("swiftvideo", REAL))
-            for c in CRITERIA:
-                store.vote(study, who, shown.item, c, "best_of_n", best)
-    res = study_results(store.votes(study), rounds=20)
-    assert res.flagged == [] and res.counted_votes == 2 * 4 * 3
-    for c in CRITERIA:
-        part = res.strengths[res.strengths["criterion"] == c]
-        assert part.iloc[0]["entrant"] == "swiftvideo@4"
-    share = res.best_share.set_index(["criterion", "entrant"])["share"]
-    assert share[("frame_quality", "swiftvideo@4")] == 1
-    assert (res.agreement["agreement"] == 1).all() and (res.agreement["groups"] == 4).all()
-
-
 # building a study
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, request):
@@ -415,8 +221,3 @@ def test_a_failed_study_build_leaves_no_folder(tmp_path, monkeypatch):
         build_study(["teacher@8", "ccd@4"], 2, 0, tmp_path / "s")
     assert len(calls) == 3 and not list(tmp_path.iterdir())
 
-
-def test_results_of_a_study_without_votes_are_empty_not_an_error(store, tmp_path):
-    res = study_results(store.votes(fake_study(tmp_path)), rounds=5)
-    assert res.counted_votes == 0 and res.flagged == [] and res.strengths.empty and res.best_share.empty
-    assert res.win_rates == {} and res.agreement.empty

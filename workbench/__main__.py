@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     sb.add_argument("--device", default="auto", help=DEVICE)
     sb.add_argument("--batch-size", type=count, default=16, help="clips sampled at once (a process's share: batches)")
     se = stsub.add_parser("export", help="write every vote of a votes database as CSV")
-    se.add_argument("db", help="votes database (or a folder holding votes.sqlite)")
+    se.add_argument("db", help="votes database (a file, a folder holding votes.sqlite, or a postgresql:// URL)")
     se.add_argument("--out", required=True, help="CSV file (must not exist)")
     se.add_argument("--force", action="store_true", help="replace an earlier export (never the database)")
 

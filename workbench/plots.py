@@ -15,7 +15,6 @@ from PIL import Image
 
 from workbench.eval.metrics import HEADLINE, column_of, in_groups
 from workbench.eval.tables import display, summarise
-from workbench.runs import Run
 
 NOTEBOOK_RENDERER = "plotly_mimetype+notebook"
 # The training curves a run logs in metrics.jsonl, by the figure that draws them: the one list the app and the
@@ -34,13 +33,16 @@ def notebook_renderer() -> None:
 
 
 def training_curves(runs: dict[str, str | Path], keys: tuple[str, ...] = ("loss",), log_y: bool = True) -> go.Figure:
-    """One line per (run, key) against step."""
+    """One line per (run, key) against step, each over the steps that logged it (a key logged every other row
+    has NaN between: dropped per series, or the line would draw no segment)."""
+    from workbench.runs import Run  # torch and the models: imported when a curve is drawn, not with the app
     frames = []
     for name, run in runs.items():
         df = Run(run).metrics
         for key in keys:
             if key in df:
-                frames.append(pd.DataFrame({"step": df["step"], "value": df[key], "curve": f"{name}: {key}"}))
+                logged = df[["step", key]].dropna()
+                frames.append(pd.DataFrame({"step": logged["step"], "value": logged[key], "curve": f"{name}: {key}"}))
     data = pd.concat(frames, ignore_index=True)
     fig = px.line(data, x="step", y="value", color="curve", log_y=log_y, title="training curves")
     return fig.update_layout(height=380, legend_title_text="")

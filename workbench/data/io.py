@@ -1,6 +1,8 @@
 """Video and image files: mp4 written with PyAV (H.264), read with decord (PyAV as fallback); PNG sheets."""
 from __future__ import annotations
 
+import io
+
 import contextlib
 import math
 import os
@@ -29,7 +31,8 @@ def view_scale(H: int, W: int) -> int:
 
 
 def write_mp4(path: str | Path, video_THWC: np.ndarray, fps: int = 8, scale: int = 1) -> Path:
-    """uint8 (T, H, W, 3) -> H.264 yuv420p mp4 (plays in browsers, decord reads it), written atomically.
+    """uint8 (T, H, W, 3) -> H.264 yuv420p mp4 (plays in browsers, decord reads it), written atomically; the same
+    frames give the same bytes on any machine (single-threaded, without x264's macroblock tree).
 
     `scale` > 1 enlarges frames by pixel repetition first, for viewing tiny toy clips (`view_scale`).
     """
@@ -39,18 +42,23 @@ def write_mp4(path: str | Path, video_THWC: np.ndarray, fps: int = 8, scale: int
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     T, H, W, _ = video_THWC.shape
-    # removed if encoding fails (a full disk); our own file object, as PyAV leaves its descriptor open on a failed write
-    with staged_file(path, kind="mp4") as tmp, open(tmp, "wb") as fh:
-        with av.open(fh, mode="w", format="mp4") as box:
-            stream = box.add_stream("libx264", rate=fps)
-            stream.width, stream.height = W, H
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": "10", "preset": "veryfast"}
-            for frame in video_THWC:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-                    box.mux(packet)
-            for packet in stream.encode():
+    encoded = io.BytesIO()   # encoded in memory: a full disk fails our own write below, never inside PyAV's I/O
+    with av.open(encoded, mode="w", format="mp4") as box:
+        stream = box.add_stream("libx264", rate=fps)
+        stream.width, stream.height = W, H
+        stream.pix_fmt = "yuv420p"
+        # byte-stable output (a rebuilt study is byte-identical): one thread, as x264's output depends on its
+        # thread count (by default the machine's cores); and no macroblock tree, which single-threaded still gave
+        # 2-4 different encodings of one input in 8 runs here (libx264 core 165, PyAV 18.1), none without it
+        stream.options = {"crf": "10", "preset": "veryfast", "threads": "1", "x264-params": "mbtree=0"}
+        stream.codec_context.thread_count = 1
+        for frame in video_THWC:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
                 box.mux(packet)
+        for packet in stream.encode():
+            box.mux(packet)
+    with staged_file(path, kind="mp4") as tmp:   # removed if the write fails (a full disk)
+        Path(tmp).write_bytes(encoded.getvalue())
     return path
 
 

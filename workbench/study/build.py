@@ -1,7 +1,8 @@
 """Frozen study sets: every model's video for the same first frames and noise, under content-hash names.
 
     study folder    manifest.json            the only file that knows which method made which video
-                    videos/<sha256>.mp4      same size, length and frame rate for every method
+                    videos/<sha256>.mp4      same frame size, length and frame rate for every method, and the
+                                             same byte size for every video (padded by a trailing `free` box)
                     frames/<sha256>.png      each item's first frame (the image the videos continue)
                     eval/results.csv         (optional) the study's models evaluated at their step counts:
                                              `python -m workbench eval MODEL... --out <study>/eval`
@@ -10,7 +11,8 @@ A study is built in a temporary sibling folder (`workbench.files.staged_folder`:
 when complete, so a folder that exists is whole; the next build removes the temporary folder of a killed one.
 Attention-check items show a real test clip beside copies of it that are visibly corrupted (heavy noise and
 shuffled frames): the real clip is their known answer on every criterion. They look like any other item: as
-many videos, the same size, hash names; only the manifest marks them.
+many videos, the same size in pixels and in bytes, hash names; only the manifest marks them. Videos are encoded
+single-threaded (workbench.data.io.write_mp4): the same models and seed rebuild the same video files.
 
 Serve `videos/` and `frames/` to annotators, never `manifest.json` (it names the methods).
 """
@@ -154,12 +156,42 @@ def _hashed(folder: Path, data: bytes, suffix: str) -> str:
 
 
 def _video(folder: Path, video_THWC: np.ndarray, fps: int, scale: int) -> str:
-    """An mp4 under its content hash; the file name."""
+    """An mp4 written under a pending name (`_publish_videos` pads and names it by content); that name."""
     from workbench.data.io import write_mp4
-    pending = write_mp4(folder / ".pending.mp4", video_THWC, fps=fps, scale=scale)
-    data = pending.read_bytes()
-    pending.unlink()
-    return _hashed(folder, data, ".mp4")
+    pending = folder / f".pending-{len(list(folder.glob('.pending-*')))}.mp4"
+    write_mp4(pending, video_THWC, fps=fps, scale=scale)
+    return pending.name
+
+
+def padded_size(sizes: list[int], block: int = 4096) -> int:
+    """The one byte size of every video of a study: above the largest by at least a `free` box header (8 bytes),
+    rounded up to `block`."""
+    return -(-(max(sizes) + 8) // block) * block
+
+
+def pad_mp4(data: bytes, size: int) -> bytes:
+    """An mp4 grown to `size` bytes by a trailing top-level `free` box (ISO/IEC 14496-12 4.1: players skip it),
+    so a file's size tells nothing of its content (an attention check's noisy copies encode far larger)."""
+    gap = size - len(data)
+    if gap < 8:
+        raise ValueError(f"cannot pad an mp4 of {len(data)} bytes to {size}: a free box needs 8 bytes")
+    return data + gap.to_bytes(4, "big") + b"free" + bytes(gap - 8)
+
+
+def _publish_videos(folder: Path, items: list[dict]) -> None:
+    """Every pending video padded to the study's one size and renamed to <sha256>.mp4; the items' names (and an
+    attention item's answer) updated to match."""
+    pending = sorted(folder.glob(".pending-*.mp4"))
+    size = padded_size([f.stat().st_size for f in pending]) if pending else 0
+    names = {}
+    for f in pending:
+        names[f.name] = _hashed(folder, pad_mp4(f.read_bytes(), size), ".mp4")
+        f.unlink()
+    for it in items:
+        for v in it["videos"]:
+            v["video"] = names[v["video"]]
+        if it.get("attention"):
+            it["attention"]["answer"] = names[it["attention"]["answer"]]
 
 
 def _frame(folder: Path, frame_HWC: np.ndarray, scale: int) -> str:
@@ -253,6 +285,7 @@ def build_study(models: list[str], items: int, seed: int, out: str | Path, atten
                               "first_frame": _frame(tmp / FRAMES, real[0], scale), "videos": videos,
                               "attention": {"answer": videos[0]["video"]}})
         all_items = regular + attention
+        _publish_videos(tmp / VIDEOS, all_items)   # one byte size for every video: size tells nothing
         order = rng.permutation(len(all_items))
         listed = [{"id": f"{pos:03d}", **all_items[i], "attention": all_items[i].get("attention")}
                   for pos, i in enumerate(order)]
