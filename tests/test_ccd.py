@@ -106,3 +106,37 @@ def test_ccd_loss_agrees_across_jvp_modes(jvp):
         step = TrainStep(5, torch.Generator().manual_seed(1), {"model": net}, frozenset({"model"}))
         losses[mode] = method.losses(batch, step).logs["tangent_norm"]
     assert losses[jvp] == pytest.approx(losses["blockwise"], rel=1e-2)  # float32 FD at eps 1e-4: ~0.2% off
+
+
+def test_ccd_step_equals_algorithm_1_written_out_with_plain_autodiff():
+    """The CCD step (block-wise JVP, chunked attention JVP, the hand-written tangent rules) gives the loss and the
+    student gradients of Algorithm 1 lines 5-9 written out here with the computation used before them:
+    torch.func.jvp over the whole target network with math SDPA."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    cfg, net, cond = _tiny(["train.method=ccd", "distill.tangent_warmup=4"])
+    method = build_method(cfg, net, cond)
+    assert (cfg.distill.jvp, cfg.distill.jvp_attention) == ("blockwise", "chunked")  # the defaults
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # teacher, target theta^- and student all differ
+        for other in (method.teacher, method.target):
+            for p in other.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+    batch = _fixed_batch(cfg)
+    step = TrainStep(2, torch.Generator().manual_seed(1), {"model": net}, frozenset({"model"}))
+    loss = method.losses(batch, step).losses["model"]
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in net.named_parameters()}
+    net.zero_grad(set_to_none=True)
+
+    _, x_t, t, c = method.noisy_batch(batch, torch.Generator().manual_seed(1))    # the step's x_t, t
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        dxdt = method.teacher(x_t, t, c)                                           # line 5
+        F_target, dF_dt = torch.func.jvp(lambda x, s: method.target(x, s, c), (x_t, t), (dxdt, torch.ones_like(t)))
+    te = t.view(-1, 1, 1, 1, 1)
+    g_raw = dxdt - F_target - 2 / 4 * te * dF_dt                                   # lines 6-7, r = 2 / 4
+    g_t = g_raw / (g_raw.flatten(1).norm(dim=1).view(-1, 1, 1, 1, 1) + cfg.distill.tangent_norm_c)   # line 8
+    want = (net(x_t, t, c) - F_target - g_t).pow(2).flatten(1).sum(1).mean()     # line 9
+    want.backward()
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=0)
+    for n, p in net.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-5 * p.grad.abs().max().item(), msg=n)

@@ -1,5 +1,8 @@
 """dF/dt (Eq. 8 / 14) of tiny random Wans: every mode against finite differences and against each other."""
 import copy
+import json
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,13 +10,18 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
+import workbench.models.jvp as jvp_module
 from workbench.models.jvp import chunked_attention, velocity_and_tangent
 from workbench.models.wan import Conditioning, build_flownet
 
 # preset -> (latent channels, mask channels, latent T, H, W, image tokens): 8 tokens each.
 SIZES = {"tiny-wan": (4, 4, 2, 4, 4, 5), "toy": (3, 1, 4, 8, 8, 0)}
 # (preset, what the transformer predicts): an x0-predicting net's F = (x_t - x0) / t must differentiate too.
-CASES = [("tiny-wan", "velocity"), ("toy", "velocity"), ("toy", "x0")]
+# A diffusion (VP) net's x_vp and timestep depend on t as well (issue 39): its "v" prediction bridged to F.
+CASES = [("tiny-wan", "velocity"), ("toy", "velocity"), ("toy", "x0"), ("tiny-wan", "v")]
+VP_SCHEDULE = Path(tempfile.mkdtemp()) / "scheduler_config.json"
+VP_SCHEDULE.write_text(json.dumps({"num_train_timesteps": 1000, "beta_schedule": "scaled_linear",
+                                   "beta_start": 0.00085, "beta_end": 0.012, "prediction_type": "v_prediction"}))
 
 
 def make(preset: str, dtype=torch.float32, seed: int = 0, prediction: str = "velocity"):
@@ -21,7 +29,8 @@ def make(preset: str, dtype=torch.float32, seed: int = 0, prediction: str = "vel
     C, M, T, H, W, n_image = SIZES[preset]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = build_flownet(preset, prediction=prediction).to(dtype).eval()
+        vp = str(VP_SCHEDULE) if prediction in ("epsilon", "v") else ""
+        net = build_flownet(preset, prediction=prediction, vp_schedule=vp).to(dtype).eval()
         g = torch.Generator().manual_seed(seed)
         x_BCTHW = torch.randn(2, C, T, H, W, generator=g, dtype=dtype)
         mask_BMTHW = torch.zeros(2, M, T, H, W, dtype=dtype)
@@ -102,22 +111,63 @@ def test_chunked_attention_equals_math(case, mode):
     torch.testing.assert_close(dfdt_c, dfdt, rtol=1e-5, atol=1e-5 * dfdt.abs().max().item())
 
 
-@pytest.mark.parametrize("n_q, n_k", [(37, 37), (64, 64), (100, 100), (37, 100)])
-def test_chunked_attention_jvp_equals_math_sdpa(n_q, n_k):
-    """Random (B=2, heads=3, N, D=8) Q, K, V and tangents in float64; chunk 16 does not divide 37 or 100."""
+@pytest.mark.parametrize("tile", [1 << 22, 1], ids=["query-rows-batched", "one-chunk-of-rows"])
+@pytest.mark.parametrize("logit_scale", [1.0, 100.0], ids=["fixed-reference", "online-max"])
+@pytest.mark.parametrize("n_q, n_k", [(37, 37), (64, 64), (100, 100), (37, 100), (1, 5)])
+def test_chunked_attention_jvp_equals_math_sdpa(n_q, n_k, logit_scale, tile, monkeypatch):
+    """Random (B=2, heads=3, N, D=8) Q, K, V and tangents in float64; chunk 16 does not divide 37, 100, 5.
+
+    logit_scale 1 keeps |S| under the bound where exp needs no reference (m = 0); 100 takes the online max path
+    (running max, rescaled sums). tile 1 runs one chunk of query rows at a time instead of all rows at once.
+    """
+    monkeypatch.setattr(jvp_module, "_TILE", tile)
     g = torch.Generator().manual_seed(n_q + n_k)
     q, dq = (torch.randn(2, 3, n_q, 8, generator=g, dtype=torch.float64) for _ in range(2))
     k, v, dk, dv = (torch.randn(2, 3, n_k, 8, generator=g, dtype=torch.float64) for _ in range(4))
+    q = logit_scale * q
     with sdpa_kernel(SDPBackend.MATH):
         out, d_out = torch.func.jvp(F.scaled_dot_product_attention, (q, k, v), (dq, dk, dv))
     out_c, d_out_c = torch.func.jvp(lambda q, k, v: chunked_attention(q, k, v, chunk=16), (q, k, v), (dq, dk, dv))
     torch.testing.assert_close(out_c, out, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(d_out_c, d_out, rtol=1e-10, atol=1e-10)
-    # torch.autograd.forward_ad reaches the same jvp rule.
+    torch.testing.assert_close(d_out_c, d_out, rtol=1e-10, atol=1e-10 * d_out.abs().max().item())
+    # torch.autograd.forward_ad reaches the same rule.
     import torch.autograd.forward_ad as fwAD
     with fwAD.dual_level():
         dual = chunked_attention(*(fwAD.make_dual(a, b) for a, b in ((q, dq), (k, dk), (v, dv))), chunk=16)
-        torch.testing.assert_close(fwAD.unpack_dual(dual).tangent, d_out, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(fwAD.unpack_dual(dual).tangent, d_out, rtol=1e-10,
+                                   atol=1e-10 * d_out.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+def test_chunked_attention_jvp_with_a_tangent_on_the_query_only(dtype, tol):
+    """Cross-attention: the text / image context (K, V) has no tangent. 300 queries, 4 heads x 32, chunk 64."""
+    g = torch.Generator().manual_seed(3)
+    q, dq = (torch.randn(1, 4, 300, 32, generator=g, dtype=dtype) for _ in range(2))
+    k, v = (torch.randn(1, 4, 77, 32, generator=g, dtype=dtype) for _ in range(2))
+    with sdpa_kernel(SDPBackend.MATH):
+        out, d_out = torch.func.jvp(lambda q: F.scaled_dot_product_attention(q, k, v), (q,), (dq,))
+    out_c, d_out_c = torch.func.jvp(lambda q: chunked_attention(q, k, v, chunk=64), (q,), (dq,))
+    torch.testing.assert_close(out_c, out, rtol=tol, atol=tol)
+    torch.testing.assert_close(d_out_c, d_out, rtol=tol, atol=tol * d_out.abs().max().item())
+    # Without any tangent it is plain SDPA.
+    torch.testing.assert_close(chunked_attention(q, k, v, chunk=64), out, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x, w, b: F.linear(x, w, b), lambda x, w, b: F.linear(x, w),
+    lambda x, w, b: F.layer_norm(x, (6,), w[0], b, 1e-6), lambda x, w, b: F.layer_norm(x, (6,)),
+    lambda x, w, b: F.rms_norm(x, (6,), w[0], 1e-6), lambda x, w, b: F.rms_norm(x, (6,))],
+    ids=["linear", "linear-no-bias", "layer-norm", "layer-norm-plain", "rms-norm", "rms-norm-plain"])
+def test_tangent_rules_equal_the_generic_ones(fn):
+    """The hand-written rules of `attention_for_jvp` against PyTorch's own, float64, a tangent on x only."""
+    g = torch.Generator().manual_seed(0)
+    x, dx = (torch.randn(2, 5, 6, generator=g, dtype=torch.float64) for _ in range(2))
+    w, b = torch.randn(6, 6, generator=g, dtype=torch.float64), torch.randn(6, generator=g, dtype=torch.float64)
+    want = torch.func.jvp(lambda x: fn(x, w, b), (x,), (dx,))
+    with jvp_module.attention_for_jvp("chunked"):
+        got = torch.func.jvp(lambda x: fn(x, w, b), (x,), (dx,))
+    for a, b_ in zip(got, want):
+        torch.testing.assert_close(a, b_, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("mode, attention", [("whole", "math"), ("blockwise", "chunked"), ("reverse", "math"),

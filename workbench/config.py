@@ -133,13 +133,19 @@ class DistillConfig:
     tangent_norm_c: float = 0.1      # g <- g / (||g|| + c), per sample (Algorithm 1 line 8)
     jvp: Literal["blockwise", "whole", "finite_difference", "reverse", "reverse_blockwise"] = "blockwise"
                                      # dF/dt by "blockwise" (Alg. 2), "whole", "finite_difference", "reverse", "reverse_blockwise"
-    jvp_attention: Literal["math", "chunked"] = "math"  # attention under forward-mode AD: "math" SDPA or "chunked" (O(N x chunk) memory)
-    jvp_chunk: int = 1024            # query/key chunk of the chunked attention JVP
+    jvp_attention: Literal["math", "chunked"] = "chunked"  # attention under forward-mode AD: "chunked" (one-pass blocked JVP, O(N) memory) or "math" SDPA
+    jvp_chunk: int = 1024            # key chunk of the chunked attention JVP (query rows: the chunk or more)
     fd_eps: float = 1e-4             # finite-difference step in t (Wan embeds 1000 t: 1e-3 is already 1 rad at its top frequency)
     delta_t: float = 0.05            # DCD only: the teacher's Euler step between adjacent times (Eq. 3)
     target_decay: float = 0.95       # mu of the target network theta^- (Algorithm 1 line 11; the paper's 0.95)
     RANGES = {"p_std": (0, None), "tangent_warmup": (0, None), "tangent_norm_c": (0, None), "jvp_chunk": (1, None),
               "fd_eps": (1e-9, 0.5), "delta_t": (1e-6, 1), "target_decay": (0, 1)}
+
+    def problems(self) -> dict[str, str]:
+        if self.jvp.startswith("reverse") and self.jvp_attention == "chunked":
+            return {"jvp_attention": f"the chunked attention JVP is forward-mode only; distill.jvp={self.jvp} needs "
+                                     f"distill.jvp_attention=math"}
+        return {}
 
 
 @dataclass

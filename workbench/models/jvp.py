@@ -9,7 +9,8 @@ Modes (all stop-gradient: results are detached and nothing reaches the net's par
   reverse_blockwise  Algorithm 2 with that reverse-mode jvp: here the block-wise memory saving applies.
   finite_difference  central difference (F(x + eps v, t + eps) - F(x - eps v, t - eps)) / (2 eps).
 Attention for the AD modes: "math" (PyTorch's math SDPA; the default CPU kernel has no forward AD) or
-"chunked" (the default kernel forward, and a JVP computed flash-style in query x key chunks).
+"chunked" (`attention_jvp`: output and tangent in one flash-style pass over key chunks, O(N) memory). Both modes
+run hand-written tangent rules for linear, layer and RMS norm (`_TangentRules`), where PyTorch's are slow.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import math
 from contextlib import contextmanager, nullcontext
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch.nn import functional as nnf
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
@@ -35,7 +37,7 @@ def velocity_and_tangent(net: FlowNet, x_t_BCTHW: torch.Tensor, t_B: torch.Tenso
     """F(x_t, t) and dF/dt = grad_x F . dx/dt + d_t F (Eq. 8, 14), tangents (dx/dt, 1) on (x_t, t).
 
     No grad to the net (stop-gradient): both results are detached, parameters get no .grad.
-    `fd_eps` is the step of mode "finite_difference"; `chunk` the query / key chunk of attention "chunked".
+    `fd_eps` is the step of mode "finite_difference"; `chunk` the key chunk of attention "chunked".
     """
     if mode not in TANGENT_MODES:
         raise ValueError(f"mode must be one of {TANGENT_MODES}, got {mode!r}")
@@ -61,22 +63,23 @@ def velocity_and_tangent(net: FlowNet, x_t_BCTHW: torch.Tensor, t_B: torch.Tenso
 
 
 def _blockwise(net: FlowNet, x_BCTHW, t_B, cond: Conditioning, v_BCTHW, v_B, jvp):
-    """Algorithm 2 on Wan's forward, with FlowNet's I2V glue (channels, text padding, timestep = 1000 t)."""
+    """Algorithm 2 on Wan's forward, with FlowNet's I2V glue (channels, text padding, timestep = 1000 t; a VP
+    network's x_vp and timestep, both functions of t: their tangents come from (dx/dt, 1) too)."""
     wan = net.transformer
     B, _, T, H, W = x_BCTHW.shape
     p_t, p_h, p_w = wan.config.patch_size
     _, text_BLD, image_BND = net.wan_inputs(x_BCTHW, cond)  # FlowNet's I2V glue; the context has no tangent
 
-    def i2v(x_BCTHW):  # cat([x_t, mask, first]): the tangent is dx/dt on x_t's channels, 0 on the others
-        return net.wan_inputs(x_BCTHW, cond)[0]
+    def i2v(x_BCTHW, t_B):  # cat([x_t or x_vp, mask, first]): the tangent is on the first channels only
+        return net.wan_inputs(net.net_input(x_BCTHW, t_B), cond)[0]
 
     def time_embedding(t_B):  # T, with the text / image context (which has no tangent) along
         temb, proj, text, image = wan.condition_embedder(net.wan_timestep(t_B), text_BLD, image_BND)
         context = text if image is None else torch.cat([image, text], dim=1)
         return temb, proj.unflatten(1, (6, -1)), context
 
-    def patch_embedding(x_BCTHW):  # P
-        return wan.patch_embedding(i2v(x_BCTHW)).flatten(2).transpose(1, 2).contiguous()
+    def patch_embedding(x_BCTHW, t_B):  # P
+        return wan.patch_embedding(i2v(x_BCTHW, t_B)).flatten(2).transpose(1, 2).contiguous()
 
     def output_layer(h, temb):  # O: norm_out, scale_shift_table, proj_out, unpatchify
         shift, scale = (wan.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
@@ -84,9 +87,9 @@ def _blockwise(net: FlowNet, x_BCTHW, t_B, cond: Conditioning, v_BCTHW, v_B, jvp
         h = wan.proj_out(h).reshape(B, T // p_t, H // p_h, W // p_w, p_t, p_h, p_w, -1)
         return h.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3).to(x_BCTHW.dtype)
 
-    rotary_emb = wan.rope(i2v(x_BCTHW))                                                  # no tangent
+    rotary_emb = wan.rope(i2v(x_BCTHW, t_B))                                             # no tangent
     (temb, proj, context), (v_temb, v_proj, _) = jvp(time_embedding, (t_B,), (v_B,))    # line 4
-    h, g = jvp(patch_embedding, (x_BCTHW,), (v_BCTHW,))                                 # lines 6-7
+    h, g = jvp(patch_embedding, (x_BCTHW, t_B), (v_BCTHW, v_B))                         # lines 6-7
     for block in wan.blocks:                                                             # line 8
         h, g = jvp(lambda h, p, block=block: block(h, context, p, rotary_emb), (h, proj), (g, v_proj))  # line 10
         h, g = h.detach(), g.detach()                                                    # lines 11-12: sg
@@ -96,81 +99,153 @@ def _blockwise(net: FlowNet, x_BCTHW, t_B, cond: Conditioning, v_BCTHW, v_B, jvp
 
 @contextmanager
 def attention_for_jvp(attention: str = "math", chunk: int = 1024):
-    """Scaled dot-product attention with a forward-mode derivative, inside this context only.
+    """Scaled dot-product attention with a forward-mode derivative, and fast tangent rules, inside this context only.
 
-    "math" forces PyTorch's math SDPA backend. "chunked" routes every `scaled_dot_product_attention`
-    call (diffusers' native Wan attention makes them) to `chunked_attention` through a thread-local
-    `TorchFunctionMode`: no module, processor or global is changed, and leaving the context removes it.
+    "math" forces PyTorch's math SDPA backend. "chunked" routes every `scaled_dot_product_attention` call
+    (diffusers' native Wan attention makes them: self, text and image cross-attention) to `chunked_attention`.
+    Both go through a thread-local `TorchFunctionMode` (`_TangentRules`): no module, processor or global is
+    changed, and leaving the context removes it.
     """
-    if attention == "math":
-        with sdpa_kernel(SDPBackend.MATH):
-            yield
-    elif attention == "chunked":
-        with _ChunkedAttentionMode(chunk):
-            yield
-    else:
+    if attention not in ATTENTIONS:
         raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+    with sdpa_kernel(SDPBackend.MATH) if attention == "math" else nullcontext(), \
+            _TangentRules(chunk if attention == "chunked" else None):
+        yield
 
 
-class _ChunkedAttentionMode(TorchFunctionMode):
-    def __init__(self, chunk: int):
+class _TangentRules(TorchFunctionMode):
+    """Hand-written forward-mode rules where the generic ones are slow (`_RULES`: linear, layer and RMS norm, exact
+    to rounding), applied where only the input carries a tangent; SDPA's (`chunked_attention`) when `chunk` is set."""
+
+    def __init__(self, chunk: int | None):
         super().__init__()
         self.chunk = chunk
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is nnf.scaled_dot_product_attention:
+        if func in _RULES:
+            return _RULES[func](*args, **kwargs)
+        if func is nnf.scaled_dot_product_attention and self.chunk is not None:
             return chunked_attention(*args, **kwargs, chunk=self.chunk)
         return func(*args, **kwargs)
 
 
+def _input_tangent(input, *params):
+    """(x, dx) where only `input` carries a tangent (the parameters none), else None: the rules below apply."""
+    x, dx = fwAD.unpack_dual(input)
+    if dx is None or any(fwAD.unpack_dual(p).tangent is not None for p in params if p is not None):
+        return None
+    return x, dx
+
+
+def _linear(input, weight, bias=None):
+    """(x W^T + b, dx W^T). The generic rule of addmm also multiplies and adds the zero tangents of W and b
+    (measured 4.5x a forward on the toy, this 2x)."""
+    if (xd := _input_tangent(input, weight, bias)) is None:
+        return nnf.linear(input, weight, bias)
+    x, dx = xd
+    return fwAD.make_dual(nnf.linear(x, weight, bias), nnf.linear(dx, weight))
+
+
+def _layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """y = x_hat w + b, x_hat = (x - mean) r; dy = w r (dx - mean(dx) - x_hat mean(dx x_hat)), r = 1 / std."""
+    if len(normalized_shape) != 1 or (xd := _input_tangent(input, weight, bias)) is None:
+        return nnf.layer_norm(input, normalized_shape, weight, bias, eps)
+    x, dx = xd
+    y, mean, r = torch.native_layer_norm(x, normalized_shape, weight, bias, eps)  # the kernel layer_norm runs
+    x_hat = y if weight is None and bias is None else (x - mean) * r
+    dx_mean_xhat = torch.linalg.vecdot(dx, x_hat).unsqueeze(-1) / x.shape[-1]
+    dy = (dx - dx.mean(-1, keepdim=True)).addcmul_(x_hat, dx_mean_xhat, value=-1)
+    dy = dy.mul_(r) if weight is None else dy.mul_(r).mul_(weight)
+    return fwAD.make_dual(y, dy)
+
+
+def _rms_norm(input, normalized_shape, weight=None, eps=None):
+    """y = x r w, r = 1 / rms(x); dy = w r (dx - x r^2 mean(x dx))."""
+    if len(normalized_shape) != 1 or (xd := _input_tangent(input, weight)) is None:
+        return nnf.rms_norm(input, normalized_shape, weight, eps)
+    x, dx = xd
+    n, eps = x.shape[-1], torch.finfo(x.dtype).eps if eps is None else eps
+    r = torch.rsqrt(torch.linalg.vecdot(x, x).unsqueeze(-1) / n + eps)
+    dy = dx.addcmul(x, r * r * torch.linalg.vecdot(x, dx).unsqueeze(-1), value=-1 / n).mul_(r)
+    return fwAD.make_dual(nnf.rms_norm(x, normalized_shape, weight, eps), dy if weight is None else dy.mul_(weight))
+
+
+_RULES = {nnf.linear: _linear, nnf.layer_norm: _layer_norm, nnf.rms_norm: _rms_norm}
+
+
 def chunked_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                       enable_gqa=False, *, chunk: int = 1024):
-    """`scaled_dot_product_attention` on (B, heads, N, D) whose JVP needs O(chunk^2) extra memory, not O(N^2)."""
-    if attn_mask is not None or dropout_p or is_causal or enable_gqa:
+    """`scaled_dot_product_attention` on (B, heads, N, D); under forward-mode AD (`torch.func.jvp`,
+    `torch.autograd.forward_ad`) the output and its tangent come from one blocked pass (`attention_jvp`),
+    O(N x chunk) extra memory, never N x N. Without a tangent it is plain SDPA.
+    """
+    if attn_mask is not None or dropout_p or is_causal or enable_gqa:  # Wan passes none of these
         raise ValueError("chunked_attention supports plain attention only (no mask, dropout, causal, gqa)")
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
-    return _ChunkedJvpAttention.apply(query, key, value, scale, chunk)
-
-
-class _ChunkedJvpAttention(torch.autograd.Function):
-    """Forward: SDPA. JVP of O = softmax(S) V, S = s Q K^T, from (dQ, dK, dV), flash-style:
-
-        dS = s (dQ K^T + Q dK^T),  dO_i = sum_j P_ij (dS_ij V_j + dV_j) - mu_i O_i,  mu_i = sum_j P_ij dS_ij,
-    accumulated over key chunks with an online softmax (running max m, normaliser l) for each query chunk.
-    """
-
-    @staticmethod
-    def forward(query, key, value, scale, chunk):
+    (q, dq), (k, dk), (v, dv) = (fwAD.unpack_dual(x) for x in (query, key, value))
+    if dq is None and dk is None and dv is None:
         return nnf.scaled_dot_product_attention(query, key, value, scale=scale)
+    dq, dk, dv = (torch.zeros_like(x) if d is None else d for x, d in ((q, dq), (k, dk), (v, dv)))
+    out, d_out = attention_jvp(q, k, v, dq, dk, dv, scale, chunk)
+    return fwAD.make_dual(out, d_out)
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        query, key, value, ctx.scale, ctx.chunk = inputs
-        ctx.save_for_forward(query, key, value, output)
 
-    @staticmethod
-    def jvp(ctx, dq, dk, dv, _scale, _chunk):
-        q, k, v, out = ctx.saved_tensors
-        dq, dk, dv = (torch.zeros_like(x) if d is None else d for x, d in ((q, dq), (k, dk), (v, dv)))
-        s, c = ctx.scale, ctx.chunk
-        d_out = torch.empty_like(out)
-        for i in range(0, q.shape[-2], c):
-            qi, dqi = q[..., i:i + c, :], dq[..., i:i + c, :]
-            m = qi.new_full(qi.shape[:-1] + (1,), -math.inf)    # running row max of S
-            l = torch.zeros_like(m)                              # sum_j exp(S_ij - m)
-            mu = torch.zeros_like(m)                             # sum_j exp(S_ij - m) dS_ij
-            acc = qi.new_zeros(qi.shape[:-1] + v.shape[-1:])     # sum_j exp(S_ij - m) (dS_ij V_j + dV_j)
-            for j in range(0, k.shape[-2], c):
-                kj, dkj, vj, dvj = k[..., j:j + c, :], dk[..., j:j + c, :], v[..., j:j + c, :], dv[..., j:j + c, :]
-                s_ij = s * (qi @ kj.transpose(-1, -2))
-                ds_ij = s * (dqi @ kj.transpose(-1, -2) + qi @ dkj.transpose(-1, -2))
-                m_new = torch.maximum(m, s_ij.amax(-1, keepdim=True))
-                alpha, p_ij = torch.exp(m - m_new), torch.exp(s_ij - m_new)
-                pds_ij = p_ij * ds_ij
-                l = alpha * l + p_ij.sum(-1, keepdim=True)
-                mu = alpha * mu + pds_ij.sum(-1, keepdim=True)
-                acc = alpha * acc + pds_ij @ vj + p_ij @ dvj
-                m = m_new
-            d_out[..., i:i + c, :] = (acc - mu * out[..., i:i + c, :]) / l
-        return d_out
+_TILE = 1 << 22  # elements of a (B * heads, query rows, key chunk) tile; more query rows join while it fits
+
+
+def attention_jvp(q, k, v, dq, dk, dv, scale: float, chunk: int = 1024):
+    """O = softmax(S) V, S = s Q K^T, and its JVP on (B, heads, N, D), flash-style in one pass over key chunks:
+
+        dS = s (dQ K^T + Q dK^T),   dO_i = sum_j p_ij (dS_ij V_j + dV_j) / l_i - mu_i O_i,
+        mu_i = sum_j p_ij dS_ij / l_i,
+    with p_ij = exp(S_ij - m_i), l_i = sum_j p_ij and the online softmax's reference m_i (running max, rescaling
+    the accumulators). Query chunks are batched together while a tile holds under _TILE elements.
+    """
+    B, H, N, _ = q.shape
+    q, k, v, dq, dk, dv = (x.reshape(B * H, -1, x.shape[-1]) for x in (q, k, v, dq, dk, dv))
+    qs = q * scale
+    a_qa = torch.cat([dq * scale, qs], -1)                    # (BH, N, 2D): dS = a b^T
+    b_ka = torch.cat([k, dk], -1)                             # (BH, Nk, 2D)
+    ones = v.new_ones(v.shape[:-1] + (1,))
+    v_l = torch.cat([v, dv, ones], -1)                        # p @ [V, dV, 1]: p V, p dV and l in one product
+    v_mu = torch.cat([v, ones], -1)                           # (p dS) @ [V, 1]: (p dS) V and mu l
+    # |S_ij| <= |s q_i| max_j |k_j| (Cauchy-Schwarz): where that bound is under tau, exp(S) can neither overflow
+    # nor underflow (e^tau = max^(1/3) leaves room for the sums), so m_i = 0 serves the whole row and the online
+    # softmax never rescales; elsewhere m_i is the running max.
+    tau = math.log(torch.finfo(q.dtype).max) / 3
+    bound = qs.norm(dim=-1) * k.norm(dim=-1).amax(-1, keepdim=True)   # (BH, N)
+    c = min(chunk, k.shape[1])
+    rows = max(chunk, _TILE // (q.shape[0] * c))
+    out, d_out = torch.empty_like(q), torch.empty_like(q)
+    for i in range(0, N, rows):
+        fixed = bool((bound[:, i:i + rows] <= tau).all())
+        o, do = _query_rows(qs[:, i:i + rows], a_qa[:, i:i + rows], k, b_ka, v_l, v_mu, c, fixed)
+        out[:, i:i + rows], d_out[:, i:i + rows] = o, do
+    return out.view(B, H, N, -1), d_out.view(B, H, N, -1)
+
+
+def _query_rows(qs, a_qa, k, b_ka, v_l, v_mu, chunk: int, fixed: bool):
+    """One block of query rows (BH, n, D) against all keys, chunk by chunk: (O, dO), each (BH, n, D)."""
+    BH, n, D = qs.shape
+    m = qs.new_full((BH, n, 1), 0.0 if fixed else -math.inf)   # reference of exp (the running max unless fixed)
+    acc = qs.new_zeros(BH, n, 2 * D + 1)                       # sum_j p_ij [V_j, dV_j, 1]
+    acc_t = qs.new_zeros(BH, n, D + 1)                         # sum_j p_ij dS_ij [V_j, 1]
+    s_buf, ds_buf = qs.new_empty(BH * n * chunk), qs.new_empty(BH * n * chunk)  # reused: no allocation per chunk
+    for j in range(0, k.shape[1], chunk):
+        c = min(chunk, k.shape[1] - j)
+        s = torch.bmm(qs, k[:, j:j + c].mT, out=s_buf[:BH * n * c].view(BH, n, c))
+        if not fixed:                                           # online softmax: new max, rescale what was summed
+            m_new = torch.maximum(m, s.amax(-1, keepdim=True))
+            alpha = torch.exp(m - m_new)
+            acc.mul_(alpha)
+            acc_t.mul_(alpha)
+            m = m_new
+            s.sub_(m)
+        p = s.exp_()
+        p_ds = torch.bmm(a_qa, b_ka[:, j:j + c].mT, out=ds_buf[:BH * n * c].view(BH, n, c)).mul_(p)
+        acc.baddbmm_(p, v_l[:, j:j + c])
+        acc_t.baddbmm_(p_ds, v_mu[:, j:j + c])
+    l, mu_l = acc[..., -1:], acc_t[..., -1:]
+    o = acc[..., :D] / l
+    return o, (acc_t[..., :D] + acc[..., D:2 * D] - mu_l * o) / l
