@@ -252,30 +252,14 @@ def test_two_processes_write_what_one_process_writes(tmp_path, root, monkeypatch
     a, b = (pd.read_csv(d / "results.csv").drop(columns="sec_per_clip") for d in (one, two))
     pd.testing.assert_frame_equal(a, b, check_exact=True)
     assert len(a) == 2 and a.fvd.notna().all()
-    # The study: H.264 (libx264, threaded) does not encode a clip to the same bytes every time under load (measured on
-    # the attention checks' noisy copies), so videos are compared decoded, within the codec's rounding: a video of
-    # another clip or model (a share gathered out of order) is far off.
+    # The study: H.264 is encoded byte-stably (one thread, no macroblock tree: data.io.write_mp4), so the same
+    # files but for the manifest's creation time
     one, two = tmp_path / "study-1", tmp_path / "study-2"
-    assert sorted(p.name for p in (one / "frames").iterdir()) == sorted(p.name for p in (two / "frames").iterdir())
+    for sub in ("frames", "videos"):
+        assert sorted(p.name for p in (one / sub).iterdir()) == sorted(p.name for p in (two / sub).iterdir())
+        for f in (one / sub).iterdir():
+            assert f.read_bytes() == (two / sub / f.name).read_bytes(), f.name
     a, b = (json.loads((d / "manifest.json").read_text()) for d in (one, two))
-    strip = lambda m: [{**it, "videos": [v["method"] for v in it["videos"]], "attention": None}  # noqa: E731
-                       for it in m["items"]]
-    assert strip(a) == strip(b) and a["models"] == b["models"]
-    compared = 0
-    for it1, it2 in zip(a["items"], b["items"]):
-        for v1, v2 in zip(it1["videos"], it2["videos"]):
-            if v1["method"] != "corrupted":
-                assert _mean_abs(one / "videos" / v1["video"], two / "videos" / v2["video"]) < 1.0, v1
-                compared += 1
-    assert compared == 3 * 2 + 1                                  # 3 items x 2 models, 1 attention item's real clip
+    assert a["items"] == b["items"] and a["models"] == b["models"] and len(a["items"]) == 3 + 1  # + 1 attention item
 
 
-def _mean_abs(f1, f2) -> float:
-    import av
-    import numpy as np
-    clips = []
-    for f in (f1, f2):
-        with av.open(str(f)) as c:
-            clips.append(np.stack([x.to_ndarray(format="rgb24") for x in c.decode(video=0)]).astype(np.float64))
-    assert clips[0].shape == clips[1].shape
-    return float(np.abs(clips[0] - clips[1]).mean())
