@@ -14,8 +14,8 @@ and first frames, and the experiment folders; never the votes database or the st
 With --users (lines `name:password`, stored hashed) the app is the annotators': a page under a neutral title with
 the Study tab alone, a login (limited attempts per name and address, checked off the event loop) and the study's
 media only (study_app.MediaGate: no other file, no uploads; each video fetch recorded). The server decides whether
-a vote counts (`VoteStore.submit`: every shown video fetched by that annotator, their duration passed since the
-item was served); a second submit of an item says the first answer stands. Protocol: an item voted in one mode is
+a vote counts (`VoteStore.submit`: every shown video fetched by that annotator, their duration passed, since the
+item was first served); a second submit of an item says the first answer stands. Protocol: an item voted in one mode is
 not served to the same annotator in the other. Votes of many annotators run concurrently; the study results are
 the reviewers' (Results tab), cached until a vote lands. `--votes` is an SQLite file or a PostgreSQL URL (several
 app processes on one database).
