@@ -101,6 +101,9 @@ def build_flownet(preset: str, transformer_path: str = "", weights: str = "", pr
     diffusers scheduler_config.json, or the folder holding it) a diffusion network seen through workbench/vp.py."""
     if prediction not in PREDICTIONS:
         raise ValueError(f"model.prediction: expected one of {PREDICTIONS}, got {prediction!r}")
+    if (prediction in ("epsilon", "v")) != bool(vp_schedule) and prediction != "x0":
+        raise ValueError(f"model.prediction: {prediction} on a {'VP' if vp_schedule else 'flow'} path; epsilon and v "
+                         f"need model.vp_schedule, velocity a flow network")
     return FlowNet(build_transformer(preset, transformer_path, weights),
                    positions=not transformer_path and preset in POSITION_PRESETS, prediction=prediction,
                    vp=read_vp_schedule(vp_schedule) if vp_schedule else None)
