@@ -13,9 +13,10 @@ store_postgres.py) keep the same tables and promises; the logic is here, once.
 The protocol. An annotator judges an item once, on every criterion at once (`submit`: one transaction), in one
 mode: an item they voted in best_of_n is never served to them in pairwise, nor the other way round (pass
 `one_mode_per_item=False` to collect both). The server decides whether a vote is allowed: only the videos it
-served, each fetched by that annotator's browser after serving (`record_fetch`), and not before the videos'
-duration has passed since serving. A second submit of a voted item stores nothing and says when the first one
-was stored: the first answer stands. A vote is acknowledged (`submit` returns) only after its commit.
+served, each fetched by that annotator's browser, and not before the videos' duration has passed, since the item
+was first served to them in either mode (`record_fetch`; a browser does not fetch again a video it holds). A
+second submit of a voted item stores nothing and says when the first one was stored: the first answer stands. A
+vote is acknowledged (`submit` returns) only after its commit.
 
 Method identities live in the study manifest and in this database only: `Shown`, what the page gets, names videos
 by their content hash and nothing else. Keep a database file outside every folder the app serves.
