@@ -83,6 +83,15 @@ class LoraConfig:
     RANGES = {"rank": (0, None), "alpha": (0, None)}
 
 
+def prediction_problem(prediction: str, vp_schedule: str) -> str | None:
+    """What is wrong with a network predicting `prediction` on the flow path (no `vp_schedule`) or a VP one."""
+    if vp_schedule and prediction == "velocity":
+        return "a VP network (model.vp_schedule set) predicts epsilon, v or x0, not velocity"
+    if not vp_schedule and prediction in ("epsilon", "v"):
+        return f"{prediction} is a VP prediction: set model.vp_schedule (a diffusers scheduler_config.json)"
+    return None
+
+
 @dataclass
 class ModelConfig:
     preset: Preset = "toy"         # "toy", "tiny-wan" (tests) or "wan2.1-fun-1.3b-inp" (models.PRESETS)
@@ -100,12 +109,8 @@ class ModelConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def problems(self) -> dict[str, str]:
-        if self.vp_schedule and self.prediction == "velocity":
-            return {"prediction": "a VP network (model.vp_schedule set) predicts epsilon, v or x0, not velocity"}
-        if not self.vp_schedule and self.prediction in ("epsilon", "v"):
-            return {"prediction": f"{self.prediction} is a VP prediction: set model.vp_schedule (a diffusers "
-                                  f"scheduler_config.json)"}
-        return {}
+        problem = prediction_problem(self.prediction, self.vp_schedule)
+        return {"prediction": problem} if problem else {}
 
 
 @dataclass

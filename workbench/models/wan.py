@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from diffusers import WanTransformer3DModel
 
+from workbench.config import prediction_problem
 from workbench.flow import velocity_from_x0
 from workbench.models.text import WAN_TEXT_LEN
 from workbench.models.weights import load_weights
@@ -101,9 +102,8 @@ def build_flownet(preset: str, transformer_path: str = "", weights: str = "", pr
     diffusers scheduler_config.json, or the folder holding it) a diffusion network seen through workbench/vp.py."""
     if prediction not in PREDICTIONS:
         raise ValueError(f"model.prediction: expected one of {PREDICTIONS}, got {prediction!r}")
-    if (prediction in ("epsilon", "v")) != bool(vp_schedule) and prediction != "x0":
-        raise ValueError(f"model.prediction: {prediction} on a {'VP' if vp_schedule else 'flow'} path; epsilon and v "
-                         f"need model.vp_schedule, velocity a flow network")
+    if problem := prediction_problem(prediction, vp_schedule):      # as the config loader checks it
+        raise ValueError(f"model.prediction: {problem}")
     return FlowNet(build_transformer(preset, transformer_path, weights),
                    positions=not transformer_path and preset in POSITION_PRESETS, prediction=prediction,
                    vp=read_vp_schedule(vp_schedule) if vp_schedule else None)
