@@ -173,15 +173,15 @@ def evaluate_stages(cfg: PipelineConfig, folder: PipelineFolder, models: dict[st
     from workbench.generate import comparison_sheet
     from workbench.plots import evaluation_figures
     from workbench.runs import load_model
-    e = cfg.eval
+    e, procs = cfg.eval, processes()
     names = e.models or list(models)
     evaluate([str(models[n]) for n in names], list(e.steps), e.num, list(e.seeds), folder.eval, names=names,
              sheet_num=0, force=True, draw=evaluation_figures,  # the pipeline's own eval folder, replaced every run
              spec=EvalSpec(device=device))
     if e.sheet_num:                                     # a row per stage, split across processes
         sheet = {n: (lambda n=n: load_model(models[n], device=device), [e.sheet_steps]) for n in names}
-        comparison_sheet(sheet, folder.eval / f"stages_{e.sheet_steps}steps.png", e.sheet_num, procs=processes())
-    if processes().main:
+        comparison_sheet(sheet, folder.eval / f"stages_{e.sheet_steps}steps.png", e.sheet_num, procs=procs)
+    if procs.main:
         write_curves(cfg, folder, models)
 
 
@@ -209,7 +209,7 @@ def write_curves(cfg: PipelineConfig, folder: PipelineFolder, models: dict[str, 
 # The settings that name a file or folder a researcher supplies ("" and "toy": nothing to supply).
 INPUT_KEYS = ("model.transformer_path", "model.vae_path", "model.text_encoder_path", "model.image_encoder_path",
               "model.weights", "distill.teacher", "data.videos.csv", "data.videos.root", "data.preferences",
-              "adversarial.feature_net", "data.cache")
+              "adversarial.feature_net", "data.cache", "model.vp_schedule")
 
 
 def missing_inputs(cfg: PipelineConfig) -> dict[str, list[str]]:

@@ -14,8 +14,8 @@ so a cached batch is bitwise the live one on CPU. A clip is found by the digest 
 them (sha256 of the float32 bytes), a TA pair's first frame by the digest of that frame: `models.cached.CachedEncoders`
 keeps the `prepare` interface, and the methods, the loop and the sample sheets read the cache without knowing it.
 The train split's pixels are stored because DA's and OSV's discriminators read the real clips: in float32
-(`data.cache_pixels: float32`, the default) training is bitwise training without the cache, at ~390 MB a clip at
-480p x 61 frames; in uint8 (`uint8`, what experiments/wan uses) a quarter of that, ~73 MB, the discriminator's real
+(`data.cache_pixels: float32`, the default) training is bitwise training without the cache, at ~292 MB a clip at
+480p x 61 frames; in uint8 (experiments/wan/README.md's recipe) a quarter of that, ~73 MB, the discriminator's real
 pixels rounded to the 1/127.5 grid an mp4 decodes to (x0 and the conditioning are still the live ones, bitwise).
 
 A cache made with other settings than the config's (the encoders' folders, dtype, the clips) is refused, naming
