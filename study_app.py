@@ -53,7 +53,7 @@ class MediaGate:
             user = annotator(scope)
             if name in self.videos and user is not None and scope["method"] == "GET":
                 await anyio.to_thread.run_sync(self.store.record_fetch, self.study, user, name)
-            send = _not_stored(send)  # the browser fetches a video again each time an item shows it (the gate)
+            send = _not_stored(send)  # the browser fetches a video again each time a page shows it (the gate)
         await self.app(scope, receive, send)
 
     def media_name(self, requested: str) -> str | None:
@@ -83,8 +83,8 @@ def annotator(scope) -> str | None:
 
 
 def _not_stored(send):
-    """`send` with `Cache-Control: no-store` on the response: a video shown again (the same clip in the other mode,
-    a reload) is fetched again, after the item was served, as the store's play gate expects."""
+    """`send` with `Cache-Control: no-store` on the response: a video shown again (a reload, a later item) is
+    fetched again, so the store's play gate sees each fetch (it counts those since the item was first served)."""
     async def sending(message):
         if message["type"] == "http.response.start":
             headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"cache-control"]
