@@ -106,6 +106,9 @@ class ModelConfig:
                                    # "epsilon", "v" or "x0", bridged to the velocity by workbench/vp.py
     vp_schedule: str = ""          # a diffusion (VP) network: its diffusers scheduler_config.json (the betas);
                                    # "" = a flow network
+    reparameterize: bool = False   # start from model.weights trained on another path or prediction (a flow student
+                                   # of a VP teacher, a VP teacher from a flow one): refused unless set, as their
+                                   # function is not this network's until it has trained
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def problems(self) -> dict[str, str]:
@@ -392,6 +395,9 @@ def _config(data: dict, methods: Mapping[str, type]) -> Config:
     own = methods[cfg.train.method].sections
     given = {k: _check(v, registered[k], k) for k, v in data.items() if k not in core}  # every one checked
     cfg.sections = {name: given[name] if name in given else cls() for name, cls in own.items()}
+    rules = getattr(methods[cfg.train.method], "config_problems", None)   # the method's rules across sections
+    for key, problem in (rules(cfg) if rules else {}).items():
+        raise ConfigError(f"{key}: {problem}")
     return cfg
 
 

@@ -55,6 +55,8 @@ class PipelineConfig:
     name: str = "pipeline"
     out: str = "runs/pipeline"
     stages: list[Stage] = field(default_factory=list)
+    set: list[str] = field(default_factory=list)    # overrides of every stage's train config, before its own `set`
+                                                    # (a diffusion teacher's model.vp_schedule and model.prediction)
     eval: PipelineEval = field(default_factory=PipelineEval)
 
 
@@ -62,6 +64,8 @@ def load_pipeline(path: str | Path, overrides: list[str] = ()) -> PipelineConfig
     """The pipeline config with every stage's train config and overrides checked: a bad key in the last stage is
     refused now, not after the first stages have trained."""
     cfg = load_dataclass(PipelineConfig, path, overrides)
+    for s in cfg.stages:
+        s.set = [*cfg.set, *s.set]
     names = [s.name for s in cfg.stages]
     for i, s in enumerate(cfg.stages):
         if not s.name or not (s.config or s.reuse):

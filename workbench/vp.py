@@ -64,6 +64,13 @@ class VPSchedule:
         return torch.log(a) - torch.log1p(-a)
 
     @property
+    def flow_times(self) -> torch.Tensor:
+        """(N,) float64: the flow time t = sigma_s / (alpha_s + sigma_s) of each of the schedule's timesteps s."""
+        a = self.alphas_cumprod.double()
+        alpha, sigma = a.sqrt(), (1 - a).sqrt()
+        return sigma / (alpha + sigma)
+
+    @property
     def t_range(self) -> tuple[float, float]:
         """The flow times the schedule reaches: t = sigma / (alpha + sigma) at its first and last timestep."""
         lam = self.log_snr
@@ -101,6 +108,20 @@ def flow_velocity(prediction: torch.Tensor, x_vp: torch.Tensor, t_B: torch.Tenso
     else:
         raise ValueError(f"VP prediction {kind!r}: expected one of {', '.join(PREDICTIONS)}")
     return eps - x0
+
+
+def prediction_weight(t_B: torch.Tensor, kind: str) -> torch.Tensor:
+    """w(t) with |prediction error|^2 = w(t) |velocity error|^2 at flow time t (B,): the bridge is affine in the
+    prediction, dF = (alpha + sigma) dv = deps / (1 - t) = -dx0 / t (flow_velocity; alpha + sigma = 1 / n_t), so
+    w = n_t^2 for v, (1 - t)^2 for epsilon, t^2 for x0. A VP network's own MSE (DDPM's L_simple) is w times the
+    flow-matching one."""
+    if kind == "epsilon":
+        return (1 - t_B) ** 2
+    if kind == "v":
+        return (1 - t_B) ** 2 + t_B ** 2
+    if kind == "x0":
+        return t_B ** 2
+    raise ValueError(f"VP prediction {kind!r}: expected one of {', '.join(PREDICTIONS)}")
 
 
 def vp_input(x_t: torch.Tensor, t_B: torch.Tensor) -> torch.Tensor:

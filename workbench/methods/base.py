@@ -25,7 +25,7 @@ from torch import nn
 
 from workbench.config import DistillConfig, core_sections
 from workbench.flow import interpolate, sample_timesteps
-from workbench.models import check_prediction_fits
+from workbench.models import on_trained_path
 from workbench.models.ema import ema_update, frozen_copy
 from workbench.models.weights import load_weights
 from workbench.sampling import guided_velocity
@@ -77,6 +77,12 @@ class Method(abc.ABC):
 
     def __init__(self, cfg, net, encoders):
         self.cfg, self.net, self.encoders = cfg, net, encoders
+
+    @classmethod
+    def config_problems(cls, cfg) -> dict[str, str]:
+        """{dotted key: what is wrong} for rules across sections (a setting against the model's), checked by
+        load_config, so a bad combination is refused at load and not hours later."""
+        return {}
 
     def roles(self) -> dict[str, Role]:
         return {"model": Role(self.net, ema=self.cfg.train.ema_decay, export=True)}
@@ -169,8 +175,8 @@ class Distillation(Method):
         self.teacher = frozen_copy(net)
         if cfg.distill.teacher:                           # e.g. DA after CCD: the student is the CCD model
             load_weights(self.teacher.transformer, cfg.distill.teacher, "distill.teacher")
-            check_prediction_fits(cfg.distill.teacher, cfg.model.prediction, "distill.teacher",
-                                  vp=bool(cfg.model.vp_schedule))
+        # the teacher is asked on the path it was trained on: a VP teacher bridged for a flow student (vp.py)
+        self.teacher = on_trained_path(self.teacher, cfg.distill.teacher or cfg.model.weights)
         if self.teacher_is_frozen():
             cast_frozen(self.teacher, dtype)
         self.target = frozen_copy(net) if self.uses_target else None

@@ -5,15 +5,16 @@ from pathlib import Path
 
 import torch
 
-from workbench.config import ModelConfig, load_section
+from workbench.config import ModelConfig, load_section, prediction_problem
 from workbench.folders import saved_config
 from workbench.models.codec import PixelCodec, WanVAECodec
 from workbench.models.text import CLIPImageEncoder, ToyTextEncoder, UMT5TextEncoder
 from workbench.models.lora import add_lora
-from workbench.models.wan import PRESETS, Conditioning, FlowNet, build_flownet
+from workbench.models.wan import PRESETS, Conditioning, FlowNet, build_flownet, read_vp_schedule
 from workbench.models.weights import load_weights, tensor_names
 
-__all__ = ["Conditioning", "Encoders", "FlowNet", "PRESETS", "build_backbone", "check_prediction_fits"]
+__all__ = ["Conditioning", "Encoders", "FlowNet", "PRESETS", "build_backbone", "check_prediction_fits",
+           "on_trained_path"]
 
 
 class Encoders:
@@ -77,7 +78,8 @@ def build_backbone(cfg: ModelConfig, cache: str = "") -> tuple[FlowNet, Encoders
         image = CLIPImageEncoder(cfg.image_encoder_path, dtype) if cfg.image_encoder_path else None
         encoders = Encoders(codec, text, image)
     _check_parts_fit(cfg, net, codec, text, image)
-    check_prediction_fits(cfg.weights, cfg.prediction, vp=bool(cfg.vp_schedule))
+    if not cfg.reparameterize:
+        check_prediction_fits(cfg.weights, cfg.prediction, vp=bool(cfg.vp_schedule))
     if with_lora and not cfg.lora.rank:
         raise ValueError(f"model.weights: {cfg.weights} holds a LoRA adapter; set model.lora.rank (and alpha, targets) "
                          f"as its run did")
@@ -88,17 +90,41 @@ def build_backbone(cfg: ModelConfig, cache: str = "") -> tuple[FlowNet, Encoders
     return net, encoders
 
 
-def check_prediction_fits(weights: str, prediction: str, key: str = "model.weights", vp: bool = False) -> None:
-    """Weights trained to predict x0 read as a velocity, or a diffusion (VP) network read as a flow one (or the
-    reverse), sample noise: refuse, naming both."""
+def trained_path(weights: str) -> tuple[str, str] | None:
+    """(model.prediction, model.vp_schedule) the weights were trained with, from their run's saved config; None where
+    they have none (a bare safetensors file)."""
     saved = saved_config(Path(weights).parent) if weights else None
     if saved is None:
-        return
+        return None
     trained = load_section(saved, "model", ModelConfig)  # saved before the keys existed: the defaults
-    if (trained.prediction, bool(trained.vp_schedule)) != (prediction, vp):
+    return trained.prediction, trained.vp_schedule
+
+
+def check_prediction_fits(weights: str, prediction: str, key: str = "model.weights", vp: bool = False) -> None:
+    """Weights trained to predict x0 read as a velocity, or a diffusion (VP) network read as a flow one (or the
+    reverse), sample noise: refuse, naming both (model.reparameterize starts a network from them on purpose)."""
+    trained = trained_path(weights)
+    if trained is not None and (trained[0], bool(trained[1])) != (prediction, vp):
         path = lambda p, v: f"model.prediction={p} on a {'VP' if v else 'flow'} path"  # noqa: E731
-        raise ValueError(f"{key}: {weights} was trained with {path(trained.prediction, trained.vp_schedule)} "
-                         f"({saved}), but this config has {path(prediction, vp)}")
+        raise ValueError(f"{key}: {weights} was trained with {path(trained[0], trained[1])} "
+                         f"({saved_config(Path(weights).parent)}), but this config has {path(prediction, vp)}; "
+                         f"set model.reparameterize=true to start from them on purpose")
+
+
+def on_trained_path(net: FlowNet, weights: str) -> FlowNet:
+    """`net` (weights loaded) seen on the path its `weights` were trained on, where their run's config says another
+    (a VP teacher of a flow student): the same transformer, that run's prediction and VP schedule."""
+    trained = trained_path(weights)
+    if trained is None:
+        return net
+    prediction, vp_schedule = trained
+    if problem := prediction_problem(prediction, vp_schedule):
+        raise ValueError(f"{weights}: its run's model.prediction: {problem}")
+    vp = read_vp_schedule(vp_schedule) if vp_schedule else None
+    same_vp = (vp is None) == (net.vp is None) and (vp is None or torch.equal(vp.alphas_cumprod, net.vp.alphas_cumprod))
+    if prediction == net.prediction and same_vp:
+        return net
+    return FlowNet(net.transformer, positions=net.positions, prediction=prediction, vp=vp)
 
 
 def _check_parts_fit(cfg: ModelConfig, net: FlowNet, codec, text, image) -> None:
