@@ -109,3 +109,16 @@ set: [model.vp_schedule={scheduler_folder(tmp_path)}, model.prediction=v, train.
     path.write_text(path.read_text().replace("prediction=v", "prediction=velocity"))
     with pytest.raises(ConfigError, match=r"stages\[0\] \(ccd\): .*model.prediction: a VP network"):
         load_pipeline(path)
+
+
+def test_every_swiftvideo_stage_runs_from_a_vp_teacher(tmp_path):
+    """The micro pipeline (teacher -> CCD -> DA -> TA x 2 -> eval), every stage a v-prediction VP network."""
+    from workbench.pipeline import load_pipeline, run_pipeline
+    folder = scheduler_folder(tmp_path)
+    cfg = load_pipeline("experiments/micro/swiftvideo.yaml", [f"set=[model.vp_schedule={folder}, model.prediction=v]"])
+    out = run_pipeline(cfg, tmp_path / "run")
+    for stage in ("teacher", "ccd", "ccd_da", "ta1", "ta2"):
+        saved = (out / stage / "model" / "config.yaml").read_text()
+        assert f"vp_schedule: {folder}" in saved and "prediction: v" in saved
+    table = (out / "eval" / "table.md").read_text()
+    assert all(stage in table for stage in ("teacher", "ccd_da", "ta2")) and "nan" not in table.lower()
