@@ -16,6 +16,7 @@ from workbench.methods import METHODS
 from workbench.methods.base import TEACHER_DTYPES
 from workbench.methods.parts import AdversarialSettings
 from workbench.models import PRESETS
+from workbench.models.wan import PRESETS as WAN_PRESETS
 from workbench.models.jvp import TANGENT_MODES
 from workbench.sampling import SAMPLERS
 
@@ -31,6 +32,7 @@ def _choices(cls, key: str) -> set:
 
 def test_choice_types_are_the_registries():
     assert set(typing.get_args(config.Preset)) == set(PRESETS)
+    assert set(config.WAN_PRESETS) == set(WAN_PRESETS)
     assert set(typing.get_args(config.SamplerName)) == set(SAMPLERS)
     assert _choices(config.DistillConfig, "jvp") == set(TANGENT_MODES)
     assert _choices(config.DistillConfig, "teacher_dtype") == set(TEACHER_DTYPES)

@@ -129,6 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     tw.add_argument("--clips", type=count, default=48, help="toy clips written as mp4 + CSV under <out>/clips")
     tw.add_argument("--force", action="store_true", help="replace an earlier tiny-wan output in --out")
 
+    tc = sub.add_parser("tiny-cogvideox", help="tiny random CogVideoX-scale model folders (transformer, VAE, T5, "
+                        "scheduler config, DINOv2) and toy mp4 clips at their size: experiments/tiny-cogvideox's inputs")
+    tc.add_argument("--out", default="models/tiny-cogvideox", help="a new or empty folder")
+    tc.add_argument("--clips", type=count, default=48, help="toy clips written as mp4 + CSV under <out>/clips")
+    tc.add_argument("--force", action="store_true", help="replace an earlier tiny-cogvideox output in --out")
+
     wc = sub.add_parser("wan-convert", help="a Wan2.1 transformer in the original layout -> a diffusers folder "
                                             "(experiments/wan's model.transformer_path)")
     wc.add_argument("checkpoint", help="the original-layout .safetensors (e.g. Wan2.1-Fun-1.3B-InP's "
@@ -240,9 +246,11 @@ def _run(args) -> int:
         out = run_pipeline(cfg, args.out, device=args.device)
         print(f"pipeline folder: {out}")
     elif args.cmd == "export" and args.diffusers:
+        import json
         from workbench.export_diffusers import export_diffusers
         out = export_diffusers(args.run, args.diffusers, args.dtype, args.steps, force=args.force)
-        print(f"diffusers pipeline folder: {out} (load: WanImageToVideoPipeline.from_pretrained; call: {out}/export.json)")
+        pipeline = json.loads((Path(out) / "model_index.json").read_text())["_class_name"]
+        print(f"diffusers pipeline folder: {out} (load: {pipeline}.from_pretrained; call: {out}/export.json)")
     elif args.cmd == "export":
         from workbench.export import export_model
         print(f"model folder: {export_model(args.run, args.out, args.dtype, force=args.force)}")
@@ -267,6 +275,17 @@ def _run(args) -> int:
             tiny_wan.save_dino(tmp / "dinov2")
             export_toy(tmp / "clips", args.clips, spec=ToySpec(size=tiny_wan.CLIP_SIZE, frames=tiny_wan.CLIP_FRAMES))
         print(f"tiny Wan-scale folders and {args.clips} clips: {args.out}")
+    elif args.cmd == "tiny-cogvideox":
+        from workbench.config import ToySpec
+        from workbench.data.export import export_toy
+        from workbench.files import output_folder
+        from workbench.models import tiny_cogvideox, tiny_wan
+        with output_folder(args.out, "tiny-cogvideox", args.force) as tmp:
+            tiny_cogvideox.save_tiny_cogvideox(tmp)
+            tiny_wan.save_dino(tmp / "dinov2")
+            export_toy(tmp / "clips", args.clips,
+                       spec=ToySpec(size=tiny_cogvideox.CLIP_SIZE, frames=tiny_cogvideox.CLIP_FRAMES))
+        print(f"tiny CogVideoX-scale folders and {args.clips} clips: {args.out}")
     elif args.cmd == "data" and args.data_cmd == "export":
         from workbench.data.export import export_toy
         cfg = load_config(None, args.set)

@@ -26,7 +26,9 @@ class ConfigError(ValueError):
 
 # Settings that name one option of a registry: kept equal to it by tests/test_config.py (the registries live in
 # higher layers, which this module may not import). The loader refuses any other value, naming the key.
-Preset = Literal["toy", "toy-no-positions", "tiny-wan", "wan2.1-fun-1.3b-inp"]   # models.wan.PRESETS
+Preset = Literal["toy", "toy-no-positions", "tiny-wan", "wan2.1-fun-1.3b-inp", "tiny-cogvideox",
+                 "cogvideox-5b-i2v"]   # models.wan.PRESETS, models.cogvideox.PRESETS
+WAN_PRESETS = ("toy", "toy-no-positions", "tiny-wan", "wan2.1-fun-1.3b-inp")   # models.wan.PRESETS: Wan's blocks
 SamplerName = Literal["euler", "consistency"]                                     # sampling.SAMPLERS
 Timesteps = Literal["uniform", "logit_normal"]
 
@@ -83,6 +85,16 @@ class LoraConfig:
     RANGES = {"rank": (0, None), "alpha": (0, None)}
 
 
+def blockwise_problem(cfg) -> dict[str, str]:
+    """The block-wise JVP (Algorithm 2, models/jvp.py) is written for Wan's blocks: refused for another family
+    (a method that computes dF/dt checks it: CCD, DA on CCD)."""
+    if cfg.distill.jvp.endswith("blockwise") and cfg.model.preset not in WAN_PRESETS:
+        return {"distill.jvp": f"{cfg.distill.jvp}: the block-wise JVP (Algorithm 2) is written for Wan's blocks, and "
+                               f"model.preset={cfg.model.preset} is not Wan; use distill.jvp=whole (with "
+                               f"distill.jvp_attention=chunked)"}
+    return {}
+
+
 def prediction_problem(prediction: str, vp_schedule: str) -> str | None:
     """What is wrong with a network predicting `prediction` on the flow path (no `vp_schedule`) or a VP one."""
     if vp_schedule and prediction == "velocity":
@@ -94,7 +106,8 @@ def prediction_problem(prediction: str, vp_schedule: str) -> str | None:
 
 @dataclass
 class ModelConfig:
-    preset: Preset = "toy"         # "toy", "tiny-wan" (tests) or "wan2.1-fun-1.3b-inp" (models.PRESETS)
+    preset: Preset = "toy"         # "toy", "tiny-wan" / "tiny-cogvideox" (tests), "wan2.1-fun-1.3b-inp" or
+                                   # "cogvideox-5b-i2v" (models.PRESETS, models.COGVIDEOX_PRESETS)
     weights: str = ""              # safetensors file of the transformer (e.g. the shipped teacher); "" = preset init
     transformer_path: str = ""     # local diffusers folder of WanTransformer3DModel (Wan scale)
     vae_path: str = ""             # local folder of AutoencoderKLWan ("" = pixel codec)

@@ -1,4 +1,5 @@
-"""Export a Wan-scale model as a stock diffusers pipeline folder (`python -m workbench export RUN --diffusers DIR`).
+"""Export a Wan- or CogVideoX-scale model as a stock diffusers pipeline folder
+(`python -m workbench export RUN --diffusers DIR`).
 
     DIR/  model_index.json  transformer/  vae/  text_encoder/  tokenizer/  image_encoder/  image_processor/
           scheduler/  export.json  (lora/pytorch_lora_weights.safetensors for a LoRA run such as TA)
@@ -17,6 +18,14 @@ scheduler, which must walk the workbench's grid `sampling.schedule(N, shift)` = 
                                          no stock scheduler; the adapter `scheduling_workbench_flow.py` is shipped in
                                          scheduler/ (from_pretrained(DIR, trust_remote_code=True)).
 The pipeline does not pass its generator to the scheduler: re-noising draws from torch's global RNG.
+
+A CogVideoX model (models/cogvideox.py) exports as a `CogVideoXImageToVideoPipeline` folder (transformer/ vae/
+text_encoder/ tokenizer/ scheduler/), always with the adapter `scheduling_workbench_cogvideox.py` (no stock scheduler
+fits that pipeline's loop; see that file): the workbench's sampler on its grid, for a flow network or a diffusion one
+(model.vp_schedule: the VP timestep and x_vp fed to the transformer, its prediction bridged as workbench/vp.py does).
+The pipeline builds the same input as `CogVideoXFlowNet.cogvideox_inputs`; export.json's `call` adds the T5 length
+(max_sequence_length). It samples the first frame's VAE latent (`retrieve_latents`) where the workbench takes the mode:
+the two agree to within the VAE posterior's spread.
 """
 from __future__ import annotations
 
@@ -28,13 +37,17 @@ from pathlib import Path
 import torch
 
 from workbench.export import DTYPES, check_export_target, staged
-from workbench.folders import MARKER
 from workbench.flow import velocity_from_x0
+from workbench.folders import MARKER
+from workbench.models.cogvideox import CogVideoXFlowNet
 from workbench.models.lora import merge_lora, save_lora
+from workbench.models.wan import vp_schedule_file
+from workbench.vp import ZERO_SNR_FLOOR
 from workbench.runs import load_model, resolve_weights
 from workbench.sampling import schedule
 
 ADAPTER = Path(__file__).with_name("scheduling_workbench_flow.py")
+COGVIDEOX_ADAPTER = Path(__file__).with_name("scheduling_workbench_cogvideox.py")
 
 
 def diffusers_scheduler(sampler: str, shift: float, steps: int, prediction: str = "velocity"):
@@ -46,18 +59,33 @@ def diffusers_scheduler(sampler: str, shift: float, steps: int, prediction: str 
     if prediction == "velocity" and sampler == "consistency" and (shift == 1.0 or steps <= 2):
         terminal = float(schedule(steps, shift)[-2]) if steps >= 2 else None   # N = 1: the grid is [1] already
         return FlowMatchLCMScheduler(shift=1.0, shift_terminal=terminal), True
-    adapter = _adapter_class()
-    t_min = inspect.signature(velocity_from_x0).parameters["t_min"].default
-    return adapter(shift=shift, sampler=sampler, prediction=prediction, t_min=t_min), False
+    adapter = _adapter_class(ADAPTER, "WorkbenchFlowScheduler")
+    return adapter(shift=shift, sampler=sampler, prediction=prediction, t_min=T_MIN), False
 
 
-def _adapter_class():
-    """WorkbenchFlowScheduler from the very file that is shipped (so the test runs what diffusers will load)."""
+T_MIN = inspect.signature(velocity_from_x0).parameters["t_min"].default
+
+
+def cogvideox_scheduler(net, sampler: str, shift: float, vp_schedule: str = ""):
+    """The adapter WorkbenchCogVideoXScheduler stepping `sampler` on `schedule(N, shift)` for a CogVideoXFlowNet: on
+    its VP path the betas of its model.vp_schedule (a CogVideoX scheduler config) and the workbench's terminal floor."""
+    adapter = _adapter_class(COGVIDEOX_ADAPTER, "WorkbenchCogVideoXScheduler")
+    if net.vp is None:
+        return adapter(path="flow", prediction=net.prediction, sampler=sampler, shift=shift, t_min=T_MIN)
+    betas = {k: v for k, v in json.loads(vp_schedule_file(vp_schedule).read_text()).items()
+             if k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "rescale_betas_zero_snr",
+                      "snr_shift_scale")}
+    return adapter(**betas, alphas_cumprod_floor=ZERO_SNR_FLOOR, path="vp", prediction=net.prediction,
+                   sampler=sampler, shift=shift, t_min=T_MIN)
+
+
+def _adapter_class(file: Path, name: str):
+    """The adapter class from the very file that is shipped (so the test runs what diffusers will load)."""
     import importlib.util
-    spec = importlib.util.spec_from_file_location(ADAPTER.stem, ADAPTER)
+    spec = importlib.util.spec_from_file_location(file.stem, file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.WorkbenchFlowScheduler
+    return getattr(module, name)
 
 
 def _cast(transformer, dtype: torch.dtype):
@@ -70,7 +98,7 @@ def _cast(transformer, dtype: torch.dtype):
     return transformer
 
 
-def _pipeline_classes():
+def _wan_pipeline_class():
     """diffusers' WanImageToVideoPipeline, imported without transformers' warning that CLIPImageProcessor (which the
     pipeline module names) falls back to its PIL version without torchvision (the PIL one is what this project uses)."""
     import logging
@@ -86,9 +114,9 @@ def _pipeline_classes():
 
 def export_diffusers(path: str | Path, out: str | Path, dtype: str = "float16", steps: int = 4,
                      force: bool = False) -> Path:
-    """Write `out` as a WanImageToVideoPipeline folder for the model of a run, checkpoint or model folder `path`,
-    with its scheduler set for the config's sampler and shift at `steps` steps; the transformer cast to `dtype`."""
-    WanImageToVideoPipeline = _pipeline_classes()
+    """Write `out` as a WanImageToVideoPipeline (or CogVideoXImageToVideoPipeline) folder for the model of a run,
+    checkpoint or model folder `path`, with its scheduler set for the config's sampler and shift at `steps` steps; the
+    transformer cast to `dtype`."""
     out = Path(out)
     if dtype not in DTYPES:
         raise ValueError(f"--dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -100,32 +128,46 @@ def export_diffusers(path: str | Path, out: str | Path, dtype: str = "float16", 
     mc, sc, enc, net = model.config.model, model.config.sample, model.encoders, model.net
     if not (mc.vae_path and mc.text_encoder_path) or net.positions:
         raise ValueError(f"--diffusers: {path} is a toy model (model.preset={mc.preset}, no model.vae_path or "
-                         f"model.text_encoder_path); only Wan-scale models export to a diffusers pipeline")
-    if mc.vp_schedule:   # the stock pipeline's schedulers step other coordinates than the workbench's flow Euler
-        raise ValueError(f"--diffusers: {path} is a diffusion (VP) network (model.vp_schedule); only flow networks "
-                         f"export to a diffusers pipeline so far: distil it into a flow student")
-    scheduler, stock = diffusers_scheduler(sc.sampler, sc.shift, steps, mc.prediction)
+                         f"model.text_encoder_path); only Wan- or CogVideoX-scale models export to a diffusers "
+                         f"pipeline")
+    cogvideox = isinstance(net, CogVideoXFlowNet)
+    if mc.vp_schedule and not cogvideox:  # the stock pipeline's schedulers step other coordinates than the flow's
+        raise ValueError(f"--diffusers: {path} is a diffusion (VP) Wan network (model.vp_schedule); only flow "
+                         f"networks and CogVideoX export to a diffusers pipeline so far: distil it into a flow student")
+    if cogvideox:
+        scheduler, adapter = cogvideox_scheduler(net, sc.sampler, sc.shift, mc.vp_schedule), COGVIDEOX_ADAPTER
+        call = {"max_sequence_length": net.transformer.config.max_text_seq_length}
+    else:
+        scheduler, stock = diffusers_scheduler(sc.sampler, sc.shift, steps, mc.prediction)
+        adapter, call = None if stock else ADAPTER, {}
     out.parent.mkdir(parents=True, exist_ok=True)
     with staged(out) as tmp:
         if mc.lora.rank:  # TA: the adapter alone for load_lora_weights on its base, and merged into transformer/
             save_lora(net.transformer, tmp / "lora")
             merge_lora(net.transformer)
-        clip = enc.image_encoder
-        # the very processor the workbench's CLIPImageEncoder runs (models.text.clip_processor): same tokens at any size
-        processor = None if clip is None else clip.processor
-        pipe = WanImageToVideoPipeline(
-            tokenizer=enc.text_encoder.tokenizer, text_encoder=enc.text_encoder.model, vae=enc.codec.vae,
-            scheduler=scheduler, image_processor=processor, image_encoder=None if clip is None else clip.model,
-            transformer=_cast(net.transformer, DTYPES[dtype]))
+        transformer = _cast(net.transformer, DTYPES[dtype])
+        if cogvideox:
+            from diffusers import CogVideoXImageToVideoPipeline
+            pipe = CogVideoXImageToVideoPipeline(tokenizer=enc.text_encoder.tokenizer, vae=enc.codec.vae,
+                                                 text_encoder=enc.text_encoder.model, transformer=transformer,
+                                                 scheduler=scheduler)
+        else:
+            clip = enc.image_encoder
+            # the very processor the workbench's CLIPImageEncoder runs (models.text.clip_processor): same tokens at
+            # any size
+            pipe = _wan_pipeline_class()(
+                tokenizer=enc.text_encoder.tokenizer, text_encoder=enc.text_encoder.model, vae=enc.codec.vae,
+                scheduler=scheduler, image_processor=None if clip is None else clip.processor,
+                image_encoder=None if clip is None else clip.model, transformer=transformer)
         pipe.save_pretrained(tmp)
-        if not stock:  # model_index.json names the shipped file; diffusers loads it with trust_remote_code=True
-            shutil.copy(ADAPTER, tmp / "scheduler" / ADAPTER.name)
+        if adapter:  # model_index.json names the shipped file; diffusers loads it with trust_remote_code=True
+            shutil.copy(adapter, tmp / "scheduler" / adapter.name)
             index = json.loads((tmp / "model_index.json").read_text())
-            index["scheduler"] = [ADAPTER.stem, type(scheduler).__name__]
+            index["scheduler"] = [adapter.stem, type(scheduler).__name__]
             (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         (tmp / MARKER).write_text(json.dumps({
             "source": str(Path(weights).resolve()), "dtype": dtype, "sampler": sc.sampler, "shift": sc.shift,
-            "prediction": mc.prediction, "scheduler": type(scheduler).__name__, "stock_scheduler": stock,
-            "load": {"trust_remote_code": not stock},
-            "call": {"num_inference_steps": steps, "guidance_scale": sc.guidance}}, indent=1))
+            "prediction": mc.prediction, "scheduler": type(scheduler).__name__, "stock_scheduler": not adapter,
+            "load": {"trust_remote_code": bool(adapter)},
+            "call": {"num_inference_steps": steps, "guidance_scale": sc.guidance, **call}}, indent=1))
     return out

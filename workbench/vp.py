@@ -31,6 +31,9 @@ from workbench.flow import expand_t
 
 PREDICTIONS = ("epsilon", "v", "x0")                  # what a VP network predicts (model.prediction)
 FROM_DIFFUSERS = {"epsilon": "epsilon", "v_prediction": "v", "sample": "x0"}   # a scheduler's prediction_type
+# alphas_cumprod[-1] of a zero-terminal-SNR schedule (0: pure noise), as diffusers' EulerDiscreteScheduler keeps it:
+# CogVideoX-5B's bridge then reaches t = 0.99976.
+ZERO_SNR_FLOOR = 2.0 ** -24
 
 
 def log_snr_of_flow_time(t_B: torch.Tensor) -> torch.Tensor:
@@ -54,9 +57,18 @@ class VPSchedule:
 
     @classmethod
     def from_scheduler_config(cls, config: dict) -> VPSchedule:
-        """The schedule of a diffusers scheduler config (e.g. DDPMScheduler / CogVideoXDDIMScheduler's)."""
-        from diffusers import DDPMScheduler
-        return cls(DDPMScheduler.from_config(config).alphas_cumprod.clone())
+        """The schedule of a diffusers scheduler config: the alphas_cumprod of the class its `_class_name` names
+        (CogVideoXDDIMScheduler's apply its snr_shift_scale, which DDPMScheduler's betas alone miss), else
+        DDPMScheduler's. A zero terminal SNR (rescale_betas_zero_snr: pure noise at the last timestep) is kept at
+        ZERO_SNR_FLOOR, as diffusers' EulerDiscreteScheduler keeps it, so the log-SNR stays finite."""
+        import diffusers
+        named = getattr(diffusers, str(config.get("_class_name")), None)
+        if not (isinstance(named, type) and issubclass(named, diffusers.SchedulerMixin)
+                and hasattr(named.from_config(config), "alphas_cumprod")):
+            named = diffusers.DDPMScheduler
+        alphas_cumprod = named.from_config(config).alphas_cumprod.clone()
+        alphas_cumprod[-1] = alphas_cumprod[-1].clamp(min=ZERO_SNR_FLOOR)
+        return cls(alphas_cumprod)
 
     @property
     def log_snr(self) -> torch.Tensor:                           # (N,) decreasing

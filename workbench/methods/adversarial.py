@@ -39,6 +39,11 @@ class Adversarial(Distillation):
     """L^G = L_distill + lambda_adv * hinge_G, L^D = hinge_D (Eq. 10); the discriminator joins after N_warmup."""
     sections = {"adversarial": AdversarialSettings}
 
+    @classmethod
+    def config_problems(cls, cfg):
+        """The rules of the distillation DA is added to (CCD's: its JVP fits the net)."""
+        return {} if cfg.adversarial.distill == "none" else METHODS[cfg.adversarial.distill].config_problems(cfg)
+
     def __init__(self, cfg, net, encoders):
         super().__init__(cfg, net, encoders)
         self.distill_loss = distillation_loss(cfg.adversarial.distill)   # a choice the loader checked

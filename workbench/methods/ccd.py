@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from workbench.config import blockwise_problem
 from workbench.flow import expand_t
 from workbench.methods.base import DistillInputs, Distillation, register
 from workbench.models.jvp import velocity_and_tangent
@@ -47,3 +48,7 @@ def ccd_loss(inputs: DistillInputs):
 @register("ccd")
 class CCD(Distillation):
     distill_loss = staticmethod(ccd_loss)
+
+    @classmethod
+    def config_problems(cls, cfg):
+        return blockwise_problem(cfg)                                              # dF/dt's JVP fits the net

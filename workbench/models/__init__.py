@@ -1,4 +1,7 @@
-"""Build the backbone at any scale: a trainable `FlowNet` and its frozen `Encoders` (which build a `Conditioning`)."""
+"""Build the backbone at any scale: a trainable `FlowNet` and its frozen `Encoders` (which build a `Conditioning`).
+
+The preset names the family: Wan (models/wan.py: Wan VAE, UMT5, CLIP) or CogVideoX (models/cogvideox.py: its VAE, T5).
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,21 +10,29 @@ import torch
 
 from workbench.config import ModelConfig, load_section, prediction_problem
 from workbench.folders import saved_config
-from workbench.models.codec import PixelCodec, WanVAECodec
-from workbench.models.text import CLIPImageEncoder, ToyTextEncoder, UMT5TextEncoder
+from workbench.models.codec import CogVideoXVAECodec, PixelCodec, WanVAECodec
+from workbench.models.cogvideox import PRESETS as COGVIDEOX_PRESETS
+from workbench.models.cogvideox import CogVideoXFlowNet, build_cogvideox_flownet, cogvideox_first_frame
+from workbench.models.text import CLIPImageEncoder, T5TextEncoder, ToyTextEncoder, UMT5TextEncoder
 from workbench.models.lora import add_lora
-from workbench.models.wan import PRESETS, Conditioning, FlowNet, build_flownet, read_vp_schedule
+from workbench.models.wan import PRESETS as WAN_PRESETS
+from workbench.models.wan import Conditioning, FlowNet, build_flownet, fun_inp_first_frame, read_vp_schedule
 from workbench.models.weights import load_weights, tensor_names
 
-__all__ = ["Conditioning", "Encoders", "FlowNet", "PRESETS", "build_backbone", "check_prediction_fits",
-           "on_trained_path"]
+__all__ = ["COGVIDEOX_PRESETS", "Conditioning", "Encoders", "FlowNet", "PRESETS", "build_backbone", "build_codec",
+           "check_prediction_fits", "on_trained_path"]
+
+PRESETS = {**WAN_PRESETS, **COGVIDEOX_PRESETS}   # model.preset -> its transformer's config (either family)
 
 
 class Encoders:
-    """The frozen parts: pixels <-> latents, captions -> text tokens, first frame -> image tokens (a `Conditioning`)."""
+    """The frozen parts: pixels <-> latents, captions -> text tokens, first frame -> image tokens (a `Conditioning`);
+    `first_frame(codec, first_B3HW, frames) -> (first-frame latents, mask)` is the backbone family's recipe
+    (wan.fun_inp_first_frame, cogvideox.cogvideox_first_frame)."""
 
-    def __init__(self, codec, text_encoder, image_encoder=None):
+    def __init__(self, codec, text_encoder, image_encoder=None, first_frame=fun_inp_first_frame):
         self.codec, self.text_encoder, self.image_encoder = codec, text_encoder, image_encoder
+        self.first_frame = first_frame
 
     def to(self, device) -> "Encoders":
         """Move the frozen networks (VAE, UMT5, CLIP) to `device`; the toy parts have none."""
@@ -38,12 +49,8 @@ class Encoders:
         return self.codec.decode(latents_BCTHW)
 
     def condition(self, first_B3HW: torch.Tensor, captions: list[str], frames: int) -> Conditioning:
-        """Fun-InP conditioning for clips of `frames` pixel frames starting at `first_B3HW`."""
-        B, C, H, W = first_B3HW.shape
-        video = torch.cat([first_B3HW[:, :, None], first_B3HW.new_zeros(B, C, frames - 1, H, W)], dim=2)
-        first = self.codec.encode(video)                                  # B, C', T', H', W'
-        mask = torch.zeros(B, self.codec.temporal_factor, *first.shape[2:], device=first.device)
-        mask[:, :, 0] = 1.0                                               # first latent frame is given
+        """The conditioning of clips of `frames` pixel frames starting at `first_B3HW`."""
+        first, mask = self.first_frame(self.codec, first_B3HW, frames)
         text = self.text_encoder(list(captions)).to(first.device)
         image = None if self.image_encoder is None else self.image_encoder(first_B3HW).to(first.device)
         return Conditioning(first, mask, text, image)
@@ -65,18 +72,18 @@ def build_backbone(cfg: ModelConfig, cache: str = "") -> tuple[FlowNet, Encoders
     running the VAE encoder, UMT5 and CLIP (models/cached.py), which are then never built."""
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]  # a choice the loader checked
     with_lora = bool(cfg.weights) and any("lora_" in k for k in tensor_names(cfg.weights, "model.weights"))
-    net = build_flownet(cfg.preset, cfg.transformer_path, "" if with_lora else cfg.weights, cfg.prediction,
-                        cfg.vp_schedule)
+    cogvideox = cfg.preset in COGVIDEOX_PRESETS
+    net = (build_cogvideox_flownet if cogvideox else build_flownet)(
+        cfg.preset, cfg.transformer_path, "" if with_lora else cfg.weights, cfg.prediction, cfg.vp_schedule)
     if cache:
         from workbench.models.cached import cached_encoders
         encoders, text, image = cached_encoders(cfg, cache)
         codec = encoders.codec
     else:
-        codec = WanVAECodec.from_folder(cfg.vae_path, dtype) if cfg.vae_path else PixelCodec()
-        text_dim = net.transformer.config.text_dim
-        text = UMT5TextEncoder(cfg.text_encoder_path, dtype) if cfg.text_encoder_path else ToyTextEncoder(dim=text_dim)
+        codec = build_codec(cfg, dtype)
+        text = _text_encoder(cfg, net, dtype)
         image = CLIPImageEncoder(cfg.image_encoder_path, dtype) if cfg.image_encoder_path else None
-        encoders = Encoders(codec, text, image)
+        encoders = Encoders(codec, text, image, cogvideox_first_frame if cogvideox else fun_inp_first_frame)
     _check_parts_fit(cfg, net, codec, text, image)
     if not cfg.reparameterize:
         check_prediction_fits(cfg.weights, cfg.prediction, vp=bool(cfg.vp_schedule))
@@ -88,6 +95,24 @@ def build_backbone(cfg: ModelConfig, cache: str = "") -> tuple[FlowNet, Encoders
     if with_lora:      # a checkpoint of a LoRA run holds base + adapter
         load_weights(net.transformer, cfg.weights, "model.weights")
     return net, encoders
+
+
+def build_codec(cfg: ModelConfig, dtype: torch.dtype = torch.float32):
+    """The codec of model.vae_path in the preset's family (CogVideoX's or Wan's VAE); the pixel codec without one."""
+    if not cfg.vae_path:
+        return PixelCodec()
+    return (CogVideoXVAECodec if cfg.preset in COGVIDEOX_PRESETS else WanVAECodec).from_folder(cfg.vae_path, dtype)
+
+
+def _text_encoder(cfg: ModelConfig, net: FlowNet, dtype: torch.dtype):
+    """model.text_encoder_path's encoder in the preset's family (T5 at CogVideoX's text length, or UMT5); the toy
+    encoder at the transformer's text width without one."""
+    tc = net.transformer.config
+    if isinstance(net, CogVideoXFlowNet):
+        if cfg.text_encoder_path:
+            return T5TextEncoder(cfg.text_encoder_path, tc.max_text_seq_length, dtype)
+        return ToyTextEncoder(dim=tc.text_embed_dim, max_len=tc.max_text_seq_length)
+    return UMT5TextEncoder(cfg.text_encoder_path, dtype) if cfg.text_encoder_path else ToyTextEncoder(dim=tc.text_dim)
 
 
 def trained_path(weights: str) -> tuple[str, str] | None:
@@ -124,7 +149,7 @@ def on_trained_path(net: FlowNet, weights: str) -> FlowNet:
     same_vp = (vp is None) == (net.vp is None) and (vp is None or torch.equal(vp.alphas_cumprod, net.vp.alphas_cumprod))
     if prediction == net.prediction and same_vp:
         return net
-    return FlowNet(net.transformer, positions=net.positions, prediction=prediction, vp=vp)
+    return type(net)(net.transformer, positions=net.positions, prediction=prediction, vp=vp)
 
 
 def _check_parts_fit(cfg: ModelConfig, net: FlowNet, codec, text, image) -> None:
@@ -132,16 +157,23 @@ def _check_parts_fit(cfg: ModelConfig, net: FlowNet, codec, text, image) -> None
     tc = net.transformer.config
     arch = f"model.transformer_path={cfg.transformer_path}" if cfg.transformer_path else f"model.preset={cfg.preset}"
     src = f"model.vae_path={cfg.vae_path}" if cfg.vae_path else "the pixel codec (no model.vae_path)"
-    n_pos = net.position_channels
-    want_in = 2 * codec.channels + codec.temporal_factor + n_pos  # x_t + mask + first-frame latents (+ positions)
+    cogvideox = isinstance(net, CogVideoXFlowNet)
+    n_mask, n_pos = 0 if cogvideox else codec.temporal_factor, net.position_channels
+    want_in = 2 * codec.channels + n_mask + n_pos  # x_t + mask (Wan) + first-frame latents (+ positions)
     if (tc.in_channels, tc.out_channels) != (want_in, codec.channels):
         raise ValueError(f"{arch} takes in/out channels {tc.in_channels}/{tc.out_channels}, but {src} gives "
                          f"{codec.channels} latent channels: expected {want_in}/{codec.channels} "
-                         f"({codec.channels} + {codec.temporal_factor} mask + {codec.channels}"
+                         f"({codec.channels}{f' + {n_mask} mask' if n_mask else ''} + {codec.channels}"
                          f"{f' + {n_pos} positions' if n_pos else ''})")
-    if text.dim != tc.text_dim:
+    text_dim = tc.text_embed_dim if cogvideox else tc.text_dim
+    if text.dim != text_dim:
         raise ValueError(f"model.text_encoder_path: text tokens of width {text.dim} do not fit {arch} "
-                         f"(text_dim={tc.text_dim})")
+                         f"({'text_embed_dim' if cogvideox else 'text_dim'}={text_dim})")
+    if cogvideox:
+        if image is not None:
+            raise ValueError(f"model.image_encoder_path: {arch} is CogVideoX, which takes no image tokens (its first "
+                             f"frame enters as latents); expected it empty")
+        return
     if image is None and tc.image_dim is not None:
         raise ValueError(f"{arch} takes CLIP image tokens (image_dim={tc.image_dim}); set model.image_encoder_path")
     if image is not None and image.dim != tc.image_dim:

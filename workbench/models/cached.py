@@ -13,7 +13,6 @@ from types import SimpleNamespace
 import torch
 
 from workbench.data.cache import CacheIndex, digest
-from workbench.models.codec import PixelCodec, WanVAECodec
 from workbench.models.wan import Conditioning
 
 
@@ -74,7 +73,8 @@ def cached_encoders(cfg, folder: str) -> tuple[CachedEncoders, SimpleNamespace, 
     refused, naming the key, when the cache was made with other model settings than `cfg` (a ModelConfig)."""
     index = CacheIndex(folder, cfg)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
-    codec = WanVAECodec.from_folder(cfg.vae_path, dtype) if cfg.vae_path else PixelCodec()
+    from workbench.models import build_codec          # the preset family's VAE (Wan's or CogVideoX's)
+    codec = build_codec(cfg, dtype)
     if cfg.vae_path:                                  # the decoder stays (DA, sheets); the encoder's job is done
         codec.vae.encoder = codec.vae.quant_conv = None
     text = SimpleNamespace(dim=index.shapes["text"][-1])

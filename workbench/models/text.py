@@ -4,6 +4,7 @@ Toy scale: `ToyTextEncoder`, a fixed word embedding (seeded, never trained, noth
 sinusoidal position code, zero-padded like Wan's UMT5 tokens. Wan scale: UMT5 and CLIP vision from
 local folders. With image tokens, Wan's attention takes the last 512 text tokens as text, so text is
 always padded to exactly 512 tokens there (and `FlowNet` pads any shorter text given with image tokens).
+CogVideoX scale: T5 from a local folder, `max_text_seq_length` (226) tokens as its pipeline encodes them.
 """
 from __future__ import annotations
 
@@ -62,6 +63,25 @@ class UMT5TextEncoder:
         ids, mask = tok.input_ids.to(self.model.device), tok.attention_mask.to(self.model.device)
         hidden = self.model(ids, mask).last_hidden_state.float()
         return hidden * mask[..., None]  # zero beyond each caption, as WanPipeline does
+
+
+class T5TextEncoder:
+    """CogVideoX's text encoder from a local folder holding `T5EncoderModel` and its tokenizer: captions padded to
+    `max_len` tokens (the transformer's max_text_seq_length) and encoded with no attention mask, the padding's states
+    kept (CogVideoXImageToVideoPipeline._get_t5_prompt_embeds)."""
+
+    def __init__(self, path: str, max_len: int, dtype=torch.float32):
+        from transformers import AutoTokenizer, T5EncoderModel
+        _need_dir(path, "model.text_encoder_path", "T5EncoderModel + tokenizer")
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.model = T5EncoderModel.from_pretrained(path, dtype=dtype, local_files_only=True).eval()
+        self.max_len, self.dim = max_len, self.model.config.d_model
+
+    @torch.no_grad()
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        ids = self.tokenizer(captions, padding="max_length", max_length=self.max_len, truncation=True,
+                             add_special_tokens=True, return_tensors="pt").input_ids
+        return self.model(ids.to(self.model.device))[0].float()
 
 
 CLIP_PROCESSOR_FILE = "preprocessor_config.json"

@@ -54,7 +54,7 @@ POSITION_CHANNELS = 3
 class Conditioning:
     """Everything the velocity field is conditioned on, already encoded."""
     first_BCTHW: torch.Tensor        # latents of [first frame, zeros...], the clip's latent shape
-    mask_BMTHW: torch.Tensor         # 1 on the first latent frame, 0 elsewhere
+    mask_BMTHW: torch.Tensor         # 1 on the first latent frame, 0 elsewhere (Fun-InP); CogVideoX's has M = 0
     text_BLD: torch.Tensor           # text tokens (zero-padded)
     image_BND: torch.Tensor | None = None  # CLIP image tokens (Wan scale) or None
 
@@ -109,9 +109,14 @@ def build_flownet(preset: str, transformer_path: str = "", weights: str = "", pr
                    vp=read_vp_schedule(vp_schedule) if vp_schedule else None)
 
 
+def vp_schedule_file(path: str) -> Path:
+    """model.vp_schedule: a scheduler_config.json, or the folder holding one."""
+    return Path(path) / "scheduler_config.json" if Path(path).is_dir() else Path(path)
+
+
 def read_vp_schedule(path: str) -> VPSchedule:
-    """model.vp_schedule: a scheduler_config.json (or its folder) -> its VPSchedule."""
-    file = Path(path) / "scheduler_config.json" if Path(path).is_dir() else Path(path)
+    """model.vp_schedule -> its VPSchedule (VPSchedule.from_scheduler_config)."""
+    file = vp_schedule_file(path)
     try:
         return VPSchedule.from_scheduler_config(json.loads(file.read_text()))
     except FileNotFoundError:
@@ -119,6 +124,17 @@ def read_vp_schedule(path: str) -> VPSchedule:
                                 ) from None
     except (ValueError, TypeError) as e:
         raise ValueError(f"model.vp_schedule: {file}: {e}") from None
+
+
+def fun_inp_first_frame(codec, first_B3HW: torch.Tensor, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fun-InP's (first-frame latents, mask) for clips of `frames` pixel frames: the clip [first frame, zeros...]
+    encoded whole, and `codec.temporal_factor` mask channels, 1 on the first latent frame (`Encoders.condition`)."""
+    B, C, H, W = first_B3HW.shape
+    video = torch.cat([first_B3HW[:, :, None], first_B3HW.new_zeros(B, C, frames - 1, H, W)], dim=2)
+    first = codec.encode(video)                                       # B, C', T', H', W'
+    mask = torch.zeros(B, codec.temporal_factor, *first.shape[2:], device=first.device)
+    mask[:, :, 0] = 1.0                                               # first latent frame is given
+    return first, mask
 
 
 def position_ramps(x_BCTHW: torch.Tensor) -> torch.Tensor:
@@ -144,11 +160,16 @@ class FlowNet(torch.nn.Module):
         self.prediction = prediction  # what the transformer outputs (PREDICTIONS)
         self.vp = vp
 
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """The dtype the transformer's inputs are given in: that of its patch embedding's weights."""
+        return self.transformer.patch_embedding.weight.dtype
+
     def wan_timestep(self, t_B: torch.Tensor) -> torch.Tensor:
         """The transformer's timestep as a float tensor (so a tangent on t flows through the time embedding): 1000 t,
         or the VP timestep at t."""
         s = self.vp.timestep(self.vp_time(t_B)) if self.vp is not None else 1000.0 * t_B
-        return s.to(self.transformer.patch_embedding.weight.dtype)
+        return s.to(self.input_dtype)
 
     def vp_time(self, t_B: torch.Tensor) -> torch.Tensor:
         """t within the VP schedule's range (the class docstring)."""
@@ -160,7 +181,7 @@ class FlowNet(torch.nn.Module):
 
     def wan_inputs(self, x_t_BCTHW: torch.Tensor, cond: Conditioning):
         """(cat([x_t, mask, first(, positions)]) on channels, text tokens, image tokens or None) in the weights' dtype."""
-        dtype = self.transformer.patch_embedding.weight.dtype
+        dtype = self.input_dtype
         parts = [x_t_BCTHW, cond.mask_BMTHW.to(x_t_BCTHW), cond.first_BCTHW.to(x_t_BCTHW)]
         if self.positions:
             parts.append(position_ramps(x_t_BCTHW))
