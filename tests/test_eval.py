@@ -177,6 +177,16 @@ def test_cli_names_a_missing_extractor_in_one_line(tmp_path, capsys):
     assert str(missing) in err and err.strip().count("\n") == 0
 
 
+def test_cli_takes_the_test_or_validation_split_only(tmp_path, capsys):
+    """Settings are chosen on the validation split; the train split is never a table's."""
+    from workbench.__main__ import main
+    with pytest.raises(SystemExit) as e:                                    # argparse's own refusal
+        main(["eval", str(tmp_path), "--out", str(tmp_path / "out"), "--split", "train"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--split" in err and "'test', 'validation'" in err and err.strip().count("\n") == 0
+
+
 class FakeI3D(torch.nn.Module):
     """Stands in for i3d_torchscript.pt: reports what it was fed."""
 

@@ -22,10 +22,10 @@ def test_every_metric_has_one_row_a_title_a_direction_and_a_known_group():
     assert len(names) == len(set(names)) and not any(n.endswith(metrics.PROXY) for n in names)
     for m in metrics.METRICS:
         assert m.title and m.better in ("higher", "lower", "nearer", None), m
-        assert m.group in ("timing", "table1", "fidelity", "vbench", "oracle"), m
+        assert m.group in ("timing", "table1", "fidelity", "vbench", "oracle", "diversity"), m
         assert (m.target is not None) == (m.better == "nearer"), m
     assert [m.group for m in metrics.METRICS] == sorted((m.group for m in metrics.METRICS),
-                                                        key=["timing", "table1", "fidelity", "vbench", "oracle"].index)
+                                                        key=["timing", "table1", "fidelity", "vbench", "oracle", "diversity"].index)
 
 
 @pytest.mark.skipif(not shipped(TOY_FVD_WEIGHTS).is_file(), reason="toy FVD weights not built")

@@ -1,9 +1,15 @@
 from dataclasses import asdict
 
 import numpy as np
+import pytest
 from scipy import ndimage
 
-from workbench.data.synthetic import COLOURS, ToySpec, ToyVideoDataset, render_clip, shape_mask
+from workbench.config import DataConfig, VideoFolderSpec
+from workbench.data import build_dataset
+from workbench.data.export import export_toy
+from workbench.data.synthetic import (COLOURS, SPLIT_SEEDS, TEST_SEED_OFFSET, ToySpec, ToyVideoDataset, render_clip,
+                                      shape_mask, split_seed)
+from workbench.data.videos import VideoCSVDataset
 from workbench.eval.oracle import clip_metrics, oracle_metrics
 
 
@@ -15,6 +21,34 @@ def test_clips_are_deterministic_and_splits_disjoint():
     assert {train[i]["seed"] for i in range(10)}.isdisjoint({test[i]["seed"] for i in range(10)})
     item = train[3]
     assert item["video"].shape == (3, 8, 24, 24) and item["video"].min() >= -1 and item["video"].max() <= 1
+
+
+def test_the_validation_split_has_its_own_seeds_and_the_test_split_keeps_its_own():
+    """Seed ranges: train 0.., test 1e9.. (the shipped tables' clips), validation 1.5e9..; no split may hold more
+    seeds than the gap to the next range, so no train_size reaches another split."""
+    assert split_seed("test", 5) == TEST_SEED_OFFSET + 5 == 1_000_000_005
+    val = build_dataset(DataConfig(validation_size=4), "validation")
+    assert [val[i]["seed"] for i in range(4)] == [1_500_000_000 + i for i in range(4)]
+    ranges = sorted((split_seed(s, 0), split_seed(s, SPLIT_SEEDS - 1)) for s in ("train", "validation", "test"))
+    assert all(hi < next_lo for (_, hi), (next_lo, _) in zip(ranges, ranges[1:])) and ranges[-1][1] < 2_000_000_000
+    with pytest.raises(ValueError, match="data.train_size: 500000001"):
+        build_dataset(DataConfig(train_size=SPLIT_SEEDS + 1), "train")
+    with pytest.raises(ValueError, match=r"data.validation_size: 0, so there is no validation split"):
+        build_dataset(DataConfig(), "validation")
+
+
+def test_a_csv_splits_into_train_validation_and_test_rows(tmp_path):
+    """The last test_size rows are the test split (as before), the validation_size rows before them the validation
+    split, the rest train; a validation split that leaves no train rows is refused."""
+    spec = VideoFolderSpec(csv=str(export_toy(tmp_path / "clips", num=6, seed=0)), frames=8, height=24, width=24)
+    paths = lambda split, **sizes: VideoCSVDataset(spec, split, **sizes).paths  # noqa: E731
+    every = paths("train")                                                       # no more rows than test_size 0 ...
+    assert paths("test", test_size=2) == every[4:] and paths("train", test_size=2) == every[:4]
+    assert paths("validation", test_size=2, validation_size=2) == every[2:4]
+    assert paths("train", test_size=2, validation_size=2) == every[:2]
+    assert paths("test", test_size=2, validation_size=2) == every[4:]
+    with pytest.raises(ValueError, match="data.validation_size: 4 validation and 2 test rows leave no train rows"):
+        VideoCSVDataset(spec, "validation", test_size=2, validation_size=4)
 
 
 def test_ground_truth_matches_pixels():

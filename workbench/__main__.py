@@ -63,10 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     s.add_argument("--device", default="auto", help=DEVICE)
 
-    v = sub.add_parser("eval", help="sample the test split at several step counts and seeds; write a metrics table")
+    v = sub.add_parser("eval", help="sample the test (or validation) split at several step counts and seeds; write a "
+                                    "metrics table, per-clip results and the diversity across seeds")
     v.add_argument("models", nargs="+", metavar="MODEL", help="run folders, checkpoint folders or shipped model folders")
     v.add_argument("--steps", type=counts, default="1,2,4,8,25", help="comma-separated step counts (each model samples with its own sampler)")
-    v.add_argument("--num", type=count, default=64, help="test clips per (model, steps, seed)")
+    v.add_argument("--num", type=count, default=64, help="clips of the split per (model, steps, seed)")
+    v.add_argument("--split", default="test", choices=["test", "validation"],
+                   help="validation (data.validation_size clips) for choosing settings; test only for the tables shown")
     v.add_argument("--seeds", type=seeds, default="0,1,2", help="comma-separated noise seeds")
     v.add_argument("--names", help="comma-separated row names (default: each config's name)")
     v.add_argument("--out", required=True, help="a new or empty folder")
@@ -80,6 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--cache", default="runs/eval-cache", help="cache folder for reference features and samples ('' = off)")
     v.add_argument("--batch-size", type=count, default=32)
     v.add_argument("--device", default="auto", help=DEVICE + " (the models and the evaluation networks)")
+
+    pr = sub.add_parser("paired", help="paired differences of (method, steps) pairs in an eval output, with "
+                                       "bootstrap intervals over its clips")
+    pr.add_argument("eval_dir", help="an eval output folder (clips.csv, features.npz, diversity.csv)")
+    pr.add_argument("--pair", nargs=2, action="append", required=True, metavar=("A", "B"),
+                    help="METHOD:STEPS METHOD:STEPS, e.g. --pair swiftvideo:4 osv:4 (repeat for more); shows a - b")
+    pr.add_argument("--metrics", help="comma-separated metric columns (default: every one the folder holds)")
+    pr.add_argument("--boot", type=count, default=1000, help="bootstrap resamples of the clips")
+    pr.add_argument("--level", type=float, default=0.95, help="the interval's coverage, in (0, 1)")
 
     f = sub.add_parser("features", help="the toy FVD networks and the toy DINOv2 feature net")
     fsub = f.add_subparsers(dest="features_cmd", required=True)
@@ -213,8 +225,12 @@ def _run(args) -> int:
         spec = EvalSpec(args.fvd_extractor, args.frame_features, args.vbench, args.cache, device=args.device)
         evaluate(args.models, args.steps, args.num, args.seeds, args.out, args.batch_size,
                  names=args.names.split(",") if args.names else None, spec=spec, overrides=args.set,
-                 force=args.force, draw=evaluation_figures)
+                 force=args.force, draw=evaluation_figures, split=args.split)
         print((Path(args.out) / "table.md").read_text())
+    elif args.cmd == "paired":
+        from workbench.eval.paired import paired_differences, paired_markdown
+        print(paired_markdown(paired_differences(args.eval_dir, args.pair, args.metrics.split(",") if args.metrics
+                                                 else None, args.boot, args.level)))
     elif args.cmd == "features" and args.features_cmd == "train" and args.kind == "fvd":
         from workbench.eval.feature_nets import train_toy_fvd_net
         out = train_toy_fvd_net(args.out or "experiments/toy/fvd", args.steps or 1000, args.batch or 48, seed=args.seed)

@@ -73,7 +73,9 @@ class DataConfig:
                                    # the live clips; uint8 = a quarter of the disk, pixels rounded to the 1/127.5 grid
     train_size: int = 1_000_000    # clips in the train split (toy: distinct seeds)
     test_size: int = 256           # clips in the test split
-    RANGES = {"train_size": (1, None), "test_size": (1, None)}
+    validation_size: int = 0       # clips in the validation split, for choosing settings (0 = none): the toy's own
+                                   # seeds (1.5e9..); a CSV's rows just before its test rows, taken out of train
+    RANGES = {"train_size": (1, None), "test_size": (1, None), "validation_size": (0, None)}
 
 
 @dataclass

@@ -69,11 +69,13 @@ def generate(model: Model, batch: dict, steps: int, seed: int = 0) -> torch.Tens
     return model.encoders.decode(generate_latents(model, batch, steps, seed)).cpu()
 
 
-def test_batch(cfg: Config, num: int, start: int = 0) -> dict:
-    ds = build_dataset(cfg.data, "test")
+def test_batch(cfg: Config, num: int, start: int = 0, split: str = "test") -> dict:
+    """Clips start..start+num-1 of a split (default the test split). A clip's seed, which keys its noise
+    (`clip_noise`), is the toy's clip seed or (real clips) its index in the split: pairs of models stay paired."""
+    ds = build_dataset(cfg.data, split)
     if start + num > len(ds):
-        raise ValueError(f"asked for test clips {start}-{start + num - 1}; the test split holds {len(ds)} "
-                         f"(data.test_size)")
+        raise ValueError(f"asked for {split} clips {start}-{start + num - 1}; the {split} split holds {len(ds)} "
+                         f"(data.{split}_size)")
     items = [ds[i] for i in range(start, start + num)]
     for i, it in enumerate(items):
         it.setdefault("seed", start + i)

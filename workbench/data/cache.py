@@ -57,6 +57,8 @@ def data_settings(data_cfg) -> dict:
            "data.test_size": data_cfg.test_size, "data.cache_pixels": data_cfg.cache_pixels}
     if data_cfg.kind == "toy":  # the toy train split holds train_size seeds; a CSV's split is its rows
         out["data.train_size"] = data_cfg.train_size
+    elif data_cfg.validation_size:  # a CSV's validation rows leave its train split (named only where set: the caches
+        out["data.validation_size"] = data_cfg.validation_size   # made before the key existed had none)
     return out
 
 

@@ -26,7 +26,11 @@ COLOURS = {  # bright, mutually distinct; backgrounds are drawn dark and desatur
 }
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 SPEED_WORDS = ("slowly", "quickly")  # slowest and fastest of ToySpec.speeds
-TEST_SEED_OFFSET = 1_000_000_000  # test clips use seeds from here on; train clips from 0
+# Each split is its own seed range, SPLIT_SEEDS long: train 0.., test 1e9.., validation 1.5e9.. They never meet
+# each other or the feature nets' ranges (2e9.., 3e9..: workbench/eval/feature_nets.py, workbench/models/dino.py).
+SPLIT_SEED_OFFSETS = {"train": 0, "test": 1_000_000_000, "validation": 1_500_000_000}
+SPLIT_SEEDS = 500_000_000
+TEST_SEED_OFFSET = SPLIT_SEED_OFFSETS["test"]
 
 
 # One large object at a time with every speed: the clips the toy feature networks (FVD net, DA feature net)
@@ -149,9 +153,10 @@ def caption_of(objects: list[ObjectTruth], spec: ToySpec = ToySpec()) -> str:
 
 
 def split_seed(split: str, index: int) -> int:
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    return index + (TEST_SEED_OFFSET if split == "test" else 0)
+    """The seed of clip `index` of a split: its offset + index."""
+    if split not in SPLIT_SEED_OFFSETS:
+        raise ValueError(f"split must be one of {', '.join(SPLIT_SEED_OFFSETS)}, got {split!r}")
+    return SPLIT_SEED_OFFSETS[split] + index
 
 
 def to_tensor(video_THWC: np.ndarray) -> torch.Tensor:
@@ -170,6 +175,8 @@ class ToyVideoDataset(torch.utils.data.Dataset):
 
     def __init__(self, split: str = "train", num: int = 100_000, spec: ToySpec = ToySpec()):
         split_seed(split, 0)
+        if num > SPLIT_SEEDS:  # its seeds would run into the next split's
+            raise ValueError(f"data.{split}_size: {num} toy clips; a split holds at most {SPLIT_SEEDS:_} seeds")
         self.split, self.num, self.spec = split, num, spec
 
     def __len__(self) -> int:

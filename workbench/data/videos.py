@@ -1,8 +1,9 @@
 """Real clips: an OpenVid-1M style CSV of mp4 files and captions.
 
-The last `test_size` rows are the test split, the rest the train split (a CSV with no more rows than
-that serves both). A clip that cannot be read, or is too short, is skipped with a logged warning and
-counted in `skipped`; the next readable clip is returned, so training never stops on one bad file.
+The last `test_size` rows are the test split, the `validation_size` rows before them the validation split, the
+rest the train split (a CSV with no more rows than `test_size` and no validation split serves both). A clip that
+cannot be read, or is too short, is skipped with a logged warning and counted in `skipped`; the next readable clip
+is returned, so training never stops on one bad file.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 class VideoCSVDataset(torch.utils.data.Dataset):
-    def __init__(self, spec, split: str = "train", test_size: int = 0):
+    def __init__(self, spec, split: str = "train", test_size: int = 0, validation_size: int = 0):
         csv = Path(spec.csv)
         if not csv.is_file():
             raise FileNotFoundError(f"data.videos.csv: {csv} does not exist (expected an OpenVid-1M style CSV)")
@@ -33,8 +34,7 @@ class VideoCSVDataset(torch.utils.data.Dataset):
                 raise ValueError(f"{csv}: no column {col!r} (columns: {', '.join(map(str, table.columns))})")
         if table.empty:
             raise ValueError(f"{csv}: no clips")
-        if len(table) > test_size:
-            table = table.iloc[-test_size:] if split == "test" else table.iloc[: len(table) - test_size]
+        table = table.iloc[slice(*_rows(len(table), split, test_size, validation_size, csv))]
         self.root = Path(spec.root) if spec.root else (csv.parent / "videos" if (csv.parent / "videos").is_dir()
                                                        else csv.parent)
         self.paths = [str(p) for p in table[spec.path_column]]
@@ -81,6 +81,17 @@ class VideoCSVDataset(torch.utils.data.Dataset):
                 self.skipped[_reason(e)] += 1
                 log.warning("skipping clip %s (%s)", self.root / self.paths[j], e)
         raise ValueError(f"{self.csv}: none of its {len(self)} clips can be read")
+
+
+def _rows(n: int, split: str, test_size: int, validation_size: int, csv: Path) -> tuple[int, int]:
+    """(first, end) rows of a split of a CSV of n rows: train | validation | test, in that order."""
+    val_start, test_start = n - test_size - validation_size, n - test_size
+    if val_start > 0:
+        return {"train": (0, val_start), "validation": (val_start, test_start), "test": (test_start, n)}[split]
+    if validation_size:
+        raise ValueError(f"data.validation_size: {validation_size} validation and {test_size} test rows leave no train "
+                         f"rows in {csv} ({n} rows)")
+    return 0, n                                          # no more rows than test_size: every split is the whole CSV
 
 
 def _reason(e: VideoReadError) -> str:

@@ -17,7 +17,8 @@ class Metric:
     name: str                 # the results.csv column (without `_proxy`)
     title: str                # column title in tables and figures
     better: Literal["higher", "lower", "nearer"] | None  # None: a share or a degree, neither end is better
-    group: str                # a table's part: timing, table1, fidelity, vbench (the dimensions), oracle
+    group: str                # a table's part: timing, table1, fidelity, vbench (the dimensions), oracle,
+                              # diversity (across seeds: diversity.csv, not results.csv)
     target: float | None = None   # better = "nearer": the value it is better near
     per_clip: bool = False        # shown for each clip in Compare (the oracle's object columns and PSNR)
 
@@ -57,6 +58,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("free_left",              "free left",              None,   "oracle"),   # where the caption states none
     Metric("free_up",                "free up",                None,   "oracle"),
     Metric("free_down",              "free down",              None,   "oracle"),
+    # across the noise seeds of one (method, steps), per first frame (workbench/eval/diversity.py); not per seed
+    Metric("pixel_spread",           "pixel spread",           None,   "diversity"),  # noise spreads clips too
+    Metric("direction_agreement",    "direction agreement",    L,      "diversity"),  # 1: every seed the same way
 )
 BY_NAME = {m.name: m for m in METRICS}
 HEADLINE = "fvd"              # the metric a figure or a view shows when none is chosen (Figure 7)

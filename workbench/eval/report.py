@@ -1,10 +1,13 @@
-"""`python -m workbench eval`: sample the test split at several step counts and seeds, score every metric, tabulate.
+"""`python -m workbench eval`: sample the test (or validation) split at several step counts and seeds, score every
+metric, tabulate.
 
 Rows are tidy (one per model x steps x seed): FVD against the real test clips of the same first frames (with its
 variant; with the toy FVD net also `fvd_ae`, the FVD of the self-supervised toy video autoencoder that sees
 backgrounds, with its own variant), the VBench-I2V dimensions and groups, PSNR/SSIM against the real continuation,
 the toy oracle metrics and seconds per clip. `summarise` gives mean and spread over seeds; `to_markdown` lays it out
-like the paper's Table 1.
+like the paper's Table 1. Beside them, for paired comparisons (workbench/eval/paired.py): clips.csv (every per-clip
+metric per model x steps x seed x clip), features.npz (the FVD features of every sample set and of the real clips)
+and diversity.csv (per first frame, across the seeds: workbench/eval/diversity.py), summarised in table.md.
 Reference features and (small) sample sets are cached, keyed by everything they depend on.
 The models and the evaluation networks run on `EvalSpec.device` ("auto": the GPU where one is present). Under
 several processes (`accelerate launch`) batch j of the test clips is sampled and scored by process j % world; the
@@ -17,6 +20,7 @@ import json
 import shutil
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -27,9 +31,11 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench.config import to_dict
+from workbench.data import split_size
 from workbench.data.io import write_mp4
 from workbench.data.synthetic import to_tensor, to_uint8
 from workbench.devices import Processes, processes, resolve_device
+from workbench.eval.diversity import diversity
 from workbench.eval.feature_nets import Dinov2FrameFeatures, ToyFrameFeatures
 from workbench.eval.fidelity import psnr, ssim
 from workbench.eval.fvd import ToyAEExtractor, ToyFVDExtractor, fvd, load_extractor
@@ -57,12 +63,16 @@ def _key(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def test_split_key(data_cfg) -> str:
-    """What decides the test clips, hashed: the source and its spec (a CSV's split also by test_size), not keys
-    that only shape training (data.preferences, train_size): TA's models share the teacher's test clips."""
+def split_key(data_cfg, split: str = "test") -> str:
+    """What decides a split's clips, hashed: the source and its spec (a CSV's split also by test_size, its
+    validation split by validation_size too), not keys that only shape training (data.preferences, train_size): TA's
+    models share the teacher's test clips. The test split's key is the one the shipped tables name."""
     d = to_dict(data_cfg)
     kind = d["kind"]
-    return _key({"kind": kind, "spec": d.get(kind), **({"test_size": d["test_size"]} if kind == "videos" else {})})
+    sizes = {"test_size": d["test_size"]} if kind == "videos" else {}
+    if split != "test":
+        sizes = {"split": split, **sizes, **({"validation_size": d["validation_size"]} if kind == "videos" else {})}
+    return _key({"kind": kind, "spec": d.get(kind), **sizes})
 
 
 class Scorer:
@@ -143,12 +153,13 @@ def _metrics_code() -> str:
     return _key([Path(m.__file__).read_text() for m in (fidelity, oracle, vbench)])
 
 
-def _reference(scorer: Scorer, cache: Cache, cfg, batches: list[dict], num: int, procs: Processes
+def _reference(scorer: Scorer, cache: Cache, cfg, batches: list[dict], num: int, split: str, procs: Processes
                ) -> tuple[dict, dict]:
-    """FVD features (per FVD column) of the real test clips and their own metrics (the ceiling), cached by
-    extractors + data + num + the metrics' code."""
+    """FVD features (per FVD column) of the real clips of a split and their own metrics (the ceiling), cached by
+    extractors + data + split + num + the metrics' code."""
     key = _key({"extractors": {col: ext.describe() for col, ext in scorer.extractors.items()},
-                "variant": scorer.variant, "data": to_dict(cfg.data), "num": num, "metrics": _metrics_code()})
+                "variant": scorer.variant, "data": to_dict(cfg.data), "split": split, "num": num,
+                "metrics": _metrics_code()})
     hit = cache.load("reference", key)
     if hit is not None:
         return {col: hit[f"features_{col}"] for col in scorer.extractors}, json.loads(str(hit["row"]))
@@ -211,64 +222,102 @@ def _score(scorer: Scorer, clips: list[np.ndarray], chunks: list[dict], sec_per_
     return {**row, **quality_groups(row)}
 
 
+def _clip_rows(ids: dict, chunks: list[dict]) -> pd.DataFrame:
+    """clips.csv rows of one sample set: its ids, the clip's index in the split, every per-clip metric (with the
+    VBench quality groups of the clip's built-in dimensions: a linear formula, so their mean is the table's group
+    where the vbench package did not score it)."""
+    per_clip = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0] if not k.startswith("features")}
+    return pd.DataFrame({**ids, "clip": np.arange(len(per_clip["psnr"])), **per_clip, **quality_groups(per_clip)})
+
+
+def _write_features(path: Path, sets: list[tuple[dict, int, dict]], references: list[dict]) -> None:
+    """features.npz: per FVD column `col`, `col` (sets, clips, D) and `reference_col` (references, clips, D) as
+    float32, with each set's method, steps, seed and the index of its reference (the real clips it is scored on).
+    Written as np.savez does but with fixed entry times, so the same features give the same bytes."""
+    ids = pd.DataFrame([s[0] for s in sets])
+    arrays = {"method": ids["method"].to_numpy(str), "steps": ids["steps"].to_numpy(), "seed": ids["seed"].to_numpy(),
+              "reference": np.array([s[1] for s in sets]),
+              **{col: np.stack([s[2][col] for s in sets]).astype(np.float32) for col in sets[0][2]},
+              **{f"reference_{col}": np.stack([r[col] for r in references]).astype(np.float32)
+                 for col in references[0]}}
+    with zipfile.ZipFile(path, "w") as z:
+        for name, array in arrays.items():
+            with z.open(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, array, allow_pickle=False)
+
+
 def evaluate(checkpoints: list[str], steps_list: list[int], num: int, seeds: list[int], out: str | Path,
              batch_size: int = 32, names: list[str] | None = None, sheet_num: int = 6,
              spec: EvalSpec | None = None, overrides: list[str] = (), force: bool = False,
-             draw: Callable[[pd.DataFrame, Path], object] | None = None) -> pd.DataFrame:
-    """Score every checkpoint at every step count and seed; return the rows and write results.csv, reference.csv
-    and table.md into a new folder `out`, or (force) in place of an earlier eval output there, keeping the files a
-    user added beside it. Nothing here draws: `draw(rows, folder)` (e.g. workbench.plots.evaluation_figures), where
-    given, writes its figures into the output folder before it is published, so they belong to this output."""
+             draw: Callable[[pd.DataFrame, Path], object] | None = None, split: str = "test") -> pd.DataFrame:
+    """Score every checkpoint at every step count and seed on clips 0..num-1 of `split` ("test", or "validation"
+    for choosing settings); return the rows and write results.csv, reference.csv, clips.csv, features.npz,
+    diversity.csv and table.md into a new folder `out`, or (force) in place of an earlier eval output there, keeping
+    the files a user added beside it. Nothing here draws: `draw(rows, folder)` (e.g. workbench.plots.evaluation_figures),
+    where given, writes its figures into the output folder before it is published, so they belong to this output."""
     spec = spec or EvalSpec()
     out = Path(out)
     check_output_folder(out, "eval", force)
     if names and len(names) != len(checkpoints):
         raise ValueError(f"--names: {len(names)} names for {len(checkpoints)} checkpoints")
     scorer, cache, procs = Scorer(spec), Cache(spec.cache), processes()
-    for ckpt in checkpoints:  # every model readable, and its test split large enough, before any work
+    for ckpt in checkpoints:  # every model readable, and its split large enough, before any work
         weights, config = resolve_weights(ckpt)
         tensor_names(weights)
-        test_size = load_config(config, overrides).data.test_size
-        if num > test_size:
-            raise ValueError(f"--num {num}: more test clips than {ckpt}'s test split holds (data.test_size "
-                             f"{test_size}; --set data.test_size=N to change it)")
+        size = split_size(load_config(config, overrides).data, split)
+        if num > size:
+            raise ValueError(f"--num {num}: more {split} clips than {ckpt}'s {split} split holds (data.{split}_size "
+                             f"{size}; --set data.{split}_size=N to change it)")
     # written as it goes, published when complete; the other processes' outputs are the main one's
     with output_folder(out, "eval", force) if procs.main else tempfile.TemporaryDirectory() as tmp:
-        tmp, rows, refs = Path(tmp), [], {}
+        tmp, rows, refs, ref_features = Path(tmp), [], {}, {}
+        clip_tables, feature_sets, spreads = [], [], []
         for k, ckpt in enumerate(checkpoints):
             model = load_model(ckpt, overrides, device=scorer.device)
             cfg = model.config
             name = names[k] if names else cfg.name
-            batches = [test_batch(cfg, min(batch_size, num - s), s) for s in range(0, num, batch_size)]
-            ref_feats, ref_row = _reference(scorer, cache, cfg, batches, num, procs)
-            split = test_split_key(cfg.data)[:8]
-            refs.setdefault(split, {"num": num, **ref_row})                   # one row per distinct test split
+            batches = [test_batch(cfg, min(batch_size, num - s), s, split) for s in range(0, num, batch_size)]
+            truths = [t for b in batches for t in b.get("truth", [])]     # the toy's ground truth, per clip
+            ref_feats, ref_row = _reference(scorer, cache, cfg, batches, num, split, procs)
+            spec_key = split_key(cfg.data, split)[:8]
+            refs.setdefault(spec_key, {"num": num, **ref_row})                # one row per distinct set of clips
+            ref_features.setdefault(spec_key, ref_feats)
             weights = Path(resolve_weights(ckpt)[0]).resolve()
-            reference = f"{num} videos | reference: test clips 0-{num - 1} of data spec {split}"
+            reference = f"{num} videos | reference: {split} clips 0-{num - 1} of data spec {spec_key}"
             variant = {f"{col}_variant": f"{ext.describe()} | {reference}" for col, ext in scorer.extractors.items()}
             variant.update(scorer.variant)
             nfe_per_step = 1 if cfg.sample.guidance == 1.0 else 2
             bar = tqdm(total=len(steps_list) * len(seeds) * len(procs.mine(len(batches))), desc=f"eval {name}",
                        disable=not procs.main)
             for steps in steps_list:
+                by_seed = []                                                  # uint8 clips (N, T, H, W, 3) per seed
                 for seed in seeds:
                     bar.set_postfix(steps=steps, seed=seed)
                     key = _key({"weights": [str(weights), weights.stat().st_size, weights.stat().st_mtime_ns],
-                                "steps": steps, "seed": seed, "num": num, "data": to_dict(cfg.data),
+                                "steps": steps, "seed": seed, "num": num, "data": to_dict(cfg.data), "split": split,
                                 "sample": to_dict(cfg.sample)})
                     made = _sample_set(scorer, model, batches, steps, seed, cache, key, spec.max_cached_mb, procs, bar)
-                    rows.append({"method": name, "steps": steps, "nfe": steps * nfe_per_step, "seed": seed, "num": num,
+                    ids = {"method": name, "steps": steps, "nfe": steps * nfe_per_step, "seed": seed}
+                    rows.append({**ids, "num": num, "split": split,
                                  **_score(scorer, *made, batches, ref_feats, procs.main), **variant})
+                    clip_tables.append(_clip_rows(ids, made[1]))
+                    feature_sets.append((ids, list(ref_features).index(spec_key), _features(scorer, made[1])))
+                    by_seed.append(np.concatenate(made[0]))
+                spreads.append(pd.DataFrame({"method": name, "steps": steps, "nfe": steps * nfe_per_step,
+                                             "clip": np.arange(num), **diversity(np.stack(by_seed), truths)}))
             bar.close()
-            if sheet_num:                            # a row per step count, split across processes
+            if sheet_num and split == "test":        # (sample_sheet draws test clips) a row per step count
                 sample_sheet(model, tmp / f"contact_sheet_{name}.png", steps_list, min(sheet_num, num), procs=procs)
-        df = pd.DataFrame(rows)
-        label = lambda k: "real test clips" if len(refs) == 1 else f"real test clips (data spec {k})"  # noqa: E731
+        df, spread = pd.DataFrame(rows), pd.concat(spreads, ignore_index=True)
+        label = lambda k: f"real {split} clips" + (f" (data spec {k})" if len(refs) > 1 else "")  # noqa: E731
         reference = pd.DataFrame([{"method": label(k), **r, **quality_groups(r)} for k, r in refs.items()])
         if procs.main:
             df.to_csv(tmp / "results.csv", index=False)
             reference.to_csv(tmp / "reference.csv", index=False)
-            (tmp / "table.md").write_text(report_markdown(df, reference))
+            pd.concat(clip_tables, ignore_index=True).to_csv(tmp / "clips.csv", index=False)
+            spread.to_csv(tmp / "diversity.csv", index=False)
+            _write_features(tmp / "features.npz", feature_sets, list(ref_features.values()))
+            (tmp / "table.md").write_text(report_markdown(df, reference, spread))
             if draw is not None:
                 draw(df, tmp)
     procs.barrier()                                      # the others return once the output is published

@@ -1,5 +1,5 @@
-"""Result tables: mean ± std over seeds, markdown, stage-by-stage changes. Column order, titles and better directions
-are the metric table's (workbench/eval/metrics.py). Pandas only (no model code)."""
+"""Result tables: mean ± std over seeds, markdown, stage-by-stage changes, the diversity across seeds. Column order,
+titles and better directions are the metric table's (workbench/eval/metrics.py). Pandas only (no model code)."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +9,8 @@ from workbench.eval.metrics import PROXY, in_groups, names, title, verdict
 
 IDS = ["method", "steps", "nfe", "seed", "num"]
 LAYOUT = {"main": ("timing", "table1", "fidelity", "oracle"),   # the Table 1 layout, with the oracle's columns
-          "vbench": ("vbench",)}                                 # the VBench-I2V dimensions, a table of their own
+          "vbench": ("vbench",),                                 # the VBench-I2V dimensions, a table of their own
+          "diversity": ("diversity",)}                           # across seeds (diversity.csv), a table of their own
 
 
 def display(key: str) -> str:
@@ -17,11 +18,15 @@ def display(key: str) -> str:
     return title(key)
 
 
+def in_table_order(columns) -> list[str]:
+    """Metric columns in the metric table's order (a proxy beside its metric), then any other."""
+    rank = {name: i for i, name in enumerate(names())}
+    return sorted(columns, key=lambda c: (rank.get(c.removesuffix(PROXY), len(rank)), c))
+
+
 def metric_columns(df: pd.DataFrame) -> list[str]:
     """Numeric metric columns in the metric table's order (a proxy beside its metric), then any other."""
-    rank = {name: i for i, name in enumerate(names())}
-    cols = [c for c in df.columns if c not in IDS and pd.api.types.is_numeric_dtype(df[c])]
-    return sorted(cols, key=lambda c: (rank.get(c.removesuffix(PROXY), len(rank)), c))
+    return in_table_order(c for c in df.columns if c not in IDS and pd.api.types.is_numeric_dtype(df[c]))
 
 
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
@@ -38,14 +43,15 @@ def _fmt(x: float) -> str:
 
 
 def to_markdown(summary: pd.DataFrame, metrics: list[str] | None = None, reference: pd.DataFrame | None = None) -> str:
-    """A markdown table: method, steps, NFE, then 'mean ± std' per metric (and the real clips' values, if given)."""
+    """A markdown table: method, steps, NFE, then 'mean ± std' per metric, or the mean alone where the summary has no
+    std (NaN), and the real clips' values, if given."""
     metrics = metrics or list(summary["mean"].columns)
     head = "| method | steps | NFE | " + " | ".join(display(m) for m in metrics) + " |\n"
     head += "|---" * (3 + len(metrics)) + "|\n"
     lines = []
     for _, r in summary.iterrows():
-        cells = [f"{_fmt(r[('mean', m)])} ± {_fmt(r[('std', m)])}" if np.isfinite(r[("mean", m)]) else "-"
-                 for m in metrics]
+        cells = [_fmt(r[("mean", m)]) + (f" ± {_fmt(r[('std', m)])}" if np.isfinite(r[("std", m)]) else "")
+                 if np.isfinite(r[("mean", m)]) else "-" for m in metrics]
         lines.append(f"| {r[('method', '')]} | {r[('steps', '')]} | {r[('nfe', '')]} | " + " | ".join(cells) + " |")
     for _, r in (reference if reference is not None else pd.DataFrame()).iterrows():
         lines.append(f"| {r['method']} | - | - | " + " | ".join(_fmt(r.get(m, np.nan)) for m in metrics) + " |")
@@ -127,17 +133,40 @@ def caveats(df: pd.DataFrame) -> str:
     return "".join(f"- note: {n}\n" for n in notes)
 
 
-def report_markdown(df: pd.DataFrame, reference: pd.DataFrame | None = None) -> str:
-    """table.md: the Table 1 layout (with oracle columns), the VBench dimensions, and every metric's variant."""
+def diversity_summary(spread: pd.DataFrame) -> pd.DataFrame:
+    """Mean over first frames per (method, steps) of diversity.csv, in `summarise`'s shape with no std (NaN): each
+    value is one number across the seeds, not a spread over them."""
+    cols = [c for c in in_table_order(spread.columns) if in_groups(c, *LAYOUT["diversity"])]
+    mean = spread.groupby(["method", "steps", "nfe"], sort=False)[cols].mean()
+    no_std = pd.DataFrame(np.nan, index=mean.index, columns=cols)
+    return pd.concat({"mean": mean, "std": no_std}, axis=1).reset_index()
+
+
+def split_of(df: pd.DataFrame) -> str:
+    """The split a results table was scored on (results.csv from before the validation split: the test split)."""
+    return ", ".join(df["split"].unique()) if "split" in df else "test"
+
+
+def report_markdown(df: pd.DataFrame, reference: pd.DataFrame | None = None, spread: pd.DataFrame | None = None) -> str:
+    """table.md: the Table 1 layout (with oracle columns), the VBench dimensions, the diversity across seeds (given
+    diversity.csv's rows) and every metric's variant. The headings name the split the clips come from."""
     summary = summarise(df)
     cols = metric_columns(df)
     main = [c for c in cols if in_groups(c, *LAYOUT["main"])]
     dims = [c for c in cols if in_groups(c, *LAYOUT["vbench"])]
     seeds = ",".join(str(s) for s in sorted(df["seed"].unique()))
-    text = (f"## Results: mean ± std over seeds {seeds}, {int(df['num'].iloc[0])} test clips each\n\n"
+    num, split = int(df["num"].iloc[0]), split_of(df)
+    text = (f"## Results: mean ± std over seeds {seeds}, {num} {split} clips each\n\n"
             + to_markdown(summary, main, reference) + "\n")
     if dims:
         text += "## VBench-I2V dimensions\n\n" + to_markdown(summary, dims, reference) + "\n"
+    if spread is not None:
+        text += (f"## Diversity across seeds {seeds}: per first frame, mean over the {num} {split} clips\n\n"
+                 + to_markdown(diversity_summary(spread), reference=reference) + "\n"
+                 "- Diversity: one value per first frame across the seeds, not per seed (workbench/eval/diversity.py); "
+                 "real clips have one continuation each, so '-'.\n"
+                 "- Per clip: clips.csv, features.npz, diversity.csv. A comparison the prose makes: its paired "
+                 "difference over these clips and seeds, `python -m workbench paired FOLDER --pair A:STEPS B:STEPS`.\n")
     for col in ("fvd_variant", "fvd_ae_variant", "vbench", "vbench_features"):
         if col in df:
             text += f"- {col}: " + "; ".join(sorted(df[col].astype(str).unique())) + "\n"
