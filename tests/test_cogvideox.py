@@ -11,12 +11,10 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-import yaml
 from diffusers import CogVideoXDDIMScheduler, CogVideoXImageToVideoPipeline
-from safetensors.torch import save_file
 
 from workbench.__main__ import main
-from workbench.config import ModelConfig, to_dict
+from workbench.config import ModelConfig
 from workbench.methods import load_config
 from workbench.models import build_backbone
 from workbench.models.cogvideox import PRESETS, CogVideoXFlowNet
@@ -26,6 +24,7 @@ from workbench.runs import load_model
 from workbench.sampling import euler, get_sampler, schedule
 from workbench.train.loop import train
 from workbench.vp import log_snr_of_flow_time
+from tests.run_on_disk import write_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CAPTION = "a red ball moving left"
@@ -145,22 +144,6 @@ def test_sampling_decodes_clips_of_the_config_size(tiny):
     assert pixels.shape == (1, 3, CLIP_FRAMES, CLIP_SIZE, CLIP_SIZE) and pixels.abs().max() <= 1
 
 
-def write_run(root, model: dict, overrides):
-    """A run folder holding one checkpoint of the `model` kwargs' network, its weights perturbed."""
-    cfg = load_config(None, [*(f"model.{k}={v}" for k, v in model.items()), *overrides])
-    transformer = build_backbone(cfg.model)[0].transformer
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for p in transformer.parameters():
-            p.add_(0.02 * torch.randn(p.shape, generator=g))
-    ckpt = root / "checkpoints" / "step-000001"
-    ckpt.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in transformer.state_dict().items()}, ckpt / "model.safetensors")
-    (ckpt / "state.json").write_text(json.dumps({"step": 1, "export": "model"}))
-    (root / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    return root
-
-
 @pytest.mark.parametrize("path, sets, output_type", [
     ("vp", ["sample.sampler=euler", "sample.shift=3.0", "sample.guidance=2.0"], "latent"),  # v-prediction student
     ("vp", ["sample.sampler=consistency", "sample.shift=1.0"], "pt"),
@@ -171,7 +154,7 @@ def test_stock_pipeline_samples_what_the_workbench_samples(tiny, tmp_path, path,
     if path == "flow":
         paths.pop("vp_schedule")
         paths["prediction"] = "velocity"
-    run = write_run(tmp_path / "run", paths, sets)
+    run = write_run(tmp_path / "run", sets, paths)
     out = tmp_path / "pipe"
     assert main(["export", str(run), "--diffusers", str(out), "--steps", "3", "--dtype", "float32"]) == 0
     meta = json.loads((out / "export.json").read_text())

@@ -10,18 +10,14 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-import yaml
 from diffusers import WanImageToVideoPipeline
-from safetensors.torch import save_file
 
 from workbench.models.tiny_wan import save_tiny_wan
 from workbench.__main__ import main
-from workbench.config import to_dict
-from workbench.methods import load_config
 from workbench.export_diffusers import diffusers_scheduler
-from workbench.models import build_backbone
 from workbench.runs import load_model
 from workbench.sampling import get_sampler, schedule
+from tests.run_on_disk import write_run
 
 ATOL = 1e-4      # float32 latents of mean |x| ~0.6-1; measured max |diff| <= 1e-6 (a wrong grid: >= 0.2)
 CAPTION = "a red ball moving left"
@@ -30,24 +26,6 @@ CAPTION = "a red ball moving left"
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return save_tiny_wan(tmp_path_factory.mktemp("tiny-wan"))
-
-
-def write_run(root, overrides, paths=None, lora_rank=0):
-    """A run folder holding one checkpoint of the model `overrides` describe, its weights perturbed (and a LoRA's
-    B random: B = 0 would be the base model)."""
-    model = [f"model.{k}={v}" for k, v in (paths or {}).items()]
-    cfg = load_config(None, [*model, *overrides, f"model.lora.rank={lora_rank}"])
-    transformer = build_backbone(cfg.model)[0].transformer
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for n, p in transformer.named_parameters():
-            p.copy_(0.3 * torch.randn(p.shape, generator=g) if "lora_B" in n else p + 0.02 * torch.randn(p.shape, generator=g))
-    ckpt = root / "checkpoints" / "step-000001"
-    ckpt.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in transformer.state_dict().items()}, ckpt / "model.safetensors")
-    (ckpt / "state.json").write_text(json.dumps({"step": 1, "export": "model"}))
-    (root / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    return root
 
 
 def first_frame(height=32, width=32):

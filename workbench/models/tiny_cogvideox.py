@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from workbench.models.cogvideox import PRESETS
-from workbench.models.tiny_wan import WORDS, _seeded
+from workbench.models.tiny_wan import save_word_tokenizer, seeded
 
 TINY = PRESETS["tiny-cogvideox"]
 LATENT_CHANNELS = TINY["out_channels"]
@@ -29,7 +29,7 @@ SCHEDULER_5B = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_li
 def save_transformer(folder: Path) -> Path:
     """`CogVideoXTransformer3DModel` of the "tiny-cogvideox" preset (2 layers, width 32, RoPE + learned positions)."""
     from diffusers import CogVideoXTransformer3DModel
-    with _seeded(10):
+    with seeded(10):
         model = CogVideoXTransformer3DModel(**TINY)
     model.save_pretrained(folder)
     return folder
@@ -42,7 +42,7 @@ def save_vae(folder: Path) -> Path:
     (`retrieve_latents`, sample mode) where the workbench takes the mode, so that the export test compares the rest.
     """
     from diffusers import AutoencoderKLCogVideoX
-    with _seeded(11):
+    with seeded(11):
         vae = AutoencoderKLCogVideoX(down_block_types=("CogVideoXDownBlock3D",) * 4,
                                      up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8),
                                      latent_channels=LATENT_CHANNELS, layers_per_block=1, norm_num_groups=2,
@@ -57,16 +57,10 @@ def save_vae(folder: Path) -> Path:
 def save_text_encoder(folder: Path) -> Path:
     """`T5EncoderModel` (d_model = the preset's text_embed_dim) and a word-level tokenizer built in code; like T5's it
     appends `</s>` and pads with `<pad>` (id 0)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-                            model_max_length=TINY["max_text_seq_length"]).save_pretrained(folder)
-    with _seeded(12):
-        model = T5EncoderModel(T5Config(vocab_size=len(vocab), d_model=TINY["text_embed_dim"], d_kv=8, d_ff=64,
+    from transformers import T5Config, T5EncoderModel
+    vocab = save_word_tokenizer(folder, TINY["max_text_seq_length"])
+    with seeded(12):
+        model = T5EncoderModel(T5Config(vocab_size=vocab, d_model=TINY["text_embed_dim"], d_kv=8, d_ff=64,
                                         num_layers=2, num_heads=4, pad_token_id=0, eos_token_id=1,
                                         decoder_start_token_id=0))
     model.save_pretrained(folder)

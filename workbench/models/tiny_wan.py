@@ -24,7 +24,7 @@ CLIP_SIZE, CLIP_FRAMES = 32, 9        # the clips `python -m workbench tiny-wan`
 
 
 @contextmanager
-def _seeded(seed: int):
+def seeded(seed: int):
     """Deterministic random init that leaves the caller's global RNG state untouched."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -34,7 +34,7 @@ def _seeded(seed: int):
 def save_transformer(folder: Path) -> Path:
     """`WanTransformer3DModel` of the "tiny-wan" preset (2 layers, width 16, CLIP image branch)."""
     from diffusers import WanTransformer3DModel
-    with _seeded(0):
+    with seeded(0):
         model = WanTransformer3DModel(**TINY)
     model.save_pretrained(folder)
     return folder
@@ -43,7 +43,7 @@ def save_transformer(folder: Path) -> Path:
 def save_vae(folder: Path) -> Path:
     """`AutoencoderKLWan` with Wan's layout at width 8: space / 8, time 1 + 4k -> 1 + k (temporal downsample F,T,T)."""
     from diffusers import AutoencoderKLWan
-    with _seeded(1):
+    with seeded(1):
         vae = AutoencoderKLWan(base_dim=8, z_dim=Z_DIM, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                                temperal_downsample=[False, True, True], latents_mean=LATENTS_MEAN,
                                latents_std=LATENTS_STD)
@@ -56,20 +56,28 @@ def save_text_encoder(folder: Path) -> Path:
 
     Like T5's tokenizer it appends `</s>` and pads with `<pad>` (id 0), so the empty caption is one token.
     """
+    from transformers import UMT5Config, UMT5EncoderModel
+    vocab = save_word_tokenizer(folder, 512)
+    with seeded(2):
+        model = UMT5EncoderModel(UMT5Config(vocab_size=vocab, d_model=TINY["text_dim"], d_kv=8, d_ff=64,
+                                            num_layers=2, num_heads=4, pad_token_id=0, eos_token_id=1,
+                                            decoder_start_token_id=0))
+    model.save_pretrained(folder)
+    return folder
+
+
+def save_word_tokenizer(folder: Path, max_length: int) -> int:
+    """A word-level tokenizer over WORDS, built in code (T5's conventions: `</s>` appended, `<pad>` = id 0), saved in
+    `folder`; returns its vocabulary size."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+    from transformers import PreTrainedTokenizerFast
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-                            model_max_length=512).save_pretrained(folder)
-    with _seeded(2):
-        model = UMT5EncoderModel(UMT5Config(vocab_size=len(vocab), d_model=TINY["text_dim"], d_kv=8, d_ff=64,
-                                            num_layers=2, num_heads=4, pad_token_id=0, eos_token_id=1,
-                                            decoder_start_token_id=0))
-    model.save_pretrained(folder)
-    return folder
+                            model_max_length=max_length).save_pretrained(folder)
+    return len(vocab)
 
 
 def save_image_encoder(folder: Path, processor: bool = True) -> Path:
@@ -77,7 +85,7 @@ def save_image_encoder(folder: Path, processor: bool = True) -> Path:
     `processor`, beside it the image processor of Wan2.1's diffusers folders at 32 px (shortest edge to 32, centre
     crop 32x32, bicubic, CLIP mean/std)."""
     from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
-    with _seeded(3):
+    with seeded(3):
         model = CLIPVisionModel(CLIPVisionConfig(hidden_size=TINY["image_dim"], intermediate_size=64,
                                                  num_hidden_layers=2, num_attention_heads=4, image_size=32,
                                                  patch_size=8))
@@ -90,7 +98,7 @@ def save_image_encoder(folder: Path, processor: bool = True) -> Path:
 def save_dino(folder: Path) -> Path:
     """A tiny random `Dinov2Model` (16 px, 4 px patches, 2 layers, width 16): DA's frozen feature net."""
     from transformers import Dinov2Config, Dinov2Model
-    with _seeded(4):
+    with seeded(4):
         model = Dinov2Model(Dinov2Config(image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=2,
                                          num_attention_heads=2, mlp_ratio=2))
     model.save_pretrained(folder)
