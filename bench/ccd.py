@@ -40,9 +40,10 @@ from workbench.models.jvp import TANGENT_MODES as MODES  # noqa: E402
 MEMORY = ("MiB: peak resident memory during the call (Linux VmHWM, reset to the current resident size through "
           "/proc/self/clear_refs just before it) minus the resident memory just before it, on the call's first run; "
           "glibc's mmap threshold is 64 KiB so freed tensors leave the resident set and cannot hide a peak")
-TIME = ("wall seconds, the median of `reps` runs of the call after one warm-up run, the calls of one child process "
-        "taking turns, glibc's default allocator (CPU shared with other work: see loadavg); ratios divide medians of "
-        "the same child process; a call run once is timed in the memory child")
+TIME = ("CPU seconds of the measuring process (time.process_time: on a core shared with other jobs their turns do not "
+        "count, their cache and memory traffic still does), the median of `reps` runs of the call after one warm-up "
+        "run, the calls of one child process taking turns, glibc's default allocator (see loadavg); ratios divide "
+        "medians of the same child process; a call run once is timed in the memory child")
 SCALES = {  # x_t shape B,C,T,H,W; text tokens; image tokens
     "toy": dict(preset="toy", x=(8, 3, 8, 24, 24), text=16, image=0),
     "wan2.1-fun-1.3b-inp": dict(preset="wan2.1-fun-1.3b-inp", x=(1, 16, 2, 16, 16), text=512, image=257),
@@ -140,9 +141,9 @@ def _mib(field: str, file: str = "/proc/self/status") -> float:
 
 
 def _seconds(call) -> float:
-    start = time.perf_counter()
+    start = time.process_time()
     call()
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def _child(spec: dict) -> None:
@@ -156,9 +157,9 @@ def _child(spec: dict) -> None:
         gc.collect()
         before = _mib("VmRSS")
         Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-        start = time.perf_counter()
+        start = time.process_time()
         out = calls[op]()
-        seconds[op] = [time.perf_counter() - start]
+        seconds[op] = [time.process_time() - start]
         results[op] = {"peak_mib": round(_mib("VmHWM") - before, 1)}
         save_file({k: v.contiguous() for k, v in out.items()}, f"{spec['save']}/{op}.safetensors")
         del out
@@ -207,8 +208,9 @@ def ccd_step(args) -> dict:
     res, _ = run_child({"kind": "step", "batch": 16, "ops": ["forward", "flow_matching", "ccd", *SPLIT]}, args)
     fm = res["flow_matching"]
     return {"setup": "toy preset, 24x24x8 pixels, batch 16; CCD with the default distill settings (block-wise "
-                     "forward-mode JVP, chunked attention JVP); floor ~2.0x (teacher forward + JVP + student forward "
-                     "and backward vs forward and backward); split: each part of the CCD step alone, in forwards",
+                     "JVP: hand-written Wan block JVP, chunked attention JVP); floor ~2.0x (teacher forward + JVP + "
+                     "student forward and backward vs forward and backward); split: each part of the CCD step alone, "
+                     "in forwards",
             **res, "split_over_forward": {op: round(res[op]["seconds"] / res["forward"]["seconds"], 2) for op in SPLIT},
             "ccd_over_flow_matching": {"time_ratio": round(res["ccd"]["seconds"] / fm["seconds"], 2),
                                        "memory_ratio": round(res["ccd"]["peak_mib"] / max(fm["peak_mib"], 0.1), 2)}}

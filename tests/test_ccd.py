@@ -109,7 +109,7 @@ def test_ccd_loss_agrees_across_jvp_modes(jvp):
 
 
 def test_ccd_step_equals_algorithm_1_written_out_with_plain_autodiff():
-    """The CCD step (block-wise JVP, chunked attention JVP, the hand-written tangent rules) gives the loss and the
+    """The CCD step (block-wise JVP: hand-written Wan block JVP, chunked attention JVP) gives the loss and the
     student gradients of Algorithm 1 lines 5-9 written out here with the computation used before them:
     torch.func.jvp over the whole target network with math SDPA."""
     from torch.nn.attention import SDPBackend, sdpa_kernel

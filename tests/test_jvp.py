@@ -11,8 +11,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
 import workbench.models.jvp as jvp_module
-from workbench.models.jvp import chunked_attention, velocity_and_tangent
+from workbench.models.jvp import ATTEND, chunked_attention, velocity_and_tangent
 from workbench.models.wan import Conditioning, build_flownet
+from workbench.models.wan_block_jvp import block_jvp, rotary_phases
 
 # preset -> (latent channels, mask channels, latent T, H, W, image tokens): 8 tokens each.
 SIZES = {"tiny-wan": (4, 4, 2, 4, 4, 5), "toy": (3, 1, 4, 8, 8, 0)}
@@ -92,12 +93,13 @@ def test_jvp_matches_central_differences_in_float64(preset, prediction):
 
 @pytest.mark.parametrize("mode", ["blockwise", "reverse", "reverse_blockwise"])
 def test_modes_equal_whole_forward_mode(case, mode):
-    """float32; blockwise runs the same kernels as whole (equal to rounding), reverse mode sums differently."""
+    """float32, equal to rounding: blockwise is the hand-written block JVP (its own kernels: one matmul pair per linear,
+    the bias added apart), reverse mode sums differently."""
     net, x, t, cond, v = case
     f, dfdt = velocity_and_tangent(net, x, t, cond, v, mode="whole")
     f_m, dfdt_m = velocity_and_tangent(net, x, t, cond, v, mode=mode)
     scale = dfdt.abs().max().item()
-    torch.testing.assert_close(f_m, f, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(f_m, f, rtol=1e-6, atol=1e-6 * f.abs().max().item())
     torch.testing.assert_close(dfdt_m, dfdt, rtol=1e-5, atol=1e-6 * scale)
 
 
@@ -109,6 +111,38 @@ def test_chunked_attention_equals_math(case, mode):
     f_c, dfdt_c = velocity_and_tangent(net, x, t, cond, v, mode=mode, attention="chunked", chunk=3)
     torch.testing.assert_close(f_c, f, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(dfdt_c, dfdt, rtol=1e-5, atol=1e-5 * dfdt.abs().max().item())
+
+
+# (heads, head dim, ffn dim, cross_attn_norm, image tokens (the image-context branch: `added_kv_proj_dim`), grid)
+BLOCKS = [(2, 8, 32, True, 5, (2, 2, 3)), (4, 6, 40, False, 0, (1, 3, 5)), (1, 12, 24, True, 3, (3, 1, 2))]
+
+
+@pytest.mark.parametrize("attention", list(ATTEND))
+@pytest.mark.parametrize("heads, d, ffn, cross_norm, n_image, grid", BLOCKS,
+                         ids=["image-context", "text-only-no-norm2", "one-head"])
+def test_block_jvp_equals_torch_func_jvp_over_the_block(heads, d, ffn, cross_norm, n_image, grid, attention):
+    """The hand-written JVP of a `WanTransformerBlock` against torch.func.jvp over diffusers' own block (math SDPA),
+    float64, random parameters (norm weights and biases too), tangents on h and on the time projection."""
+    from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed, WanTransformerBlock
+    torch.manual_seed(0)
+    D, B, (T, H, W) = heads * d, 2, grid
+    block = WanTransformerBlock(D, ffn, heads, cross_attn_norm=cross_norm, eps=1e-6,
+                                added_kv_proj_dim=D if n_image else None).double().eval()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    rotary_emb = WanRotaryPosEmbed(d, (1, 1, 1), 32)(torch.zeros(B, 1, T, H, W))
+    h, g = (torch.randn(B, T * H * W, D, dtype=torch.float64) for _ in range(2))
+    proj, dproj = (torch.randn(B, 6, D, dtype=torch.float64) for _ in range(2))
+    context = torch.randn(B, (512 if n_image else 7) + n_image, D, dtype=torch.float64)  # image tokens, then text
+    with torch.no_grad(), KeepFloat64():
+        with sdpa_kernel(SDPBackend.MATH):
+            want = torch.func.jvp(lambda h, p: block(h, context, p, rotary_emb), (h, proj), (g, dproj))
+        got = block_jvp(block, torch.stack([h, g]), proj, dproj, context, rotary_phases(rotary_emb, h.dtype),
+                        ATTEND[attention])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12 * b.abs().max().item())
+    assert want[1].abs().max() > 1e-3 * want[0].abs().max()
 
 
 @pytest.mark.parametrize("tile", [1 << 22, 1], ids=["query-rows-batched", "one-chunk-of-rows"])

@@ -4,16 +4,20 @@
 
 Modes (all stop-gradient: results are detached and nothing reaches the net's parameters):
   whole              forward-mode AD (`torch.func.jvp`) over the whole FlowNet, under no_grad.
-  blockwise          Algorithm 2 on the diffusers `WanTransformer3DModel` internals, forward mode.
+  blockwise          Algorithm 2 on the diffusers `WanTransformer3DModel` internals, the patch embedding, every block
+                     and the output layer hand-written (`wan_block_jvp`: primal and tangent stacked as plain tensors),
+                     forward mode for the time embedding and FlowNet's glue.
   reverse            `torch.autograd.functional.jvp` (double-backward trick), the route the paper names.
   reverse_blockwise  Algorithm 2 with that reverse-mode jvp: here the block-wise memory saving applies.
   finite_difference  central difference (F(x + eps v, t + eps) - F(x - eps v, t - eps)) / (2 eps).
 Attention for the AD modes: "math" (PyTorch's math SDPA; the default CPU kernel has no forward AD) or
-"chunked" (`attention_jvp`: output and tangent in one flash-style pass over key chunks, O(N) memory). Both modes
-run hand-written tangent rules for linear, layer and RMS norm (`_TangentRules`), where PyTorch's are slow.
+"chunked" (`attention_jvp`: output and tangent in one flash-style pass over key chunks, O(N) memory); in the
+hand-written block JVP of "blockwise" they are the two `ATTEND` functions. Around the blocks, the AD modes run
+hand-written tangent rules for linear, layer and RMS norm (`_TangentRules`), where PyTorch's are slow.
 """
 from __future__ import annotations
 
+import functools
 import math
 from contextlib import contextmanager, nullcontext
 
@@ -24,6 +28,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
 from workbench.models.wan import Conditioning, FlowNet
+from workbench.models.wan_block_jvp import block_jvp, output_jvp, patch_embedding_jvp, rotary_phases, unpatchify
 
 TANGENT_MODES = ("whole", "blockwise", "reverse", "reverse_blockwise", "finite_difference")  # distill.jvp
 ATTENTIONS = ("math", "chunked")
@@ -56,18 +61,20 @@ def velocity_and_tangent(net: FlowNet, x_t_BCTHW: torch.Tensor, t_B: torch.Tenso
         elif mode in ("whole", "reverse"):
             jvp = _JVP["forward" if mode == "whole" else "reverse"]
             f, dfdt = jvp(lambda x, t: net(x, t, cond), (x_t_BCTHW, t_B), (dxdt_BCTHW, one_B))
+        elif mode == "blockwise":
+            attend = functools.partial(ATTEND[attention], chunk=chunk)
+            f, dfdt = _blockwise(net, x_t_BCTHW, t_B, cond, dxdt_BCTHW, one_B, _JVP["forward"], attend)
         else:
-            jvp = _JVP["forward" if mode == "blockwise" else "reverse"]
-            f, dfdt = _blockwise(net, x_t_BCTHW, t_B, cond, dxdt_BCTHW, one_B, jvp)
+            f, dfdt = _blockwise(net, x_t_BCTHW, t_B, cond, dxdt_BCTHW, one_B, _JVP["reverse"])
     return f.detach(), dfdt.detach()
 
 
-def _blockwise(net: FlowNet, x_BCTHW, t_B, cond: Conditioning, v_BCTHW, v_B, jvp):
+def _blockwise(net: FlowNet, x_BCTHW, t_B, cond: Conditioning, v_BCTHW, v_B, jvp, attend=None):
     """Algorithm 2 on Wan's forward, with FlowNet's I2V glue (channels, text padding, timestep = 1000 t; a VP
-    network's x_vp and timestep, both functions of t: their tangents come from (dx/dt, 1) too)."""
+    network's x_vp and timestep, both functions of t: their tangents come from (dx/dt, 1) too). With `attend`, the
+    patch embedding, blocks and output layer are `wan_block_jvp`'s hand-written JVPs; else `jvp` over diffusers'."""
     wan = net.transformer
-    B, _, T, H, W = x_BCTHW.shape
-    p_t, p_h, p_w = wan.config.patch_size
+    grid_THW = x_BCTHW.shape[2:]
     _, text_BLD, image_BND = net.wan_inputs(x_BCTHW, cond)  # FlowNet's I2V glue; the context has no tangent
 
     def i2v(x_BCTHW, t_B):  # cat([x_t or x_vp, mask, first]): the tangent is on the first channels only
@@ -84,11 +91,17 @@ def _blockwise(net: FlowNet, x_BCTHW, t_B, cond: Conditioning, v_BCTHW, v_B, jvp
     def output_layer(h, temb):  # O: norm_out, scale_shift_table, proj_out, unpatchify
         shift, scale = (wan.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
         h = (wan.norm_out(h.float()) * (1 + scale) + shift).type_as(h)
-        h = wan.proj_out(h).reshape(B, T // p_t, H // p_h, W // p_w, p_t, p_h, p_w, -1)
-        return h.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3).to(x_BCTHW.dtype)
+        return unpatchify(wan.proj_out(h), wan.config.patch_size, grid_THW).to(x_BCTHW.dtype)
 
-    rotary_emb = wan.rope(i2v(x_BCTHW, t_B))                                             # no tangent
+    rotary_emb = wan.rope(x_BCTHW)                                                       # reads the grid; no tangent
     (temb, proj, context), (v_temb, v_proj, _) = jvp(time_embedding, (t_B,), (v_B,))    # line 4
+    if attend is not None:  # hand-written, h and g stacked: h2 = [h, g]; no graph to cut under no_grad (sg)
+        h2 = patch_embedding_jvp(wan.patch_embedding, torch.stack(jvp(i2v, (x_BCTHW, t_B), (v_BCTHW, v_B))))  # 6-7
+        phases = rotary_phases(rotary_emb, h2.dtype)
+        for block in wan.blocks:                                                         # line 8
+            h2 = block_jvp(block, h2, proj, v_proj, context, phases, attend)             # line 10
+        out2 = output_jvp(wan, h2, temb, v_temb, grid_THW)                               # line 14
+        return jvp(net.velocity, (out2[0], x_BCTHW, t_B), (out2[1], v_BCTHW, v_B))       # line 15 (+ x0 -> F)
     h, g = jvp(patch_embedding, (x_BCTHW, t_B), (v_BCTHW, v_B))                         # lines 6-7
     for block in wan.blocks:                                                             # line 8
         h, g = jvp(lambda h, p, block=block: block(h, context, p, rotary_emb), (h, proj), (g, v_proj))  # line 10
@@ -182,70 +195,94 @@ def chunked_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causa
     """
     if attn_mask is not None or dropout_p or is_causal or enable_gqa:  # Wan passes none of these
         raise ValueError("chunked_attention supports plain attention only (no mask, dropout, causal, gqa)")
-    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     (q, dq), (k, dk), (v, dv) = (fwAD.unpack_dual(x) for x in (query, key, value))
     if dq is None and dk is None and dv is None:
         return nnf.scaled_dot_product_attention(query, key, value, scale=scale)
-    dq, dk, dv = (torch.zeros_like(x) if d is None else d for x, d in ((q, dq), (k, dk), (v, dv)))
-    out, d_out = attention_jvp(q, k, v, dq, dk, dv, scale, chunk)
-    return fwAD.make_dual(out, d_out)
+    dq = torch.zeros_like(q) if dq is None else dq
+    heads = lambda x: None if x is None else x.reshape(-1, *x.shape[-2:])  # noqa: E731  (B * heads, N, D)
+    out2 = attention_jvp(*map(heads, (q, k, v, dq, dk, dv)), scale=scale, chunk=chunk)
+    return fwAD.make_dual(*out2.view(2, *q.shape))
+
+
+def _math_attend(qq, kk, vv, *, chunk=None):
+    """The math-SDPA JVP (torch.func.jvp) on `attention_jvp_packed`'s operands: the reference of "blockwise"."""
+    D = qq.shape[-1]
+    k, dk = (kk[:, :, 1], kk[:, :, 0]) if kk.shape[2] == 2 else (kk[:, :, 0], torch.zeros_like(kk[:, :, 0]))
+    v, dv = vv[..., -D - 1:-1], vv[..., :D] if vv.shape[-1] == 2 * D + 1 else torch.zeros_like(vv[..., :D])
+    with sdpa_kernel(SDPBackend.MATH):
+        return torch.stack(torch.func.jvp(lambda q, k, v: nnf.scaled_dot_product_attention(q, k, v, scale=1.0),
+                                          (qq[:, :, 0], k, v), (qq[:, :, 1], dk, dv)))
 
 
 _TILE = 1 << 22  # elements of a (B * heads, query rows, key chunk) tile; more query rows join while it fits
 
 
-def attention_jvp(q, k, v, dq, dk, dv, scale: float, chunk: int = 1024):
-    """O = softmax(S) V, S = s Q K^T, and its JVP on (B, heads, N, D), flash-style in one pass over key chunks:
+def attention_jvp(q, k, v, dq, dk=None, dv=None, *, scale: float | None = None, chunk: int = 1024):
+    """softmax(s Q K^T) V and its JVP on (BH, N, D) inputs and tangents (dK, dV None: none on the keys / values,
+    as for cross-attention's context): stacked (2, BH, N, D), by `attention_jvp_packed`."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    ones = v.new_ones(v.shape[:-1] + (1,))
+    return attention_jvp_packed(torch.stack([q * scale, dq * scale], 2),
+                                k.unsqueeze(2) if dk is None else torch.stack([dk, k], 2),
+                                torch.cat([v, ones] if dv is None else [dv, v, ones], -1), chunk=chunk)
+
+
+def attention_jvp_packed(qq, kk, vv, *, chunk: int = 1024):
+    """O = softmax(S) V, S = s Q K^T, and its JVP, stacked (2, BH, N, D), flash-style in one pass over key chunks:
 
         dS = s (dQ K^T + Q dK^T),   dO_i = sum_j p_ij (dS_ij V_j + dV_j) / l_i - mu_i O_i,
         mu_i = sum_j p_ij dS_ij / l_i,
     with p_ij = exp(S_ij - m_i), l_i = sum_j p_ij and the online softmax's reference m_i (running max, rescaling
-    the accumulators). Query chunks are batched together while a tile holds under _TILE elements.
+    the accumulators). Operands packed so that each product is one matmul of views, no copies:
+    qq (BH, N, 2, D) = [sQ, s dQ]; kk (BH, L, 2, D) = [dK, K] (dS = qq kk^T), or (BH, L, 1, D) = [K] without dK;
+    vv (BH, L, 2D + 1) = [dV, V, 1] (p vv: p dV, p V and l in one product; (p dS) [V, 1]: (p dS) V and mu l),
+    or (BH, L, D + 1) = [V, 1] without dV. Query chunks are batched together while a tile holds under _TILE elements.
     """
-    B, H, N, _ = q.shape
-    q, k, v, dq, dk, dv = (x.reshape(B * H, -1, x.shape[-1]) for x in (q, k, v, dq, dk, dv))
-    qs = q * scale
-    a_qa = torch.cat([dq * scale, qs], -1)                    # (BH, N, 2D): dS = a b^T
-    b_ka = torch.cat([k, dk], -1)                             # (BH, Nk, 2D)
-    ones = v.new_ones(v.shape[:-1] + (1,))
-    v_l = torch.cat([v, dv, ones], -1)                        # p @ [V, dV, 1]: p V, p dV and l in one product
-    v_mu = torch.cat([v, ones], -1)                           # (p dS) @ [V, 1]: (p dS) V and mu l
+    BH, N, _, D = qq.shape
+    qs, k = qq[:, :, 0], kk[:, :, -1]
+    a, b = (qq.flatten(2), kk.flatten(2)) if kk.shape[2] == 2 else (qq[:, :, 1], k)   # dS = a b^T
     # |S_ij| <= |s q_i| max_j |k_j| (Cauchy-Schwarz): where that bound is under tau, exp(S) can neither overflow
     # nor underflow (e^tau = max^(1/3) leaves room for the sums), so m_i = 0 serves the whole row and the online
     # softmax never rescales; elsewhere m_i is the running max.
-    tau = math.log(torch.finfo(q.dtype).max) / 3
+    tau = math.log(torch.finfo(qq.dtype).max) / 3
     bound = qs.norm(dim=-1) * k.norm(dim=-1).amax(-1, keepdim=True)   # (BH, N)
     c = min(chunk, k.shape[1])
-    rows = max(chunk, _TILE // (q.shape[0] * c))
-    out, d_out = torch.empty_like(q), torch.empty_like(q)
+    rows = max(chunk, _TILE // (BH * c))
+    out2 = qq.new_empty(2, BH, N, D)
     for i in range(0, N, rows):
         fixed = bool((bound[:, i:i + rows] <= tau).all())
-        o, do = _query_rows(qs[:, i:i + rows], a_qa[:, i:i + rows], k, b_ka, v_l, v_mu, c, fixed)
-        out[:, i:i + rows], d_out[:, i:i + rows] = o, do
-    return out.view(B, H, N, -1), d_out.view(B, H, N, -1)
+        _query_rows(qs[:, i:i + rows], a[:, i:i + rows], k, b, vv, c, fixed, out2[:, :, i:i + rows])
+    return out2
 
 
-def _query_rows(qs, a_qa, k, b_ka, v_l, v_mu, chunk: int, fixed: bool):
-    """One block of query rows (BH, n, D) against all keys, chunk by chunk: (O, dO), each (BH, n, D)."""
+def _query_rows(qs, a, k, b, vv, chunk: int, fixed: bool, out2):
+    """One block of query rows (BH, n, D) against all keys, chunk by chunk: (O, dO) into out2 (2, BH, n, D)."""
     BH, n, D = qs.shape
     m = qs.new_full((BH, n, 1), 0.0 if fixed else -math.inf)   # reference of exp (the running max unless fixed)
-    acc = qs.new_zeros(BH, n, 2 * D + 1)                       # sum_j p_ij [V_j, dV_j, 1]
-    acc_t = qs.new_zeros(BH, n, D + 1)                         # sum_j p_ij dS_ij [V_j, 1]
+    acc = qs.new_empty(BH, n, vv.shape[-1])                    # sum_j p_ij [(dV_j,) V_j, 1]
+    acc_t = qs.new_empty(BH, n, D + 1)                         # sum_j p_ij dS_ij [V_j, 1]
     s_buf, ds_buf = qs.new_empty(BH * n * chunk), qs.new_empty(BH * n * chunk)  # reused: no allocation per chunk
     for j in range(0, k.shape[1], chunk):
         c = min(chunk, k.shape[1] - j)
         s = torch.bmm(qs, k[:, j:j + c].mT, out=s_buf[:BH * n * c].view(BH, n, c))
         if not fixed:                                           # online softmax: new max, rescale what was summed
             m_new = torch.maximum(m, s.amax(-1, keepdim=True))
-            alpha = torch.exp(m - m_new)
-            acc.mul_(alpha)
-            acc_t.mul_(alpha)
+            if j:
+                alpha = torch.exp(m - m_new)
+                acc.mul_(alpha)
+                acc_t.mul_(alpha)
             m = m_new
             s.sub_(m)
         p = s.exp_()
-        p_ds = torch.bmm(a_qa, b_ka[:, j:j + c].mT, out=ds_buf[:BH * n * c].view(BH, n, c)).mul_(p)
-        acc.baddbmm_(p, v_l[:, j:j + c])
-        acc_t.baddbmm_(p_ds, v_mu[:, j:j + c])
+        p_ds = torch.bmm(a, b[:, j:j + c].mT, out=ds_buf[:BH * n * c].view(BH, n, c)).mul_(p)
+        acc.baddbmm_(p, vv[:, j:j + c], beta=1 if j else 0)    # beta 0: the empty accumulators are not read
+        acc_t.baddbmm_(p_ds, vv[:, j:j + c, -D - 1:], beta=1 if j else 0)
     l, mu_l = acc[..., -1:], acc_t[..., -1:]
-    o = acc[..., :D] / l
-    return o, (acc_t[..., :D] + acc[..., D:2 * D] - mu_l * o) / l
+    o = torch.div(acc[..., -D - 1:-1], l, out=out2[0])
+    d_o = acc_t[..., :D].sub_(mu_l * o)                         # sum p dS V - mu l O (+ sum p dV)
+    if vv.shape[-1] > D + 1:
+        d_o.add_(acc[..., :D])
+    torch.div(d_o, l, out=out2[1])
+
+
+ATTEND = {"math": _math_attend, "chunked": attention_jvp_packed}  # block_jvp's attention, per `attention`
