@@ -85,7 +85,7 @@ def test_the_5b_schedule_is_bridged_to_nearly_pure_noise(tiny):
     torch.testing.assert_close(net.vp.alphas_cumprod[:-1], theirs[:-1], rtol=0, atol=0)
     lo, hi = net.vp.t_range
     assert 0.028 < lo < 0.029 and 0.9997 < hi < 0.9998
-    s = net.wan_timestep(torch.tensor([1.0, hi, 0.5]))
+    s = net.net_timestep(torch.tensor([1.0, hi, 0.5]))
     assert s[0] == s[1] == 999
     lam = float(net.vp.log_snr[int(s[2])])   # the VP timestep of t = 0.5 has log-SNR 0
     assert abs(lam - float(log_snr_of_flow_time(torch.tensor(0.5)))) < 0.05

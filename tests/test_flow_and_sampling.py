@@ -169,7 +169,7 @@ def test_x0_predicting_net_is_a_velocity_field():
     with torch.no_grad():
         f = net(x_BCTHW, t, cond)
         inp, text, _ = net.wan_inputs(x_BCTHW, cond)
-        x0_hat = net.transformer(inp, net.wan_timestep(t), text, return_dict=False)[0]
+        x0_hat = net.transformer(inp, net.net_timestep(t), text, return_dict=False)[0]
     torch.testing.assert_close(denoise(x_BCTHW, f, t)[1:], x0_hat[1:], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(f[0], (x_BCTHW[0] - x0_hat[0]) / 0.05)   # t = 0.01 < 0.05: clipped
     with pytest.raises(ValueError, match="model.prediction"):

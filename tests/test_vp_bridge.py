@@ -118,7 +118,7 @@ def test_a_vp_flownet_is_its_transformer_bridged(kind, tmp_path):
         torch.testing.assert_close(net(x_t, t, cond), flow_velocity(raw, vp_input(x_t, t), t, kind))
         v_end = net(x_t, torch.tensor([1.0, hi]), cond)          # beyond the schedule: asked at its last timestep
         assert torch.isfinite(v_end).all()
-        torch.testing.assert_close(net.wan_timestep(torch.tensor([1.0])), net.wan_timestep(torch.tensor([hi])))
+        torch.testing.assert_close(net.net_timestep(torch.tensor([1.0])), net.net_timestep(torch.tensor([hi])))
 
 
 @pytest.mark.parametrize("overrides, match", [

@@ -99,7 +99,7 @@ def rotary_embeddings(config, frames: int, height: int, width: int, device) -> t
 
 
 class CogVideoXFlowNet(FlowNet):
-    """`FlowNet` (velocity field on B,C,T,H,W latents; its VP bridge: `net_input`, `wan_timestep`, `velocity`) over a
+    """`FlowNet` (velocity field on B,C,T,H,W latents; its VP bridge: `net_input`, `net_timestep`, `velocity`) over a
     `CogVideoXTransformer3DModel`, whose inputs `cogvideox_inputs` assembles."""
 
     @property
@@ -119,5 +119,5 @@ class CogVideoXFlowNet(FlowNet):
 
     def forward(self, x_t_BCTHW: torch.Tensor, t_B: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         inputs = self.cogvideox_inputs(self.net_input(x_t_BCTHW, t_B), cond)
-        out_BTCHW = self.transformer(**inputs, timestep=self.wan_timestep(t_B), return_dict=False)[0]
+        out_BTCHW = self.transformer(**inputs, timestep=self.net_timestep(t_B), return_dict=False)[0]
         return self.velocity(out_BTCHW.transpose(1, 2), x_t_BCTHW, t_B)

@@ -81,7 +81,7 @@ def _blockwise(net: FlowNet, x_BCTHW, t_B, cond: Conditioning, v_BCTHW, v_B, jvp
         return net.wan_inputs(net.net_input(x_BCTHW, t_B), cond)[0]
 
     def time_embedding(t_B):  # T, with the text / image context (which has no tangent) along
-        temb, proj, text, image = wan.condition_embedder(net.wan_timestep(t_B), text_BLD, image_BND)
+        temb, proj, text, image = wan.condition_embedder(net.net_timestep(t_B), text_BLD, image_BND)
         context = text if image is None else torch.cat([image, text], dim=1)
         return temb, proj.unflatten(1, (6, -1)), context
 

@@ -165,7 +165,7 @@ class FlowNet(torch.nn.Module):
         """The dtype the transformer's inputs are given in: that of its patch embedding's weights."""
         return self.transformer.patch_embedding.weight.dtype
 
-    def wan_timestep(self, t_B: torch.Tensor) -> torch.Tensor:
+    def net_timestep(self, t_B: torch.Tensor) -> torch.Tensor:
         """The transformer's timestep as a float tensor (so a tangent on t flows through the time embedding): 1000 t,
         or the VP timestep at t."""
         s = self.vp.timestep(self.vp_time(t_B)) if self.vp is not None else 1000.0 * t_B
@@ -204,7 +204,7 @@ class FlowNet(torch.nn.Module):
 
     def forward(self, x_t_BCTHW: torch.Tensor, t_B: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         inp, text, image = self.wan_inputs(self.net_input(x_t_BCTHW, t_B), cond)
-        out = self.transformer(inp, self.wan_timestep(t_B), text, encoder_hidden_states_image=image, return_dict=False)[0]
+        out = self.transformer(inp, self.net_timestep(t_B), text, encoder_hidden_states_image=image, return_dict=False)[0]
         return self.velocity(out, x_t_BCTHW, t_B)
 
 
