@@ -113,6 +113,17 @@ def test_chunked_attention_equals_math(case, mode):
     torch.testing.assert_close(dfdt_c, dfdt, rtol=1e-5, atol=1e-5 * dfdt.abs().max().item())
 
 
+@pytest.mark.parametrize("attention", list(ATTEND))
+def test_blockwise_runs_in_the_weights_dtype_under_autocast(case, attention):
+    """train.mixed_precision bf16 wraps CCD's tangent in autocast, which the hand-written out= kernels do not follow:
+    the block JVP leaves it off and gives what it gives without it."""
+    net, x, t, cond, v = case
+    f, dfdt = velocity_and_tangent(net, x, t, cond, v, mode="blockwise", attention=attention)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        f_a, dfdt_a = velocity_and_tangent(net, x, t, cond, v, mode="blockwise", attention=attention)
+    torch.testing.assert_close((f_a, dfdt_a), (f, dfdt), rtol=0, atol=0)
+
+
 # (heads, head dim, ffn dim, cross_attn_norm, image tokens (the image-context branch: `added_kv_proj_dim`), grid)
 BLOCKS = [(2, 8, 32, True, 5, (2, 2, 3)), (4, 6, 40, False, 0, (1, 3, 5)), (1, 12, 24, True, 3, (3, 1, 2))]
 

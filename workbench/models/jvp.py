@@ -61,9 +61,10 @@ def velocity_and_tangent(net: FlowNet, x_t_BCTHW: torch.Tensor, t_B: torch.Tenso
         elif mode in ("whole", "reverse"):
             jvp = _JVP["forward" if mode == "whole" else "reverse"]
             f, dfdt = jvp(lambda x, t: net(x, t, cond), (x_t_BCTHW, t_B), (dxdt_BCTHW, one_B))
-        elif mode == "blockwise":
+        elif mode == "blockwise":   # in the weights' dtype: autocast does not reach the hand-written out= kernels
             attend = functools.partial(ATTEND[attention], chunk=chunk)
-            f, dfdt = _blockwise(net, x_t_BCTHW, t_B, cond, dxdt_BCTHW, one_B, _JVP["forward"], attend)
+            with torch.autocast(x_t_BCTHW.device.type, enabled=False):
+                f, dfdt = _blockwise(net, x_t_BCTHW, t_B, cond, dxdt_BCTHW, one_B, _JVP["forward"], attend)
         else:
             f, dfdt = _blockwise(net, x_t_BCTHW, t_B, cond, dxdt_BCTHW, one_B, _JVP["reverse"])
     return f.detach(), dfdt.detach()
