@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from workbench.config import ModelConfig, load_section, prediction_problem
+from workbench.config import ModelConfig, load_section
 from workbench.folders import saved_config
 from workbench.models.codec import CogVideoXVAECodec, PixelCodec, WanVAECodec
 from workbench.models.cogvideox import PRESETS as COGVIDEOX_PRESETS
@@ -16,7 +16,7 @@ from workbench.models.cogvideox import CogVideoXFlowNet, build_cogvideox_flownet
 from workbench.models.text import CLIPImageEncoder, T5TextEncoder, ToyTextEncoder, UMT5TextEncoder
 from workbench.models.lora import add_lora
 from workbench.models.wan import PRESETS as WAN_PRESETS
-from workbench.models.wan import Conditioning, FlowNet, build_flownet, fun_inp_first_frame, read_vp_schedule
+from workbench.models.wan import Conditioning, FlowNet, build_flownet, fun_inp_first_frame, prediction_path
 from workbench.models.weights import load_weights, tensor_names
 
 __all__ = ["COGVIDEOX_PRESETS", "Conditioning", "Encoders", "FlowNet", "PRESETS", "build_backbone", "build_codec",
@@ -143,9 +143,10 @@ def on_trained_path(net: FlowNet, weights: str) -> FlowNet:
     if trained is None:
         return net
     prediction, vp_schedule = trained
-    if problem := prediction_problem(prediction, vp_schedule):
-        raise ValueError(f"{weights}: its run's model.prediction: {problem}")
-    vp = read_vp_schedule(vp_schedule) if vp_schedule else None
+    try:
+        vp = prediction_path(prediction, vp_schedule)
+    except (ValueError, FileNotFoundError) as e:
+        raise type(e)(f"{weights}: its run's {e}") from None
     same_vp = (vp is None) == (net.vp is None) and (vp is None or torch.equal(vp.alphas_cumprod, net.vp.alphas_cumprod))
     if prediction == net.prediction and same_vp:
         return net

@@ -18,8 +18,7 @@ from pathlib import Path
 import torch
 from diffusers import CogVideoXTransformer3DModel
 
-from workbench.config import prediction_problem
-from workbench.models.wan import PREDICTIONS, Conditioning, FlowNet, read_vp_schedule
+from workbench.models.wan import Conditioning, FlowNet, prediction_path
 from workbench.models.weights import load_weights
 
 PRESETS = {
@@ -67,12 +66,8 @@ def build_cogvideox_transformer(preset: str, transformer_path: str = "",
 def build_cogvideox_flownet(preset: str, transformer_path: str = "", weights: str = "", prediction: str = "velocity",
                             vp_schedule: str = "") -> CogVideoXFlowNet:
     """`build_cogvideox_transformer` as a velocity field; with `vp_schedule` a diffusion network bridged by vp.py."""
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"model.prediction: expected one of {PREDICTIONS}, got {prediction!r}")
-    if problem := prediction_problem(prediction, vp_schedule):
-        raise ValueError(f"model.prediction: {problem}")
     return CogVideoXFlowNet(build_cogvideox_transformer(preset, transformer_path, weights), prediction=prediction,
-                            vp=read_vp_schedule(vp_schedule) if vp_schedule else None)
+                            vp=prediction_path(prediction, vp_schedule))
 
 
 def cogvideox_first_frame(codec, first_B3HW: torch.Tensor, frames: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -100,13 +100,19 @@ def build_flownet(preset: str, transformer_path: str = "", weights: str = "", pr
                   vp_schedule: str = "") -> "FlowNet":
     """`build_transformer` wrapped as a velocity field, with the preset's input channels; with `vp_schedule` (a
     diffusers scheduler_config.json, or the folder holding it) a diffusion network seen through workbench/vp.py."""
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"model.prediction: expected one of {PREDICTIONS}, got {prediction!r}")
-    if problem := prediction_problem(prediction, vp_schedule):      # as the config loader checks it
-        raise ValueError(f"model.prediction: {problem}")
     return FlowNet(build_transformer(preset, transformer_path, weights),
                    positions=not transformer_path and preset in POSITION_PRESETS, prediction=prediction,
-                   vp=read_vp_schedule(vp_schedule) if vp_schedule else None)
+                   vp=prediction_path(prediction, vp_schedule))
+
+
+def prediction_path(prediction: str, vp_schedule: str) -> VPSchedule | None:
+    """The VP schedule a network of either family is bridged by (None: a flow network), `prediction` checked against
+    it as the config loader checks it."""
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"model.prediction: expected one of {PREDICTIONS}, got {prediction!r}")
+    if problem := prediction_problem(prediction, vp_schedule):
+        raise ValueError(f"model.prediction: {problem}")
+    return read_vp_schedule(vp_schedule) if vp_schedule else None
 
 
 def vp_schedule_file(path: str) -> Path:
